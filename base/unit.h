@@ -1,0 +1,56 @@
+#pragma once
+// The unit interface: the contract between the model (runtime/) and the engine (sharding/).
+// A model is a sequence of units (embedding, each decoder block, final norm + LM head). A unit
+// declares a parameter schema and a forward function over parameter tensors it is handed; it
+// owns no storage and knows nothing of sharding, offload or LoRA.
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dstrain::base {
+
+enum class InitKind { kNormal, kZeros, kOnes, kKaimingUniform };
+
+struct ParamSpec {
+  std::string name;             // full Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight"
+  std::vector<int64_t> shape;
+  InitKind init = InitKind::kNormal;
+  double init_std = 0.02;       // for kNormal
+  bool decay = true;            // weight decay applies (false for norms and biases)
+  bool trainable = true;        // false: frozen (LoRA base), no gradient, no optimizer state
+  std::string tied_to;          // non-empty: this parameter shares storage with the named one,
+                                // owned by an earlier unit (tied embedding / LM head)
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+// Per-batch inputs shared by all units of one forward. Built once per micro-batch by the model.
+struct StepContext {
+  at::Tensor position_ids;  // [B, T] int64
+  at::Tensor rope_cos;      // [B, T, head_dim] in the compute dtype
+  at::Tensor rope_sin;      // [B, T, head_dim]
+  at::Tensor attn_mask;     // undefined: causal (+ sliding window) mask is implied;
+                            // defined: boolean [B, 1, T, T], true = attend (packed documents)
+};
+
+class Unit {
+ public:
+  virtual ~Unit() = default;
+  // "embed", "layers.N" or "head".
+  virtual const std::string& name() const = 0;
+  virtual const std::vector<ParamSpec>& schema() const = 0;
+  // `params` follows schema() order (tied parameters included, as views of their owner).
+  // embed: x is token ids [B, T] int64 -> hidden [B, T, H]; layers.N: hidden -> hidden;
+  // head: hidden -> logits [B, T, V].
+  virtual at::Tensor forward(const at::Tensor& x, at::TensorList params,
+                             const StepContext& ctx) const = 0;
+};
+
+using UnitList = std::vector<std::unique_ptr<Unit>>;
+
+}  // namespace dstrain::base
