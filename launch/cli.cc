@@ -1,0 +1,143 @@
+#include "launch/cli.h"
+
+#include <boost/program_options.hpp>
+
+#include <sstream>
+
+namespace dstrain::launch {
+namespace po = boost::program_options;
+namespace {
+
+constexpr const char* kUsage =
+    "usage: dstrain [train] --config FILE [--set KEY=VALUE]... [--resume auto|never|PATH]\n"
+    "       dstrain plan    --config FILE [--world N] [--json] [--set KEY=VALUE]...\n"
+    "       dstrain prepare --input FILE... --output FILE [--format text|sft]\n"
+    "       dstrain bench   comm [--sizes-mib N...] [--iters N]\n"
+    "       dstrain --help | --version\n"
+    "Run under MPI for several ranks: mpirun -np 32 dstrain --config lora.toml\n";
+
+po::options_description config_options() {
+  po::options_description d("train and plan");
+  d.add_options()
+      ("config,c", po::value<std::string>(), "TOML config file (docs/config.md)")
+      ("set", po::value<std::vector<std::string>>()->composing(), "override a config key: KEY=VALUE")
+      ("resume", po::value<std::string>()->default_value("auto"),
+       "auto: continue from the newest complete checkpoint if any; never; or a checkpoint PATH");
+  return d;
+}
+
+po::options_description plan_options() {
+  po::options_description d("plan");
+  d.add_options()
+      ("world", po::value<int>()->default_value(0), "ranks to plan for (default: 1)")
+      ("json", po::bool_switch(), "print JSON instead of a table");
+  return d;
+}
+
+po::options_description prepare_options() {
+  po::options_description d("prepare");
+  d.add_options()
+      ("input,i", po::value<std::vector<std::string>>()->multitoken(), "text or JSONL files")
+      ("output,o", po::value<std::string>(), "token file to write (.dstok)")
+      ("format", po::value<std::string>()->default_value("text"),
+       "text: one document per file; sft: JSONL with prompt and completion");
+  return d;
+}
+
+po::options_description bench_options() {
+  po::options_description d("bench");
+  d.add_options()
+      ("sizes-mib", po::value<std::vector<int64_t>>()->multitoken(), "message sizes in MiB")
+      ("iters", po::value<int>()->default_value(10), "timed iterations per size");
+  return d;
+}
+
+std::string help_text() {
+  std::ostringstream os;
+  po::options_description all;
+  all.add(config_options()).add(plan_options()).add(prepare_options()).add(bench_options());
+  os << kUsage << "\n" << all;
+  return os.str();
+}
+
+base::Status usage_error(const std::string& what) {
+  return base::Status::InvalidArgument(what + " (dstrain --help shows the usage)");
+}
+
+}  // namespace
+
+base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
+  Command cmd;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && (args[0] == "--help" || args[0] == "-h" || args[0] == "help")) {
+    cmd.kind = CommandKind::kHelp;
+    cmd.help_text = help_text();
+    return cmd;
+  }
+  if (!args.empty() && args[0] == "--version") {
+    cmd.kind = CommandKind::kVersion;
+    return cmd;
+  }
+  if (!args.empty() && args[0].rfind("-", 0) != 0) {
+    const std::string sub = args[0];
+    if (sub == "train") cmd.kind = CommandKind::kTrain;
+    else if (sub == "plan") cmd.kind = CommandKind::kPlan;
+    else if (sub == "prepare") cmd.kind = CommandKind::kPrepare;
+    else if (sub == "bench") cmd.kind = CommandKind::kBench;
+    else return usage_error("unknown command '" + sub + "'");
+    args.erase(args.begin());
+  }
+  if (cmd.kind == CommandKind::kBench) {
+    if (args.empty() || args[0].rfind("-", 0) == 0) return usage_error("bench: name what to measure (comm)");
+    cmd.bench_what = args[0];
+    args.erase(args.begin());
+    if (cmd.bench_what != "comm") return usage_error("bench: unknown benchmark '" + cmd.bench_what + "'");
+  }
+
+  po::options_description desc;
+  desc.add_options()("help,h", "show usage");
+  switch (cmd.kind) {
+    case CommandKind::kTrain: desc.add(config_options()); break;
+    case CommandKind::kPlan: desc.add(config_options()).add(plan_options()); break;
+    case CommandKind::kPrepare: desc.add(prepare_options()); break;
+    case CommandKind::kBench: desc.add(bench_options()); break;
+    default: break;
+  }
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    return usage_error(e.what());
+  }
+  if (vm.count("help")) {
+    cmd.kind = CommandKind::kHelp;
+    cmd.help_text = help_text();
+    return cmd;
+  }
+  if (vm.count("config")) cmd.config_path = vm["config"].as<std::string>();
+  if (vm.count("set")) cmd.overrides = vm["set"].as<std::vector<std::string>>();
+  if (vm.count("resume")) cmd.resume = vm["resume"].as<std::string>();
+  if (vm.count("world")) cmd.world = vm["world"].as<int>();
+  if (vm.count("json")) cmd.json = vm["json"].as<bool>();
+  if (vm.count("input")) cmd.inputs = vm["input"].as<std::vector<std::string>>();
+  if (vm.count("output")) cmd.output = vm["output"].as<std::string>();
+  if (vm.count("format")) cmd.prepare_format = vm["format"].as<std::string>();
+  if (vm.count("sizes-mib")) cmd.bench_sizes_mib = vm["sizes-mib"].as<std::vector<int64_t>>();
+  if (vm.count("iters")) cmd.bench_iters = vm["iters"].as<int>();
+
+  if ((cmd.kind == CommandKind::kTrain || cmd.kind == CommandKind::kPlan) && cmd.config_path.empty()) {
+    return usage_error("--config FILE is required");
+  }
+  if (cmd.kind == CommandKind::kPrepare) {
+    if (cmd.inputs.empty() || cmd.output.empty()) return usage_error("prepare: --input and --output are required");
+    if (cmd.prepare_format != "text" && cmd.prepare_format != "sft") {
+      return usage_error("prepare: --format must be text or sft, got '" + cmd.prepare_format + "'");
+    }
+  }
+  if (cmd.world < 0) return usage_error("--world must be >= 1");
+  if (cmd.bench_iters < 1) return usage_error("--iters must be >= 1");
+  return cmd;
+}
+
+}  // namespace dstrain::launch

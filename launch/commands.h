@@ -1,0 +1,15 @@
+#pragma once
+// The subcommands of the dstrain binary. Each returns a Status; launch/main.cc turns it into a
+// message and an exit code.
+#include "base/status.h"
+#include "launch/cli.h"
+#include "launch/world.h"
+
+namespace dstrain::launch {
+
+base::Status run_train(const Command& cmd, World& world);
+base::Status run_plan(const Command& cmd);
+base::Status run_prepare(const Command& cmd);
+base::Status run_bench_comm(const Command& cmd, World& world);
+
+}  // namespace dstrain::launch

@@ -1,0 +1,51 @@
+// The dstrain binary: parses the command line, runs one command, and is the only place where an
+// error becomes a message and an exit code (interface.md).
+#include <mpi.h>
+
+#include <cstdio>
+
+#include "launch/commands.h"
+
+namespace {
+
+using dstrain::base::Status;
+
+// Prints an error once: rank 0 for errors every rank sees alike, any rank otherwise.
+int report(const Status& st, int rank, bool every_rank_alike) {
+  if (!every_rank_alike || rank == 0) {
+    if (rank > 0) std::fprintf(stderr, "[rank %d] ", rank);
+    std::fprintf(stderr, "error: %s\n", st.message().c_str());
+  }
+  return dstrain::base::exit_code(st);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace launch = dstrain::launch;
+  auto parsed = launch::parse_command_line(argc, argv);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "dstrain: %s\n", parsed.status().message().c_str());
+    return dstrain::base::exit_code(parsed.status());
+  }
+  const launch::Command& cmd = *parsed;
+  switch (cmd.kind) {
+    case launch::CommandKind::kHelp: std::printf("%s", cmd.help_text.c_str()); return 0;
+    case launch::CommandKind::kVersion: std::printf("dstrain %s\n", DSTRAIN_VERSION); return 0;
+    case launch::CommandKind::kPlan: return report(launch::run_plan(cmd), 0, true);
+    case launch::CommandKind::kPrepare: return report(launch::run_prepare(cmd), 0, true);
+    default: break;
+  }
+  auto world = launch::World::init(&argc, &argv);
+  if (!world.ok()) return report(world.status(), 0, false);
+  Status st = cmd.kind == launch::CommandKind::kBench ? launch::run_bench_comm(cmd, **world)
+                                                      : launch::run_train(cmd, **world);
+  if (st.ok()) return 0;
+  // Config and data errors are found identically on every rank before any collective starts;
+  // anything else may leave peers waiting in a collective, so it ends the whole job.
+  const bool alike = st.code() == dstrain::base::StatusCode::kInvalidArgument ||
+                     st.code() == dstrain::base::StatusCode::kBadInput;
+  const int code = report(st, (*world)->rank(), alike);
+  if (!alike && (*world)->size() > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  return code;
+}

@@ -1,0 +1,44 @@
+#include <ATen/Parallel.h>
+#include <torch/headeronly/version.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "launch/commands.h"
+#include "launch/config/config_loader.h"
+#include "runtime/trainer.h"
+#include "sharding/mpi_communicator.h"
+
+namespace dstrain::launch {
+
+base::Status run_train(const Command& cmd, World& world) {
+  ASSIGN_OR_RETURN(base::Config cfg, load_config(cmd.config_path, cmd.overrides));
+  if (cmd.resume != "auto" && cmd.resume != "never") {
+    return base::Status::InvalidArgument("--resume " + cmd.resume +
+                                         ": resuming from a checkpoint path is not available yet");
+  }
+  if (world.rank() == 0) {
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.run.dir, ec);
+    if (ec) return base::Status::IOError(cfg.run.dir + ": cannot create run.dir: " + ec.message());
+    std::printf("dstrain %s | %s | LibTorch %s | %d threads per rank\n", DSTRAIN_VERSION,
+                world.mpi_version().c_str(), TORCH_VERSION, at::get_num_threads());
+    if (!world.launcher_warning().empty()) {
+      std::fprintf(stderr, "warning: %s\n", world.launcher_warning().c_str());
+    }
+  }
+  ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm()));
+  // A run.dir another rank just created must exist before rank 0's metrics file is opened.
+  RETURN_IF_ERROR(comm->barrier());
+  ASSIGN_OR_RETURN(auto trainer, runtime::Trainer::create(cfg, *comm, at::kCPU));
+  ASSIGN_OR_RETURN(runtime::TrainSummary summary, trainer->run());
+  if (world.rank() == 0) {
+    std::printf("done: %lld steps, loss %.4f -> %.4f", static_cast<long long>(summary.steps),
+                summary.first_loss, summary.last_loss);
+    if (summary.last_eval_loss) std::printf(", eval loss %.4f", *summary.last_eval_loss);
+    std::printf("\noutputs: %s/metrics.jsonl\n", cfg.run.dir.c_str());
+  }
+  return base::Status::Ok();
+}
+
+}  // namespace dstrain::launch

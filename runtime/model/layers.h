@@ -1,0 +1,53 @@
+#pragma once
+// Decoder building blocks as free functions over tensors, numerically as Hugging Face
+// transformers computes them (LlamaRMSNorm, apply_rotary_pos_emb, LlamaMLP).
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace dstrain::runtime {
+
+// x / rms(x) computed in fp32, cast back to x's dtype, then scaled by `weight`.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// x @ weight^T (+ bias when defined).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// [x1, x2] -> [-x2, x1] over the last dimension (HF's rotate_half, not interleaved pairs).
+at::Tensor rotate_half(const at::Tensor& x);
+
+// x: [B, heads, T, head_dim]; cos, sin: [B, T, head_dim].
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// Boolean [T, T] mask, true where query i may attend key j: j <= i and i - j < window
+// (transformers' sliding_window_causal_mask_function).
+at::Tensor sliding_window_mask(int64_t seq_len, int64_t window, const at::Device& device);
+
+struct AttentionWeights {
+  at::Tensor q, k, v, o;              // [heads*hd, H], [kv*hd, H], [kv*hd, H], [H, heads*hd]
+  at::Tensor q_bias, k_bias, v_bias;  // undefined when absent
+  at::Tensor o_bias;
+};
+
+struct AttentionShape {
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t sliding_window = 0;  // 0: none
+};
+
+// Self-attention over x [B, T, H] with RoPE and grouped-query attention. `mask` (boolean
+// [B, 1, T, T], true = attend) replaces the causal mask when defined; a sliding window is
+// applied on top of either.
+at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const AttentionShape& shape,
+                     const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask);
+
+struct MlpWeights {
+  at::Tensor gate, up, down;
+  at::Tensor gate_bias, up_bias, down_bias;  // undefined when absent
+};
+
+// down(silu(gate(x)) * up(x)).
+at::Tensor swiglu_mlp(const at::Tensor& x, const MlpWeights& w);
+
+}  // namespace dstrain::runtime

@@ -1,0 +1,182 @@
+#include "runtime/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "runtime/data_source.h"
+#include "runtime/lr_schedule.h"
+#include "runtime/model/init.h"
+#include "runtime/model/llama.h"
+#include "runtime/model/rope.h"
+#include "runtime/progress.h"
+
+namespace dstrain::runtime {
+namespace {
+
+at::ScalarType dtype_of(const std::string& name) {
+  if (name == "bf16") return at::kBFloat16;
+  if (name == "fp16") return at::kHalf;
+  return at::kFloat;
+}
+
+// Sums `values` over all ranks in one collective (fp64, exact for counts below 2^53).
+base::StatusOr<std::vector<double>> sum_over_ranks(sharding::Communicator& comm,
+                                                   std::vector<double> values) {
+  at::Tensor t = at::tensor(values, at::TensorOptions().dtype(at::kDouble));
+  RETURN_IF_ERROR(sharding::all_reduce_now(comm, t, sharding::ReduceOp::kSum));
+  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+}
+
+}  // namespace
+
+base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& cfg,
+                                                         sharding::Communicator& comm,
+                                                         at::Device device) {
+  RETURN_IF_ERROR(validate_llama_config(cfg.model));
+  ASSIGN_OR_RETURN(Dataset train, open_train_data(cfg.data, cfg.train, cfg.model));
+  ASSIGN_OR_RETURN(std::optional<Dataset> eval, open_eval_data(cfg.data, cfg.train, cfg.model));
+  ASSIGN_OR_RETURN(Sampler sampler,
+                   Sampler::create(train.num_samples(), cfg.train.global_batch, cfg.train.micro_batch,
+                                   comm.size(), comm.rank(), static_cast<uint64_t>(cfg.run.seed)));
+  std::unique_ptr<Trainer> t(
+      new Trainer(cfg, comm, device, std::move(train), std::move(eval), std::move(sampler)));
+  t->compute_dtype_ = dtype_of(cfg.train.dtype);
+
+  sharding::EngineOptions options;
+  options.zero = cfg.zero;
+  options.optim = cfg.optim;
+  options.compute_dtype = t->compute_dtype_;
+  options.device = device;
+  options.dynamic_loss_scale = cfg.train.dtype == "fp16";
+  options.loss_scale_init = cfg.train.loss_scale_init;
+  options.loss_scale_window = cfg.train.loss_scale_window;
+  const int64_t seed = cfg.run.seed;
+  auto init = [seed](const base::Unit& unit, at::TensorList out) {
+    return init_unit_params(unit, out, seed);
+  };
+  ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(build_llama(cfg.model), options, comm, init));
+  if (t->is_root()) {
+    ASSIGN_OR_RETURN(t->metrics_, MetricsWriter::open(cfg.run.dir + "/metrics.jsonl"));
+  }
+  return t;
+}
+
+base::StatusOr<sharding::MicroBatch> Trainer::micro_batch(const Dataset& ds,
+                                                          const std::vector<int64_t>& ids,
+                                                          int64_t* num_targets) const {
+  ASSIGN_OR_RETURN(Batch batch, ds.batch(ids));
+  BatchTensors t = to_tensors(batch, device_);
+  *num_targets = t.num_targets;
+  sharding::MicroBatch mb;
+  mb.input_ids = t.input_ids;
+  mb.target_ids = t.target_ids;
+  mb.ctx = make_step_context(cfg_.model, t.position_ids, compute_dtype_);
+  return mb;
+}
+
+base::StatusOr<double> Trainer::evaluate() {
+  ASSIGN_OR_RETURN(auto batches, eval_batches(eval_->num_samples(), cfg_.data.eval_batches,
+                                              cfg_.train.micro_batch, comm_.size(), comm_.rank()));
+  double ce = 0.0;
+  double targets = 0.0;
+  for (const auto& ids : batches) {
+    int64_t n = 0;
+    ASSIGN_OR_RETURN(sharding::MicroBatch mb, micro_batch(*eval_, ids, &n));
+    ASSIGN_OR_RETURN(double sum, engine_->eval_loss_sum(mb));
+    ce += sum;
+    targets += static_cast<double>(n);
+  }
+  ASSIGN_OR_RETURN(std::vector<double> total, sum_over_ranks(comm_, {ce, targets}));
+  return total[0] / std::max(1.0, total[1]);
+}
+
+base::StatusOr<TrainSummary> Trainer::run() {
+  TrainSummary summary;
+  const base::TrainConfig& tc = cfg_.train;
+  Progress progress(0, tc.steps, cfg_.log.progress_bar);
+  if (is_root()) {
+    char line[256];
+    std::snprintf(line, sizeof(line),
+                  "dstrain: %lld parameters, %d rank(s), zero stage %lld, %s, global batch %lld "
+                  "(micro %lld x %lld accumulation), seq_len %lld, %lld samples",
+                  static_cast<long long>(engine_->num_parameters()), comm_.size(),
+                  static_cast<long long>(cfg_.zero.stage), tc.dtype.c_str(),
+                  static_cast<long long>(tc.global_batch), static_cast<long long>(tc.micro_batch),
+                  static_cast<long long>(sampler_.accumulation_steps()),
+                  static_cast<long long>(tc.seq_len), static_cast<long long>(train_.num_samples()));
+    progress.message(line);
+  }
+  for (int64_t step = 0; step < tc.steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double lr = learning_rate(cfg_.optim, step, tc.steps);
+
+    // Build this step's micro-batches first: the loss is normalised by the global target count.
+    std::vector<sharding::MicroBatch> mbs;
+    double local_targets = 0.0;
+    for (const auto& ids : sampler_.micro_batches(step)) {
+      int64_t n = 0;
+      ASSIGN_OR_RETURN(sharding::MicroBatch mb, micro_batch(train_, ids, &n));
+      mbs.push_back(std::move(mb));
+      local_targets += static_cast<double>(n);
+    }
+    ASSIGN_OR_RETURN(std::vector<double> counts, sum_over_ranks(comm_, {local_targets}));
+    const double global_targets = std::max(1.0, counts[0]);
+
+    double local_ce = 0.0;
+    for (size_t i = 0; i < mbs.size(); ++i) {
+      ASSIGN_OR_RETURN(double ce, engine_->forward_backward(mbs[i], 1.0 / global_targets,
+                                                            i + 1 == mbs.size()));
+      local_ce += ce;
+    }
+    ASSIGN_OR_RETURN(sharding::StepResult result, engine_->step(lr));
+    ASSIGN_OR_RETURN(std::vector<double> ce_total, sum_over_ranks(comm_, {local_ce}));
+    at::Tensor rss = at::tensor({static_cast<double>(host_rss_peak_bytes())}, at::kDouble);
+    RETURN_IF_ERROR(sharding::all_reduce_now(comm_, rss, sharding::ReduceOp::kMax));
+    const double loss = ce_total[0] / global_targets;
+    const double step_time =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double tokens = static_cast<double>(tc.global_batch * tc.seq_len);
+
+    if (result.skipped) ++summary.skipped_steps;
+    if (step == 0) summary.first_loss = loss;
+    summary.last_loss = loss;
+    summary.steps = step + 1;
+    if (is_root()) {
+      nlohmann::json line = {{"step", step + 1},
+                             {"loss", loss},
+                             {"lr", lr},
+                             {"grad_norm", std::isfinite(result.grad_norm) ? nlohmann::json(result.grad_norm)
+                                                                           : nlohmann::json(nullptr)},
+                             {"tokens", static_cast<int64_t>(tokens) * (step + 1)},
+                             {"tokens_per_s", tokens / step_time},
+                             {"step_time_s", step_time},
+                             {"skipped_steps", summary.skipped_steps},
+                             {"gpu_mem_peak_bytes", 0},
+                             {"host_rss_peak_bytes", static_cast<int64_t>(rss.item<double>())}};
+      if (cfg_.train.dtype == "fp16") line["loss_scale"] = result.loss_scale;
+      RETURN_IF_ERROR(metrics_->write(line));
+      if ((step + 1) % cfg_.log.every == 0 || step + 1 == tc.steps) {
+        progress.update(step + 1, loss, tokens / step_time, lr);
+      }
+    }
+    const bool eval_now = eval_ && tc.eval_every > 0 &&
+                          ((step + 1) % tc.eval_every == 0 || step + 1 == tc.steps);
+    if (eval_now) {
+      ASSIGN_OR_RETURN(double eval_loss, evaluate());
+      summary.last_eval_loss = eval_loss;
+      if (is_root()) {
+        RETURN_IF_ERROR(metrics_->write({{"step", step + 1}, {"eval_loss", eval_loss},
+                                         {"eval_perplexity", std::exp(eval_loss)}}));
+        char text[96];
+        std::snprintf(text, sizeof(text), "eval at step %lld: loss %.4f, perplexity %.2f",
+                      static_cast<long long>(step + 1), eval_loss, std::exp(eval_loss));
+        progress.message(text);
+      }
+    }
+  }
+  progress.finish();
+  return summary;
+}
+
+}  // namespace dstrain::runtime

@@ -1,0 +1,462 @@
+#include "sharding/engine.h"
+
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <cmath>
+#include <map>
+
+namespace dstrain::sharding {
+
+// One flat buffer of a unit (decay, no-decay or frozen parameters).
+struct Engine::Buffer {
+  FlatLayout layout;
+  SplitPlan split;
+  ShardRange shard;      // this rank's range (the whole buffer at stage 0)
+  bool trainable = false;
+  at::Tensor full;       // compute dtype, [padded_numel]: what forward reads
+  at::Tensor master;     // fp32 master: whole buffer (stage 0) or the shard; aliases `full` in fp32
+  at::Tensor exp_avg;    // AdamW moments, shaped like `master`
+  at::Tensor exp_avg_sq;
+  at::Tensor grad;       // fp32 accumulator: whole buffer (stages 0, 1) or the shard (stage 2)
+  at::Tensor mb_grad;    // stage 2: this micro-batch's whole-buffer gradient until reduce-scatter
+
+  bool present() const { return !layout.empty(); }
+  // The slice of `grad` that matches `master`.
+  at::Tensor master_grad(int64_t stage) const {
+    return stage == 1 ? grad.narrow(0, shard.begin, shard.numel()) : grad;
+  }
+};
+
+// A parameter of this unit that lives in an earlier unit's buffer (tied embedding / LM head).
+struct TiedRef {
+  int schema_index;
+  int owner_unit;
+  BufferKind owner_kind;
+  int owner_entry;
+};
+
+struct Engine::UnitState {
+  Buffer buffers[kNumBufferKinds];
+  std::vector<TiedRef> tied;
+};
+
+// Per micro-batch, per unit: what backward needs.
+struct Engine::UnitRun {
+  at::Tensor in;                     // detached input (requires grad) or token ids
+  at::Tensor out;                    // unit output; for the last unit, the weighted loss
+  at::Tensor leaf[kNumBufferKinds];  // the grad-requiring aliases of the flat buffers
+};
+
+namespace {
+
+at::Tensor cross_entropy_sum(const at::Tensor& logits, const at::Tensor& targets) {
+  const int64_t vocab = logits.size(-1);
+  return at::cross_entropy_loss(logits.reshape({-1, vocab}).to(at::kFloat), targets.reshape({-1}),
+                                /*weight=*/{}, at::Reduction::Sum, /*ignore_index=*/-100);
+}
+
+base::Status torch_error(const std::exception& e, const std::string& where) {
+  return base::Status::Internal(where + ": " + e.what());
+}
+
+// Completes a gradient reduction: waits for the collective and folds its result in.
+struct PendingReduction final : Work {
+  std::unique_ptr<Work> work;
+  std::function<void()> done;
+  base::Status wait() override {
+    base::Status st = work->wait();
+    if (st.ok() && done) done();
+    return st;
+  }
+};
+
+}  // namespace
+
+Engine::Engine(base::UnitList units, const EngineOptions& options, Communicator& comm)
+    : units_(std::move(units)), options_(options), comm_(comm) {}
+
+Engine::~Engine() {
+  // Collectives still in flight reference our tensors: let them finish first.
+  for (auto& w : pending_) (void)w->wait();
+}
+
+base::StatusOr<std::unique_ptr<Engine>> Engine::create(base::UnitList units,
+                                                       const EngineOptions& options,
+                                                       Communicator& comm,
+                                                       const ParamInitFn& init) {
+  if (options.zero.stage < 0 || options.zero.stage > 2) {
+    return base::Status::InvalidArgument("zero.stage " + std::to_string(options.zero.stage) +
+                                         " is not available in this build (stages 0 to 2 are)");
+  }
+  if (units.empty()) return base::Status::InvalidArgument("engine: the model has no units");
+  std::unique_ptr<Engine> engine(new Engine(std::move(units), options, comm));
+  try {
+    RETURN_IF_ERROR(engine->init_storage(init));
+  } catch (const std::exception& e) {
+    return torch_error(e, "engine: initialising parameters");
+  }
+  return engine;
+}
+
+base::Status Engine::init_storage(const ParamInitFn& init) {
+  const int world = comm_.size();
+  const int64_t stage = options_.zero.stage;
+  const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(options_.device);
+  step_count_ = at::zeros({}, f32);
+  loss_scale_ = options_.dynamic_loss_scale ? options_.loss_scale_init : 1.0;
+
+  // Where each named parameter lives, for resolving tied references.
+  struct Owner { int unit; BufferKind kind; int entry; };
+  std::map<std::string, Owner> owners;
+
+  for (int u = 0; u < static_cast<int>(units_.size()); ++u) {
+    const base::Unit& unit = *units_[u];
+    const auto& schema = unit.schema();
+    auto st = std::make_unique<UnitState>();
+
+    std::vector<at::Tensor> init_values;
+    for (const auto& spec : schema) init_values.push_back(at::empty(spec.shape, at::kFloat));
+    RETURN_IF_ERROR(init(unit, init_values).with_context("initialising unit " + unit.name()));
+
+    for (int k = 0; k < kNumBufferKinds; ++k) {
+      Buffer& b = st->buffers[k];
+      b.layout = make_flat_layout(schema, static_cast<BufferKind>(k), world);
+      if (!b.present()) continue;
+      b.split = split_plan(b.layout);
+      b.trainable = b.layout.kind != BufferKind::kFrozen;
+      b.shard = stage == 0 ? ShardRange{0, b.layout.padded_numel} : shard_range(b.layout, comm_.rank());
+
+      at::Tensor flat = at::zeros({b.layout.padded_numel}, at::kFloat);
+      for (int e = 0; e < static_cast<int>(b.layout.entries.size()); ++e) {
+        const FlatEntry& entry = b.layout.entries[e];
+        flat.narrow(0, entry.offset, entry.numel).copy_(init_values[entry.schema_index].reshape({-1}));
+        owners[entry.name] = {u, static_cast<BufferKind>(k), e};
+      }
+      flat = flat.to(f32);
+      if (!b.trainable) {
+        b.full = flat.to(options_.compute_dtype);  // frozen: compute dtype only, no master
+        continue;
+      }
+      if (options_.compute_dtype == at::kFloat) {
+        b.full = flat;
+        b.master = stage == 0 ? b.full : b.full.narrow(0, b.shard.begin, b.shard.numel());
+      } else {
+        b.full = flat.to(options_.compute_dtype);
+        b.master = flat.narrow(0, b.shard.begin, b.shard.numel()).clone();
+      }
+      b.exp_avg = at::zeros_like(b.master);
+      b.exp_avg_sq = at::zeros_like(b.master);
+      b.grad = stage == 2 ? at::zeros({b.shard.numel()}, f32) : at::zeros({b.layout.padded_numel}, f32);
+    }
+    for (int i = 0; i < static_cast<int>(schema.size()); ++i) {
+      if (schema[i].tied_to.empty()) continue;
+      auto it = owners.find(schema[i].tied_to);
+      if (it == owners.end()) {
+        return base::Status::InvalidArgument("unit " + unit.name() + ": parameter " + schema[i].name +
+                                             " is tied to " + schema[i].tied_to +
+                                             ", which no earlier unit owns");
+      }
+      st->tied.push_back({i, it->second.unit, it->second.kind, it->second.entry});
+    }
+    state_.push_back(std::move(st));
+  }
+  return base::Status::Ok();
+}
+
+std::vector<at::Tensor> Engine::make_params(int u, std::vector<UnitRun>& runs, bool need_grad) {
+  UnitState& st = *state_[u];
+  UnitRun& run = runs[u];
+  std::vector<at::Tensor> params(units_[u]->schema().size());
+  for (int k = 0; k < kNumBufferKinds; ++k) {
+    Buffer& b = st.buffers[k];
+    if (!b.present()) continue;
+    // A fresh alias per forward: the flat buffer is the one leaf, and backward lands in one
+    // flat gradient. The stored buffer itself never requires grad, so the optimizer updates it
+    // in place without touching any autograd graph.
+    run.leaf[k] = need_grad && b.trainable ? b.full.detach().requires_grad_() : b.full;
+    std::vector<at::Tensor> chunks = run.leaf[k].split_with_sizes(b.split.sizes);
+    for (size_t e = 0; e < b.layout.entries.size(); ++e) {
+      const FlatEntry& entry = b.layout.entries[e];
+      params[entry.schema_index] = chunks[b.split.param_chunks[e]].view(entry.shape);
+    }
+  }
+  for (const TiedRef& t : st.tied) {
+    const Buffer& owner = state_[t.owner_unit]->buffers[static_cast<int>(t.owner_kind)];
+    const FlatEntry& entry = owner.layout.entries[t.owner_entry];
+    params[t.schema_index] =
+        runs[t.owner_unit].leaf[static_cast<int>(t.owner_kind)].narrow(0, entry.offset, entry.numel)
+            .view(entry.shape);
+  }
+  return params;
+}
+
+at::Tensor Engine::forward_unit(int u, const at::Tensor& x, const base::StepContext& ctx,
+                                std::vector<UnitRun>& runs, bool need_grad) {
+  UnitRun& run = runs[u];
+  // Detaching at the boundary gives every unit its own autograd graph (token ids need none).
+  run.in = (u > 0 && need_grad) ? x.detach().requires_grad_() : x;
+  std::vector<at::Tensor> params = make_params(u, runs, need_grad);
+  run.out = units_[u]->forward(run.in, params, ctx);
+  return run.out;
+}
+
+base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::Tensor& grad_out,
+                                   at::Tensor* grad_in, bool reduce_now) {
+  UnitState& st = *state_[u];
+  UnitRun& run = runs[u];
+  // Inputs of the grad call, and where each result goes.
+  std::vector<at::Tensor> inputs;
+  std::vector<Buffer*> targets;
+  if (u > 0) {
+    inputs.push_back(run.in);
+    targets.push_back(nullptr);
+  }
+  for (int k = 0; k < kNumBufferKinds; ++k) {
+    if (!st.buffers[k].present() || !st.buffers[k].trainable) continue;
+    inputs.push_back(run.leaf[k]);
+    targets.push_back(&st.buffers[k]);
+  }
+  for (const TiedRef& t : st.tied) {
+    Buffer& owner = state_[t.owner_unit]->buffers[static_cast<int>(t.owner_kind)];
+    if (!owner.trainable) continue;
+    inputs.push_back(runs[t.owner_unit].leaf[static_cast<int>(t.owner_kind)]);
+    targets.push_back(&owner);
+  }
+  std::vector<at::Tensor> grad_outputs;
+  if (grad_out.defined()) grad_outputs.push_back(grad_out);
+  std::vector<at::Tensor> grads = torch::autograd::grad({run.out}, inputs, grad_outputs,
+                                                        /*retain_graph=*/false,
+                                                        /*create_graph=*/false,
+                                                        /*allow_unused=*/true);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    if (targets[i] == nullptr) {
+      *grad_in = grads[i];
+      continue;
+    }
+    if (!grads[i].defined()) continue;
+    Buffer& b = *targets[i];
+    if (options_.zero.stage == 2) {
+      if (!b.mb_grad.defined()) b.mb_grad = at::zeros({b.layout.padded_numel}, b.grad.options());
+      b.mb_grad.add_(grads[i]);
+    } else {
+      b.grad.add_(grads[i]);
+    }
+  }
+  run = UnitRun();  // the graph is consumed; drop the activations now
+  if (reduce_now) RETURN_IF_ERROR(start_reduction(u));
+  return base::Status::Ok();
+}
+
+base::Status Engine::start_reduction(int u) {
+  UnitState& st = *state_[u];
+  for (int k = 0; k < kNumBufferKinds; ++k) {
+    Buffer& b = st.buffers[k];
+    if (!b.present() || !b.trainable) continue;
+    auto pending = std::make_unique<PendingReduction>();
+    if (options_.zero.stage == 2) {
+      if (!b.mb_grad.defined()) b.mb_grad = at::zeros({b.layout.padded_numel}, b.grad.options());
+      at::Tensor in = std::move(b.mb_grad);
+      at::Tensor out = at::empty({b.shard.numel()}, b.grad.options());
+      pending->work = comm_.reduce_scatter(in, out, ReduceOp::kSum);
+      Buffer* bp = &b;
+      // `in` is kept alive by the lambda until the collective has finished.
+      pending->done = [bp, in, out]() { bp->grad.add_(out); };
+    } else {
+      pending->work = comm_.all_reduce(b.grad, ReduceOp::kSum);
+    }
+    pending_.push_back(std::move(pending));
+  }
+  return base::Status::Ok();
+}
+
+base::Status Engine::finish_reductions() {
+  base::Status first;
+  for (auto& w : pending_) {
+    base::Status st = w->wait();
+    if (first.ok() && !st.ok()) first = st;
+  }
+  pending_.clear();
+  return first;
+}
+
+base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double loss_weight,
+                                                bool last_micro_batch) {
+  const int n = static_cast<int>(units_.size());
+  const bool reduce_now = last_micro_batch || options_.zero.stage == 2;
+  try {
+    // Stage 2 reduce-scatters every micro-batch: fold in the previous one's results first.
+    if (options_.zero.stage == 2) RETURN_IF_ERROR(finish_reductions());
+    std::vector<UnitRun> runs(n);
+    at::Tensor x = mb.input_ids;
+    for (int u = 0; u < n; ++u) x = forward_unit(u, x, mb.ctx, runs, /*need_grad=*/true);
+    // The loss joins the last unit's graph, so its backward starts from a scalar.
+    at::Tensor ce = cross_entropy_sum(runs[n - 1].out, mb.target_ids);
+    const double ce_value = ce.item<double>();
+    runs[n - 1].out = ce * (loss_weight * loss_scale_);
+    at::Tensor grad;
+    for (int u = n - 1; u >= 0; --u) {
+      at::Tensor grad_in;
+      RETURN_IF_ERROR(backward_unit(u, runs, grad, &grad_in, reduce_now));
+      grad = grad_in;
+    }
+    return ce_value;
+  } catch (const std::exception& e) {
+    return torch_error(e, "forward/backward");
+  }
+}
+
+base::StatusOr<double> Engine::grad_norm_squared() {
+  // Each rank sums the squares of the part it owns; one all-reduce gives the global value
+  // (a NaN anywhere propagates, so every rank sees it).
+  const int64_t stage = options_.zero.stage;
+  at::Tensor total = at::zeros({}, at::TensorOptions().dtype(at::kDouble));
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (!b.present() || !b.trainable) continue;
+      at::Tensor owned = stage == 2 ? b.grad : b.grad.narrow(0, b.layout.shard_numel * comm_.rank(),
+                                                             b.layout.shard_numel);
+      total += owned.to(at::kDouble).pow(2).sum().cpu();
+    }
+  }
+  RETURN_IF_ERROR(all_reduce_now(comm_, total, ReduceOp::kSum));
+  return total.item<double>();
+}
+
+base::StatusOr<StepResult> Engine::step(double lr) {
+  StepResult result;
+  try {
+    RETURN_IF_ERROR(finish_reductions());
+    ASSIGN_OR_RETURN(double norm_sq, grad_norm_squared());
+    const double norm = std::sqrt(norm_sq) / loss_scale_;
+    result.grad_norm = norm;
+    result.loss_scale = loss_scale_;
+    result.skipped = !std::isfinite(norm);
+    if (!result.skipped) {
+      const double clip = options_.optim.grad_clip;
+      const double clip_coef = (clip > 0 && norm > clip) ? clip / (norm + 1e-6) : 1.0;
+      // _fused_adamw_ divides each gradient by grad_scale: unscaling and clipping in one pass.
+      at::Tensor grad_scale = at::full({}, loss_scale_ / clip_coef, step_count_.options());
+      step_count_ += 1;  // _fused_adamw_ reads the step; the caller advances it
+      const int64_t stage = options_.zero.stage;
+      for (int kind : {static_cast<int>(BufferKind::kDecay), static_cast<int>(BufferKind::kNoDecay)}) {
+        std::vector<at::Tensor> params, grads, m, v, steps;
+        for (auto& st : state_) {
+          Buffer& b = st->buffers[kind];
+          if (!b.present()) continue;
+          params.push_back(b.master);
+          grads.push_back(b.master_grad(stage));
+          m.push_back(b.exp_avg);
+          v.push_back(b.exp_avg_sq);
+          steps.push_back(step_count_);
+        }
+        if (params.empty()) continue;
+        const double wd = kind == static_cast<int>(BufferKind::kDecay) ? options_.optim.weight_decay : 0.0;
+        at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr,
+                          options_.optim.beta1, options_.optim.beta2, wd, options_.optim.eps,
+                          /*amsgrad=*/false, /*maximize=*/false, grad_scale, /*found_inf=*/{});
+      }
+      RETURN_IF_ERROR(refresh_compute_params());
+    }
+    if (options_.dynamic_loss_scale) {
+      if (result.skipped) {
+        loss_scale_ = std::max(1.0, loss_scale_ / 2);
+        good_steps_ = 0;
+      } else if (++good_steps_ >= options_.loss_scale_window) {
+        loss_scale_ *= 2;
+        good_steps_ = 0;
+      }
+    }
+    for (auto& st : state_) {
+      for (Buffer& b : st->buffers) {
+        if (b.present() && b.trainable) b.grad.zero_();
+      }
+    }
+  } catch (const std::exception& e) {
+    return torch_error(e, "optimizer step");
+  }
+  return result;
+}
+
+base::Status Engine::refresh_compute_params() {
+  const int64_t stage = options_.zero.stage;
+  std::vector<std::unique_ptr<Work>> gathers;
+  std::vector<at::Tensor> keep_alive;
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (!b.present() || !b.trainable) continue;
+      if (stage == 0) {
+        if (!b.master.is_same(b.full)) b.full.copy_(b.master);
+        continue;
+      }
+      // The shard may alias `full` (fp32), and a gather's input must not overlap its output.
+      at::Tensor shard = b.master.to(b.full.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+      keep_alive.push_back(shard);
+      gathers.push_back(comm_.all_gather(shard, b.full));
+    }
+  }
+  for (auto& g : gathers) RETURN_IF_ERROR(g->wait());
+  return base::Status::Ok();
+}
+
+base::StatusOr<double> Engine::eval_loss_sum(const MicroBatch& mb) {
+  try {
+    c10::NoGradGuard no_grad;
+    std::vector<UnitRun> runs(units_.size());
+    at::Tensor x = mb.input_ids;
+    for (int u = 0; u < static_cast<int>(units_.size()); ++u) {
+      x = forward_unit(u, x, mb.ctx, runs, /*need_grad=*/false);
+    }
+    return cross_entropy_sum(x, mb.target_ids).item<double>();
+  } catch (const std::exception& e) {
+    return torch_error(e, "evaluation");
+  }
+}
+
+base::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> Engine::full_parameters() {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  try {
+    for (auto& st : state_) {
+      for (Buffer& b : st->buffers) {
+        if (!b.present()) continue;
+        at::Tensor full;
+        if (!b.trainable || options_.zero.stage == 0) {
+          full = b.trainable ? b.master : b.full;
+        } else {
+          full = at::empty({b.layout.padded_numel}, b.master.options());
+          RETURN_IF_ERROR(comm_.all_gather(b.master.contiguous().clone(), full)->wait());
+        }
+        full = full.to(at::kFloat).cpu();
+        for (const FlatEntry& e : b.layout.entries) {
+          out.emplace_back(e.name, full.narrow(0, e.offset, e.numel).view(e.shape).clone());
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    return torch_error(e, "gathering parameters");
+  }
+  return out;
+}
+
+int64_t Engine::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& st : state_) {
+    for (const Buffer& b : st->buffers) {
+      for (const FlatEntry& e : b.layout.entries) n += e.numel;
+    }
+  }
+  return n;
+}
+
+int64_t Engine::num_trainable_parameters() const {
+  int64_t n = 0;
+  for (const auto& st : state_) {
+    for (const Buffer& b : st->buffers) {
+      if (!b.trainable) continue;
+      for (const FlatEntry& e : b.layout.entries) n += e.numel;
+    }
+  }
+  return n;
+}
+
+}  // namespace dstrain::sharding

@@ -1,0 +1,103 @@
+#pragma once
+// The ZeRO engine: owns every parameter's storage in flat buffers and runs the model unit by
+// unit (DESIGN.md). Each unit's forward gets fresh views of its flat buffers; every unit has its
+// own autograd graph (inputs detached at unit boundaries), so backward walks the units in reverse
+// and each unit's gradient lands in one flat gradient that is reduced as soon as it is complete.
+//
+// Stages: 0 replicates everything and all-reduces gradients; 1 shards the fp32 master weights and
+// AdamW moments and all-gathers the updated parameters after the step; 2 also reduce-scatters
+// gradients into shard accumulators.
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "base/config.h"
+#include "base/status.h"
+#include "base/unit.h"
+#include "sharding/communicator.h"
+#include "sharding/flat_layout.h"
+
+namespace dstrain::sharding {
+
+// Fills `out` (one fp32 CPU tensor per schema entry, tied entries included) for a unit.
+using ParamInitFn = std::function<base::Status(const base::Unit&, at::TensorList out)>;
+
+struct EngineOptions {
+  base::ZeroConfig zero;
+  base::OptimConfig optim;
+  at::ScalarType compute_dtype = at::kFloat;
+  at::Device device = at::kCPU;
+  bool dynamic_loss_scale = false;  // fp16
+  double loss_scale_init = 65536.0;
+  int64_t loss_scale_window = 1000;
+};
+
+struct MicroBatch {
+  at::Tensor input_ids;   // [B, T] int64
+  at::Tensor target_ids;  // [B, T] int64, -100 where no loss
+  base::StepContext ctx;
+};
+
+struct StepResult {
+  double grad_norm = 0.0;  // before clipping; non-finite when the step was skipped
+  bool skipped = false;
+  double loss_scale = 1.0;
+};
+
+class Engine {
+ public:
+  static base::StatusOr<std::unique_ptr<Engine>> create(base::UnitList units,
+                                                        const EngineOptions& options,
+                                                        Communicator& comm,
+                                                        const ParamInitFn& init);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Forward and backward of one micro-batch. The loss is sum(CE over target tokens) * loss_weight
+  // (loss_weight = 1 / global target tokens of the optimizer step). Gradients accumulate until
+  // step(); on the last micro-batch of a step each unit's gradient reduction starts as soon as its
+  // backward finishes. Returns the unweighted CE sum of this micro-batch.
+  base::StatusOr<double> forward_backward(const MicroBatch& mb, double loss_weight,
+                                          bool last_micro_batch);
+  // Finishes gradient reduction, clips by global norm, applies AdamW at `lr` (or skips the step on
+  // every rank when any gradient is non-finite) and refreshes the compute parameters.
+  base::StatusOr<StepResult> step(double lr);
+  // Forward only; returns the CE sum over target tokens.
+  base::StatusOr<double> eval_loss_sum(const MicroBatch& mb);
+
+  // Full fp32 copies of every parameter by name (gathered); for tests, export and evaluation.
+  base::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> full_parameters();
+  int64_t num_parameters() const;
+  int64_t num_trainable_parameters() const;
+  const base::UnitList& units() const { return units_; }
+
+ private:
+  struct Buffer;
+  struct UnitState;
+  struct UnitRun;
+  Engine(base::UnitList units, const EngineOptions& options, Communicator& comm);
+  base::Status init_storage(const ParamInitFn& init);
+  std::vector<at::Tensor> make_params(int unit, std::vector<UnitRun>& runs, bool need_grad);
+  at::Tensor forward_unit(int unit, const at::Tensor& x, const base::StepContext& ctx,
+                          std::vector<UnitRun>& runs, bool need_grad);
+  base::Status backward_unit(int unit, std::vector<UnitRun>& runs, const at::Tensor& grad_out,
+                             at::Tensor* grad_in, bool reduce_now);
+  base::Status start_reduction(int unit);
+  base::Status finish_reductions();
+  base::StatusOr<double> grad_norm_squared();
+  base::Status refresh_compute_params();
+
+  base::UnitList units_;
+  EngineOptions options_;
+  Communicator& comm_;
+  std::vector<std::unique_ptr<UnitState>> state_;
+  std::vector<std::unique_ptr<Work>> pending_;  // gradient reductions in flight
+  at::Tensor step_count_;                        // AdamW step (float scalar, as _fused_adamw_ wants)
+  double loss_scale_ = 1.0;
+  int64_t good_steps_ = 0;
+};
+
+}  // namespace dstrain::sharding
