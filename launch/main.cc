@@ -12,6 +12,7 @@ using dstrain::base::Status;
 
 // Prints an error once: rank 0 for errors every rank sees alike, any rank otherwise.
 int report(const Status& st, int rank, bool every_rank_alike) {
+  if (st.ok()) return 0;
   if (!every_rank_alike || rank == 0) {
     if (rank > 0) std::fprintf(stderr, "[rank %d] ", rank);
     std::fprintf(stderr, "error: %s\n", st.message().c_str());

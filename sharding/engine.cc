@@ -459,4 +459,25 @@ int64_t Engine::num_trainable_parameters() const {
   return n;
 }
 
+int64_t Engine::optimizer_state_numel() const {
+  int64_t n = 0;
+  for (const auto& st : state_) {
+    for (const Buffer& b : st->buffers) {
+      if (!b.present() || !b.trainable) continue;
+      n += b.master.numel() + b.exp_avg.numel() + b.exp_avg_sq.numel();
+    }
+  }
+  return n;
+}
+
+int64_t Engine::local_parameter_numel() const {
+  int64_t n = 0;
+  for (const auto& st : state_) {
+    for (const Buffer& b : st->buffers) {
+      if (b.present()) n += b.full.storage().nbytes() / b.full.element_size();
+    }
+  }
+  return n;
+}
+
 }  // namespace dstrain::sharding

@@ -73,6 +73,10 @@ class Engine {
   int64_t num_parameters() const;
   int64_t num_trainable_parameters() const;
   const base::UnitList& units() const { return units_; }
+  // Elements of optimizer state held by this rank: fp32 master weights plus both AdamW moments.
+  int64_t optimizer_state_numel() const;
+  // Elements of full (gathered) parameter storage this rank holds right now.
+  int64_t local_parameter_numel() const;
 
  private:
   struct Buffer;

@@ -1,0 +1,71 @@
+#include "launch/cli.h"
+
+#include <gtest/gtest.h>
+
+namespace dstrain::launch {
+namespace {
+
+base::StatusOr<Command> parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "dstrain");
+  return parse_command_line(static_cast<int>(args.size()), args.data());
+}
+
+TEST(Cli, TrainIsTheDefaultCommand) {
+  auto cmd = parse({"--config", "a.toml", "--set", "train.steps=3", "--set", "run.dir=x"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status().message();
+  EXPECT_EQ(cmd->kind, CommandKind::kTrain);
+  EXPECT_EQ(cmd->config_path, "a.toml");
+  EXPECT_EQ(cmd->overrides, (std::vector<std::string>{"train.steps=3", "run.dir=x"}));
+  EXPECT_EQ(cmd->resume, "auto");
+}
+
+TEST(Cli, ExplicitTrainAndResume) {
+  auto cmd = parse({"train", "-c", "a.toml", "--resume", "never"});
+  ASSERT_TRUE(cmd.ok());
+  EXPECT_EQ(cmd->kind, CommandKind::kTrain);
+  EXPECT_EQ(cmd->resume, "never");
+}
+
+TEST(Cli, HelpAndVersion) {
+  auto help = parse({"--help"});
+  ASSERT_TRUE(help.ok());
+  EXPECT_EQ(help->kind, CommandKind::kHelp);
+  EXPECT_NE(help->help_text.find("mpirun -np 32 dstrain --config lora.toml"), std::string::npos);
+  auto version = parse({"--version"});
+  ASSERT_TRUE(version.ok());
+  EXPECT_EQ(version->kind, CommandKind::kVersion);
+  auto sub_help = parse({"plan", "--help"});
+  ASSERT_TRUE(sub_help.ok());
+  EXPECT_EQ(sub_help->kind, CommandKind::kHelp);
+}
+
+TEST(Cli, UsageErrorsExitTwo) {
+  for (auto args : std::vector<std::vector<const char*>>{
+           {"frobnicate"}, {"train"}, {"--config"}, {"--config", "a", "--bogus"},
+           {"prepare", "--input", "a.txt"}, {"prepare", "-i", "a", "-o", "b", "--format", "xml"},
+           {"bench"}, {"bench", "disk"}, {"plan", "--config", "a", "--world", "-2"}}) {
+    auto cmd = parse(args);
+    ASSERT_FALSE(cmd.ok()) << args[0];
+    EXPECT_EQ(base::exit_code(cmd.status()), 2);
+    EXPECT_NE(cmd.status().message().find("--help"), std::string::npos);
+  }
+}
+
+TEST(Cli, PlanPrepareBench) {
+  auto plan = parse({"plan", "--config", "a.toml", "--world", "8", "--json"});
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->world, 8);
+  EXPECT_TRUE(plan->json);
+  auto prep = parse({"prepare", "--input", "a.txt", "b.txt", "--output", "o.dstok"});
+  ASSERT_TRUE(prep.ok());
+  EXPECT_EQ(prep->inputs.size(), 2u);
+  EXPECT_EQ(prep->prepare_format, "text");
+  auto bench = parse({"bench", "comm", "--sizes-mib", "1", "2", "--iters", "3"});
+  ASSERT_TRUE(bench.ok());
+  EXPECT_EQ(bench->bench_what, "comm");
+  EXPECT_EQ(bench->bench_sizes_mib, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(bench->bench_iters, 3);
+}
+
+}  // namespace
+}  // namespace dstrain::launch

@@ -1,0 +1,197 @@
+// The dstrain binary end to end, under mpirun: what a user sees (exit codes, messages) and what
+// scripts read (metrics.jsonl).
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct RunResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+RunResult run(const std::string& command) {
+  RunResult r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string dstrain(int ranks, const std::string& args) {
+  return std::string(DSTRAIN_MPIRUN) + " -np " + std::to_string(ranks) + " " + DSTRAIN_BINARY + " " + args;
+}
+
+class TrainE2e : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("dstrain_e2e_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string write(const std::string& name, const std::string& text) {
+    const fs::path p = dir_ / name;
+    std::ofstream(p) << text;
+    return p.string();
+  }
+  // A small model on the built-in demo corpus; a few seconds per run.
+  std::string small_config(const std::string& extra = "") {
+    return write("small.toml", R"(
+[model]
+vocab_size = 259
+hidden_size = 32
+intermediate_size = 64
+num_layers = 2
+num_heads = 4
+num_kv_heads = 2
+[train]
+steps = 6
+global_batch = 8
+micro_batch = 2
+seq_len = 32
+[optim]
+lr = 1e-2
+grad_clip = 0.5
+)" + extra);
+  }
+  std::vector<nlohmann::json> metrics(const std::string& run_dir) {
+    std::vector<nlohmann::json> lines;
+    std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+    return lines;
+  }
+  std::vector<double> losses(const std::string& run_dir) {
+    std::vector<double> out;
+    for (const auto& j : metrics(run_dir)) {
+      if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+    }
+    return out;
+  }
+  std::string run_dir(const std::string& name) { return (dir_ / name).string(); }
+
+  fs::path dir_;
+};
+
+TEST_F(TrainE2e, TinyTomlLossFallsByThirtyPercent) {
+  const std::string out = run_dir("tiny");
+  RunResult r = run(dstrain(2, "--config " DSTRAIN_SOURCE_DIR "/configs/tiny.toml --set run.dir=" + out));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<nlohmann::json> lines = metrics(out);
+  ASSERT_EQ(lines.size(), 120u);
+  for (const char* key : {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "step_time_s",
+                          "skipped_steps", "gpu_mem_peak_bytes", "host_rss_peak_bytes"}) {
+    EXPECT_TRUE(lines.back().contains(key)) << key;
+  }
+  const double first = lines.front()["loss"], last = lines.back()["loss"];
+  EXPECT_LT(last, 0.7 * first) << "first " << first << " last " << last;
+  EXPECT_EQ(lines.back()["skipped_steps"], 0);
+  EXPECT_NE(r.output.find("step 120/120"), std::string::npos) << r.output;
+}
+
+TEST_F(TrainE2e, SameLossesAtOneTwoAndFourRanks) {
+  // Same global batch, so accumulation is 4, 2 and 1 micro-batches per rank.
+  const std::string cfg = small_config();
+  std::vector<std::vector<double>> runs;
+  for (int ranks : {1, 2, 4}) {
+    const std::string out = run_dir("r" + std::to_string(ranks));
+    RunResult r = run(dstrain(ranks, "--config " + cfg + " --set run.dir=" + out));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    runs.push_back(losses(out));
+    ASSERT_EQ(runs.back().size(), 6u);
+  }
+  for (size_t k = 1; k < runs.size(); ++k) {
+    for (size_t s = 0; s < runs[0].size(); ++s) {
+      EXPECT_NEAR(runs[k][s], runs[0][s], 1e-5 * std::abs(runs[0][s])) << "run " << k << " step " << s;
+    }
+  }
+}
+
+TEST_F(TrainE2e, RerunIsBitIdentical) {
+  const std::string cfg = small_config();
+  std::vector<std::vector<double>> runs;
+  for (const char* name : {"a", "b"}) {
+    RunResult r = run(dstrain(2, "--config " + cfg + " --set run.dir=" + run_dir(name)));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    runs.push_back(losses(run_dir(name)));
+  }
+  ASSERT_EQ(runs[0].size(), 6u);
+  EXPECT_EQ(runs[0], runs[1]);
+  // A different seed is a different run.
+  RunResult r = run(dstrain(2, "--config " + cfg + " --set run.seed=7 --set run.dir=" + run_dir("c")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(losses(run_dir("c")), runs[0]);
+}
+
+TEST_F(TrainE2e, EvaluationWritesEvalLoss) {
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "the quick brown fox jumps over the lazy dog number " + std::to_string(i) + ".\n";
+  const std::string txt = write("eval.txt", text);
+  const std::string tok = (dir_ / "eval.dstok").string();
+  RunResult prep = run(std::string(DSTRAIN_BINARY) + " prepare --input " + txt + " --output " + tok);
+  ASSERT_EQ(prep.exit_code, 0) << prep.output;
+  const std::string cfg = small_config("[data]\neval_path = \"" + tok + "\"\n");
+  const std::string out = run_dir("eval");
+  RunResult r = run(dstrain(2, "--config " + cfg + " --set train.eval_every=3 --set run.dir=" + out));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  int evals = 0;
+  for (const auto& j : metrics(out)) {
+    if (!j.contains("eval_loss")) continue;
+    ++evals;
+    EXPECT_TRUE(std::isfinite(j["eval_loss"].get<double>()));
+    EXPECT_EQ(j["step"].get<int>() % 3, 0);
+  }
+  EXPECT_EQ(evals, 2);
+}
+
+TEST_F(TrainE2e, BadDataFileExitsThreeNamingTheFile) {
+  const std::string bad = write("bad.dstok", "this is not a token file");
+  const std::string cfg = small_config("[data]\npath = \"" + bad + "\"\n");
+  RunResult r = run(dstrain(2, "--config " + cfg + " --set run.dir=" + run_dir("bad")));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find(bad), std::string::npos) << r.output;
+}
+
+TEST_F(TrainE2e, ConfigErrorExitsTwoWithFileLineKey) {
+  const std::string cfg = write("c.toml", "[train]\nsteps = 5\nmicro_bach = 2\n");
+  RunResult r = run(dstrain(2, "--config " + cfg));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find(cfg + ":3: train.micro_bach"), std::string::npos) << r.output;
+}
+
+TEST_F(TrainE2e, GlobalBatchThatDoesNotSplitExitsTwo) {
+  const std::string cfg = small_config();
+  RunResult r = run(dstrain(3, "--config " + cfg + " --set run.dir=" + run_dir("x")));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("train.global_batch"), std::string::npos) << r.output;
+}
+
+TEST_F(TrainE2e, PlanPrintsPerRankBytes) {
+  const std::string cfg = small_config("[zero]\nstage = 2\n");
+  RunResult r = run(std::string(DSTRAIN_BINARY) + " plan --json --world 4 --config " + cfg);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["world"], 4);
+  EXPECT_GT(j["parameters"].get<int64_t>(), 0);
+  EXPECT_GT(j["per_rank_bytes"]["total"].get<int64_t>(), 0);
+}
+
+}  // namespace
