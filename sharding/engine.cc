@@ -3,10 +3,17 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
+#include "sharding/gathered_storage.h"
+
 namespace dstrain::sharding {
+
+// Where a buffer's full parameters are. Below stage 3 always kGathered; under stage 3 the
+// transitions live in Engine::transition and nowhere else.
+enum class Engine::GatherState { kReleased, kGathering, kGathered };
 
 // One flat buffer of a unit (decay, no-decay or frozen parameters).
 struct Engine::Buffer {
@@ -14,12 +21,19 @@ struct Engine::Buffer {
   SplitPlan split;
   ShardRange shard;      // this rank's range (the whole buffer at stage 0)
   bool trainable = false;
-  at::Tensor full;       // compute dtype, [padded_numel]: what forward reads
+  at::Tensor full;       // compute dtype, [padded_numel]: what forward reads. Under stage 3 its
+                         // memory exists only between a gather and the release after use; the
+                         // tensor (and its storage object, which saved graphs reference) is permanent.
+  at::Tensor shard_param;  // stage 3: this rank's part of `full` in the compute dtype (the gather's
+                           // input); aliases `master` in fp32
   at::Tensor master;     // fp32 master: whole buffer (stage 0) or the shard; aliases `full` in fp32
+                         // below stage 3
   at::Tensor exp_avg;    // AdamW moments, shaped like `master`
   at::Tensor exp_avg_sq;
-  at::Tensor grad;       // fp32 accumulator: whole buffer (stages 0, 1) or the shard (stage 2)
-  at::Tensor mb_grad;    // stage 2: this micro-batch's whole-buffer gradient until reduce-scatter
+  at::Tensor grad;       // fp32 accumulator: whole buffer (stages 0, 1) or the shard (stages 2, 3)
+  at::Tensor mb_grad;    // stages 2, 3: this micro-batch's whole-buffer gradient until reduce-scatter
+  GatherState state = GatherState::kGathered;
+  std::unique_ptr<Work> gather;  // the all-gather into `full` while kGathering
 
   bool present() const { return !layout.empty(); }
   // The slice of `grad` that matches `master`.
@@ -39,6 +53,7 @@ struct TiedRef {
 struct Engine::UnitState {
   Buffer buffers[kNumBufferKinds];
   std::vector<TiedRef> tied;
+  std::vector<Buffer*> uses;  // every buffer the unit's forward reads: its own and tied owners'
 };
 
 // Per micro-batch, per unit: what backward needs.
@@ -79,15 +94,25 @@ Engine::Engine(base::UnitList units, const EngineOptions& options, Communicator&
 Engine::~Engine() {
   // Collectives still in flight reference our tensors: let them finish first.
   for (auto& w : pending_) (void)w->wait();
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (b.gather) (void)b.gather->wait();
+    }
+  }
 }
 
 base::StatusOr<std::unique_ptr<Engine>> Engine::create(base::UnitList units,
                                                        const EngineOptions& options,
                                                        Communicator& comm,
                                                        const ParamInitFn& init) {
-  if (options.zero.stage < 0 || options.zero.stage > 2) {
+  if (options.zero.stage < 0 || options.zero.stage > 3) {
     return base::Status::InvalidArgument("zero.stage " + std::to_string(options.zero.stage) +
-                                         " is not available in this build (stages 0 to 2 are)");
+                                         " is out of range (0 to 3)");
+  }
+  if (options.zero.prefetch_depth < 0) {
+    return base::Status::InvalidArgument("zero.prefetch_depth " +
+                                         std::to_string(options.zero.prefetch_depth) +
+                                         " must not be negative");
   }
   if (units.empty()) return base::Status::InvalidArgument("engine: the model has no units");
   std::unique_ptr<Engine> engine(new Engine(std::move(units), options, comm));
@@ -134,6 +159,10 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
         owners[entry.name] = {u, static_cast<BufferKind>(k), e};
       }
       flat = flat.to(f32);
+      if (stage == 3) {
+        init_stage3_buffer(b, flat);
+        continue;
+      }
       if (!b.trainable) {
         b.full = flat.to(options_.compute_dtype);  // frozen: compute dtype only, no master
         continue;
@@ -149,6 +178,9 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
       b.exp_avg_sq = at::zeros_like(b.master);
       b.grad = stage == 2 ? at::zeros({b.shard.numel()}, f32) : at::zeros({b.layout.padded_numel}, f32);
     }
+    for (Buffer& b : st->buffers) {
+      if (b.present()) st->uses.push_back(&b);
+    }
     for (int i = 0; i < static_cast<int>(schema.size()); ++i) {
       if (schema[i].tied_to.empty()) continue;
       auto it = owners.find(schema[i].tied_to);
@@ -158,10 +190,93 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
                                              ", which no earlier unit owns");
       }
       st->tied.push_back({i, it->second.unit, it->second.kind, it->second.entry});
+      Buffer* owner = &state_[it->second.unit]->buffers[static_cast<int>(it->second.kind)];
+      if (std::find(st->uses.begin(), st->uses.end(), owner) == st->uses.end()) {
+        st->uses.push_back(owner);
+      }
     }
     state_.push_back(std::move(st));
   }
   return base::Status::Ok();
+}
+
+void Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
+  const at::Tensor mine = flat.narrow(0, b.shard.begin, b.shard.numel());
+  b.full = at::empty({b.layout.padded_numel}, flat.options().dtype(options_.compute_dtype));
+  release_storage(b.full);
+  b.state = GatherState::kReleased;
+  b.shard_param = mine.to(options_.compute_dtype, /*non_blocking=*/false, /*copy=*/true);
+  if (!b.trainable) return;  // frozen: the compute-dtype shard only, no master
+  b.master = options_.compute_dtype == at::kFloat ? b.shard_param : mine.clone();
+  b.exp_avg = at::zeros_like(b.master);
+  b.exp_avg_sq = at::zeros_like(b.master);
+  b.grad = at::zeros({b.shard.numel()}, b.master.options());
+}
+
+base::Status Engine::transition(Buffer& b, GatherState to) {
+  if (b.state == to) return base::Status::Ok();
+  switch (to) {
+    case GatherState::kGathering:
+      if (b.state == GatherState::kGathered) return base::Status::Ok();  // nothing to fetch
+      // Fresh memory for the same storage object; the gather writes it through a raw pointer.
+      allocate_storage(b.full, static_cast<size_t>(b.full.numel() * b.full.element_size()));
+      b.gather = comm_.all_gather(b.shard_param, b.full);
+      break;
+    case GatherState::kGathered:
+      if (b.state == GatherState::kReleased) RETURN_IF_ERROR(transition(b, GatherState::kGathering));
+      RETURN_IF_ERROR(b.gather->wait());
+      b.gather.reset();
+      break;
+    case GatherState::kReleased:
+      if (b.gather) RETURN_IF_ERROR(b.gather->wait());  // the collective still writes into it
+      b.gather.reset();
+      release_storage(b.full);
+      break;
+  }
+  b.state = to;
+  return base::Status::Ok();
+}
+
+base::Status Engine::prefetch(int u) {
+  if (options_.zero.stage != 3) return base::Status::Ok();
+  for (Buffer* b : state_[u]->uses) RETURN_IF_ERROR(transition(*b, GatherState::kGathering));
+  return base::Status::Ok();
+}
+
+base::Status Engine::gather(int u) {
+  if (options_.zero.stage != 3) return base::Status::Ok();
+  for (Buffer* b : state_[u]->uses) RETURN_IF_ERROR(transition(*b, GatherState::kGathered));
+  return base::Status::Ok();
+}
+
+base::Status Engine::release(int u, int keep_lo, int keep_hi) {
+  if (options_.zero.stage != 3) return base::Status::Ok();
+  for (Buffer* b : state_[u]->uses) {
+    bool needed = false;
+    for (int v = keep_lo; v <= keep_hi && !needed; ++v) {
+      const auto& uses = state_[v]->uses;
+      needed = std::find(uses.begin(), uses.end(), b) != uses.end();
+    }
+    if (!needed) RETURN_IF_ERROR(transition(*b, GatherState::kReleased));
+  }
+  return base::Status::Ok();
+}
+
+base::StatusOr<at::Tensor> Engine::forward_units(const MicroBatch& mb, std::vector<UnitRun>& runs,
+                                                 bool need_grad) {
+  const int n = static_cast<int>(units_.size());
+  const int depth = static_cast<int>(options_.zero.prefetch_depth);
+  int issued = -1;  // gathers are issued for units [0, issued]
+  at::Tensor x = mb.input_ids;
+  for (int u = 0; u < n; ++u) {
+    // Issue the next units' gathers before this unit's compute, so they overlap it.
+    for (; issued < std::min(u + depth, n - 1); ++issued) RETURN_IF_ERROR(prefetch(issued + 1));
+    RETURN_IF_ERROR(gather(u));
+    x = forward_unit(u, x, mb.ctx, runs, need_grad);
+    // Backward starts with the last unit at once: keep it.
+    if (u < n - 1 || !need_grad) RETURN_IF_ERROR(release(u, u + 1, issued));
+  }
+  return x;
 }
 
 std::vector<at::Tensor> Engine::make_params(int u, std::vector<UnitRun>& runs, bool need_grad) {
@@ -236,7 +351,7 @@ base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::
     }
     if (!grads[i].defined()) continue;
     Buffer& b = *targets[i];
-    if (options_.zero.stage == 2) {
+    if (options_.zero.stage >= 2) {
       if (!b.mb_grad.defined()) b.mb_grad = at::zeros({b.layout.padded_numel}, b.grad.options());
       b.mb_grad.add_(grads[i]);
     } else {
@@ -254,7 +369,7 @@ base::Status Engine::start_reduction(int u) {
     Buffer& b = st.buffers[k];
     if (!b.present() || !b.trainable) continue;
     auto pending = std::make_unique<PendingReduction>();
-    if (options_.zero.stage == 2) {
+    if (options_.zero.stage >= 2) {
       if (!b.mb_grad.defined()) b.mb_grad = at::zeros({b.layout.padded_numel}, b.grad.options());
       at::Tensor in = std::move(b.mb_grad);
       at::Tensor out = at::empty({b.shard.numel()}, b.grad.options());
@@ -283,21 +398,26 @@ base::Status Engine::finish_reductions() {
 base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double loss_weight,
                                                 bool last_micro_batch) {
   const int n = static_cast<int>(units_.size());
-  const bool reduce_now = last_micro_batch || options_.zero.stage == 2;
+  const bool reduce_now = last_micro_batch || options_.zero.stage >= 2;
+  const int depth = static_cast<int>(options_.zero.prefetch_depth);
   try {
-    // Stage 2 reduce-scatters every micro-batch: fold in the previous one's results first.
-    if (options_.zero.stage == 2) RETURN_IF_ERROR(finish_reductions());
+    // Stages 2 and 3 reduce-scatter every micro-batch: fold in the previous one's results first.
+    if (options_.zero.stage >= 2) RETURN_IF_ERROR(finish_reductions());
     std::vector<UnitRun> runs(n);
-    at::Tensor x = mb.input_ids;
-    for (int u = 0; u < n; ++u) x = forward_unit(u, x, mb.ctx, runs, /*need_grad=*/true);
+    RETURN_IF_ERROR(forward_units(mb, runs, /*need_grad=*/true).status());
     // The loss joins the last unit's graph, so its backward starts from a scalar.
     at::Tensor ce = cross_entropy_sum(runs[n - 1].out, mb.target_ids);
     const double ce_value = ce.item<double>();
     runs[n - 1].out = ce * (loss_weight * loss_scale_);
     at::Tensor grad;
+    int issued = n - 1;  // under stage 3, gathers are issued for units [issued, n - 1]
     for (int u = n - 1; u >= 0; --u) {
+      // The saved graph reads the parameters again: re-gather them, earlier units ahead.
+      for (; issued > std::max(u - depth, 0); --issued) RETURN_IF_ERROR(prefetch(issued - 1));
+      RETURN_IF_ERROR(gather(u));
       at::Tensor grad_in;
       RETURN_IF_ERROR(backward_unit(u, runs, grad, &grad_in, reduce_now));
+      RETURN_IF_ERROR(release(u, issued, u - 1));
       grad = grad_in;
     }
     return ce_value;
@@ -314,7 +434,7 @@ base::StatusOr<double> Engine::grad_norm_squared() {
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
       if (!b.present() || !b.trainable) continue;
-      at::Tensor owned = stage == 2 ? b.grad : b.grad.narrow(0, b.layout.shard_numel * comm_.rank(),
+      at::Tensor owned = stage >= 2 ? b.grad : b.grad.narrow(0, b.layout.shard_numel * comm_.rank(),
                                                              b.layout.shard_numel);
       total += owned.to(at::kDouble).pow(2).sum().cpu();
     }
@@ -389,6 +509,11 @@ base::Status Engine::refresh_compute_params() {
         if (!b.master.is_same(b.full)) b.full.copy_(b.master);
         continue;
       }
+      if (stage == 3) {
+        // The next forward gathers from the compute-dtype shard.
+        if (!b.master.is_same(b.shard_param)) b.shard_param.copy_(b.master);
+        continue;
+      }
       // The shard may alias `full` (fp32), and a gather's input must not overlap its output.
       at::Tensor shard = b.master.to(b.full.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
       keep_alive.push_back(shard);
@@ -403,11 +528,8 @@ base::StatusOr<double> Engine::eval_loss_sum(const MicroBatch& mb) {
   try {
     c10::NoGradGuard no_grad;
     std::vector<UnitRun> runs(units_.size());
-    at::Tensor x = mb.input_ids;
-    for (int u = 0; u < static_cast<int>(units_.size()); ++u) {
-      x = forward_unit(u, x, mb.ctx, runs, /*need_grad=*/false);
-    }
-    return cross_entropy_sum(x, mb.target_ids).item<double>();
+    ASSIGN_OR_RETURN(at::Tensor logits, forward_units(mb, runs, /*need_grad=*/false));
+    return cross_entropy_sum(logits, mb.target_ids).item<double>();
   } catch (const std::exception& e) {
     return torch_error(e, "evaluation");
   }
@@ -420,11 +542,13 @@ base::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> Engine::full_par
       for (Buffer& b : st->buffers) {
         if (!b.present()) continue;
         at::Tensor full;
-        if (!b.trainable || options_.zero.stage == 0) {
+        if (options_.zero.stage == 0 || (!b.trainable && options_.zero.stage < 3)) {
           full = b.trainable ? b.master : b.full;
         } else {
-          full = at::empty({b.layout.padded_numel}, b.master.options());
-          RETURN_IF_ERROR(comm_.all_gather(b.master.contiguous().clone(), full)->wait());
+          // Frozen buffers under stage 3 exist only as compute-dtype shards.
+          const at::Tensor& mine = b.trainable ? b.master : b.shard_param;
+          full = at::empty({b.layout.padded_numel}, mine.options());
+          RETURN_IF_ERROR(comm_.all_gather(mine.contiguous().clone(), full)->wait());
         }
         full = full.to(at::kFloat).cpu();
         for (const FlatEntry& e : b.layout.entries) {
@@ -474,7 +598,7 @@ int64_t Engine::local_parameter_numel() const {
   int64_t n = 0;
   for (const auto& st : state_) {
     for (const Buffer& b : st->buffers) {
-      if (b.present()) n += b.full.storage().nbytes() / b.full.element_size();
+      if (b.present()) n += static_cast<int64_t>(storage_bytes(b.full)) / b.full.element_size();
     }
   }
   return n;

@@ -6,7 +6,9 @@
 //
 // Stages: 0 replicates everything and all-reduces gradients; 1 shards the fp32 master weights and
 // AdamW moments and all-gathers the updated parameters after the step; 2 also reduce-scatters
-// gradients into shard accumulators.
+// gradients into shard accumulators; 3 also keeps only the parameter shards between uses: each
+// unit's full parameters are all-gathered before its forward (up to zero.prefetch_depth units
+// ahead) and again before its backward, and released after each.
 #include <ATen/ATen.h>
 
 #include <functional>
@@ -82,8 +84,20 @@ class Engine {
   struct Buffer;
   struct UnitState;
   struct UnitRun;
+  enum class GatherState;
   Engine(base::UnitList units, const EngineOptions& options, Communicator& comm);
   base::Status init_storage(const ParamInitFn& init);
+  void init_stage3_buffer(Buffer& b, const at::Tensor& flat);
+  // Stage 3: the one place where a buffer's full storage is allocated, gathered or released.
+  base::Status transition(Buffer& b, GatherState to);
+  // Stage 3 (no-ops below): issue the gathers of unit u's buffers (tied owners' included), wait
+  // for them, or release those not read by any unit in [keep_lo, keep_hi].
+  base::Status prefetch(int unit);
+  base::Status gather(int unit);
+  base::Status release(int unit, int keep_lo, int keep_hi);
+  // Every unit's forward in order; returns the last unit's output.
+  base::StatusOr<at::Tensor> forward_units(const MicroBatch& mb, std::vector<UnitRun>& runs,
+                                           bool need_grad);
   std::vector<at::Tensor> make_params(int unit, std::vector<UnitRun>& runs, bool need_grad);
   at::Tensor forward_unit(int unit, const at::Tensor& x, const base::StepContext& ctx,
                           std::vector<UnitRun>& runs, bool need_grad);

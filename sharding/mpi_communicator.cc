@@ -1,6 +1,8 @@
 #include "sharding/mpi_communicator.h"
 
+#include <exception>
 #include <future>
+#include <limits>
 
 namespace dstrain::sharding {
 namespace {
@@ -16,6 +18,15 @@ base::StatusOr<MPI_Datatype> mpi_type(const at::Tensor& t) {
       return base::Status::InvalidArgument(std::string("MPI communicator: unsupported dtype ") +
                                            c10::toString(t.scalar_type()));
   }
+}
+
+// MPI counts are int: a larger count would wrap and move only part of the message, silently.
+base::StatusOr<int> mpi_count(int64_t n, const char* what) {
+  if (n > std::numeric_limits<int>::max()) {
+    return base::Status::InvalidArgument(std::string("MPI communicator: ") + what + " of " +
+                                         std::to_string(n) + " elements exceeds MPI's int count");
+  }
+  return static_cast<int>(n);
 }
 
 MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::kSum ? MPI_SUM : MPI_MAX; }
@@ -79,6 +90,13 @@ base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Com
   }
   MPI_Comm dup;
   RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_dup(comm, &dup)));
+  // The duplicate inherits MPI_ERRORS_ARE_FATAL from MPI_COMM_WORLD, which would abort the job
+  // inside MPI before MPI_CHECK sees a return code.
+  base::Status handler = MPI_CHECK(MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN));
+  if (!handler.ok()) {
+    MPI_Comm_free(&dup);
+    return handler;
+  }
   return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup));
 }
 
@@ -98,6 +116,20 @@ MpiCommunicator::~MpiCommunicator() {
   MPI_Comm_free(&comm_);
 }
 
+namespace {
+// LibTorch reports errors by throwing; on this thread an escaping exception would terminate the
+// process, so it becomes the task's status.
+base::Status run_guarded(const std::function<base::Status()>& fn) {
+  try {
+    return fn();
+  } catch (const c10::Error& e) {
+    return base::Status::Internal(std::string("LibTorch: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return base::Status::Internal(std::string("LibTorch: ") + e.what());
+  }
+}
+}  // namespace
+
 void MpiCommunicator::run() {
   for (;;) {
     std::shared_ptr<Task> task;
@@ -108,7 +140,7 @@ void MpiCommunicator::run() {
       task = std::move(queue_.front());
       queue_.pop_front();
     }
-    base::Status st = task->fn();
+    base::Status st = run_guarded(task->fn);
     task->done.set_value(st.ok() ? st : st.with_context(task->what));
   }
 }
@@ -129,10 +161,11 @@ std::unique_ptr<Work> MpiCommunicator::enqueue(std::string what, std::function<b
 std::unique_ptr<Work> MpiCommunicator::all_reduce(at::Tensor t, ReduceOp op) {
   return enqueue("all_reduce", [this, t, op]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(t, "all_reduce"));
+    ASSIGN_OR_RETURN(const int count, mpi_count(t.numel(), "all_reduce"));
     Staged s = stage(t);
     ASSIGN_OR_RETURN(MPI_Datatype type, mpi_type(s.wire));
-    RETURN_IF_ERROR(MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s.wire.data_ptr(),
-                                            static_cast<int>(s.wire.numel()), type, mpi_op(op), comm_)));
+    RETURN_IF_ERROR(MPI_CHECK(
+        MPI_Allreduce(MPI_IN_PLACE, s.wire.data_ptr(), count, type, mpi_op(op), comm_)));
     s.finish();
     return base::Status::Ok();
   });
@@ -146,7 +179,8 @@ std::unique_ptr<Work> MpiCommunicator::all_gather(at::Tensor shard, at::Tensor f
       return base::Status::InvalidArgument("all_gather: output must hold world_size shards");
     }
     // Gathering moves bytes without arithmetic, so any dtype travels as raw bytes.
-    const int bytes = static_cast<int>(shard.numel() * shard.element_size());
+    ASSIGN_OR_RETURN(const int bytes,
+                     mpi_count(shard.numel() * shard.element_size(), "all_gather (bytes)"));
     RETURN_IF_ERROR(MPI_CHECK(MPI_Allgather(shard.data_ptr(), bytes, MPI_BYTE, full.data_ptr(),
                                             bytes, MPI_BYTE, comm_)));
     return base::Status::Ok();
@@ -161,12 +195,12 @@ std::unique_ptr<Work> MpiCommunicator::reduce_scatter(at::Tensor full, at::Tenso
     if (full.numel() != shard.numel() * size_ || full.scalar_type() != shard.scalar_type()) {
       return base::Status::InvalidArgument("reduce_scatter: input must hold world_size shards");
     }
+    ASSIGN_OR_RETURN(const int count, mpi_count(shard.numel(), "reduce_scatter"));
     Staged in = stage(full);
     Staged out = stage(shard);
     ASSIGN_OR_RETURN(MPI_Datatype type, mpi_type(in.wire));
     RETURN_IF_ERROR(MPI_CHECK(MPI_Reduce_scatter_block(in.wire.data_ptr(), out.wire.data_ptr(),
-                                                       static_cast<int>(out.wire.numel()), type,
-                                                       mpi_op(op), comm_)));
+                                                       count, type, mpi_op(op), comm_)));
     out.finish();
     return base::Status::Ok();
   });
@@ -175,7 +209,8 @@ std::unique_ptr<Work> MpiCommunicator::reduce_scatter(at::Tensor full, at::Tenso
 std::unique_ptr<Work> MpiCommunicator::broadcast(at::Tensor t, int root) {
   return enqueue("broadcast", [this, t, root]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(t, "broadcast"));
-    const int bytes = static_cast<int>(t.numel() * t.element_size());
+    ASSIGN_OR_RETURN(const int bytes,
+                     mpi_count(t.numel() * t.element_size(), "broadcast (bytes)"));
     RETURN_IF_ERROR(MPI_CHECK(MPI_Bcast(t.data_ptr(), bytes, MPI_BYTE, root, comm_)));
     return base::Status::Ok();
   });

@@ -86,7 +86,7 @@ TEST_F(MpiCommunicatorTest, AllReduceInt64IsExact) {
 }
 
 TEST_F(MpiCommunicatorTest, AllGatherPlacesShardsInRankOrder) {
-  constexpr int64_t kN = 13;  // odd, so bf16 shards are an odd number of bytes apart... times 2
+  constexpr int64_t kN = 13;  // odd, so shards do not start on a word boundary
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     SCOPED_TRACE(c10::toString(dtype));
     const at::Tensor shard = input(rank(), kN, dtype);
@@ -162,7 +162,7 @@ TEST_F(MpiCommunicatorTest, AsyncOpsBackToBackKeepIssueOrder) {
   at::Tensor t = at::full({kN}, rank() + 1, at::kDouble);
   at::Tensor gathered = at::zeros({size() * kN}, at::kDouble);
   at::Tensor scattered = at::zeros({kN / 2}, at::kDouble);
-  at::Tensor full = at::empty({size() * (kN / 2)}, at::kDouble);
+  const at::Tensor full = at::full({size() * (kN / 2)}, rank() + 1, at::kDouble);
   std::vector<std::unique_ptr<Work>> works;
   works.push_back(comm_->all_reduce(t, ReduceOp::kSum));   // t = S = size(size+1)/2
   works.push_back(comm_->all_gather(t, gathered));          // every block = S
@@ -174,7 +174,6 @@ TEST_F(MpiCommunicatorTest, AsyncOpsBackToBackKeepIssueOrder) {
     sizes.push_back(at::full({1 + 97 * i}, rank() + i, at::kFloat));
     works.push_back(comm_->all_reduce(sizes.back(), i % 2 ? ReduceOp::kMax : ReduceOp::kSum));
   }
-  full.copy_(t.repeat({size()}).slice(0, 0, size() * (kN / 2)));
   works.push_back(comm_->reduce_scatter(full, scattered, ReduceOp::kSum));
   for (size_t i = 0; i < works.size(); ++i) {
     const base::Status st = works[i]->wait();
@@ -183,7 +182,7 @@ TEST_F(MpiCommunicatorTest, AsyncOpsBackToBackKeepIssueOrder) {
   const double s = size() * (size() + 1) / 2.0;
   EXPECT_TRUE(at::equal(gathered, at::full({size() * kN}, s, at::kDouble))) << gathered;
   EXPECT_TRUE(at::equal(t, at::full({kN}, size() * s, at::kDouble))) << t;
-  EXPECT_TRUE(at::equal(scattered, at::full({kN / 2}, size() * size() * s, at::kDouble)))
+  EXPECT_TRUE(at::equal(scattered, at::full({kN / 2}, s, at::kDouble)))
       << scattered;
   for (int i = 0; i < 12; ++i) {
     const double want = i % 2 ? size() - 1 + i : size() * i + size() * (size() - 1) / 2.0;
@@ -241,6 +240,17 @@ TEST_F(MpiCommunicatorTest, UnsupportedInputsAreErrors) {
   EXPECT_TRUE(comm_->barrier().ok());
 }
 
+TEST_F(MpiCommunicatorTest, LibTorchExceptionOnTheCommThreadIsAnError) {
+  // A bf16 all-reduce copies the fp32 result back in place, which LibTorch refuses (throws) for a
+  // leaf that requires grad; that happens on the communication thread, where an escaping
+  // exception would terminate the process. Every rank throws alike, after the collective.
+  const at::Tensor leaf = at::ones({4}, at::kBFloat16).set_requires_grad(true);
+  const base::Status st = comm_->all_reduce(leaf, ReduceOp::kSum)->wait();
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("all_reduce"), std::string::npos) << st.message();
+  EXPECT_TRUE(comm_->barrier().ok());
+}
+
 TEST_F(MpiCommunicatorTest, InvalidRootIsAnErrorNotACrash) {
   // MPI rejects the root before communicating; the communicator must return that as a status
   // rather than let MPI's default handler abort the job.
@@ -249,6 +259,33 @@ TEST_F(MpiCommunicatorTest, InvalidRootIsAnErrorNotACrash) {
   EXPECT_EQ(st.code(), base::StatusCode::kDistributed) << st.to_string();
   EXPECT_NE(st.message().find("MPI_Bcast"), std::string::npos) << st.message();
   EXPECT_NE(st.message().find("broadcast"), std::string::npos) << st.message();
+  EXPECT_TRUE(comm_->barrier().ok());
+}
+
+// A tensor that claims `claimed` elements but owns only the first `owned` of `storage`. MPI takes
+// an int count, so 2^32 + k elements would wrap to k: the communicator must refuse such a message
+// before touching the data; an implementation that truncates touches only the owned part.
+at::Tensor oversized(std::vector<float>& storage, int64_t claimed) {
+  return at::from_blob(storage.data(), {claimed}, at::kFloat);
+}
+
+TEST_F(MpiCommunicatorTest, CountsBeyondMpiIntAreErrorsNotTruncated) {
+  constexpr int64_t kWrapped = 4;
+  constexpr int64_t kClaimed = (int64_t{1} << 32) + kWrapped;
+  std::vector<float> a(kWrapped * size(), 1.0f), b(kWrapped * size(), 1.0f);
+  const auto expect_rejected = [](const base::Status& st, const char* what) {
+    EXPECT_EQ(st.code(), base::StatusCode::kInvalidArgument) << what << ": " << st.to_string();
+  };
+  expect_rejected(comm_->all_reduce(oversized(a, kClaimed), ReduceOp::kSum)->wait(),
+                  "all_reduce");
+  expect_rejected(comm_->broadcast(oversized(a, kClaimed), 0)->wait(), "broadcast");
+  expect_rejected(
+      comm_->all_gather(oversized(a, kClaimed), oversized(b, kClaimed * size()))->wait(),
+      "all_gather");
+  expect_rejected(comm_->reduce_scatter(oversized(a, kClaimed * size()), oversized(b, kClaimed),
+                                        ReduceOp::kSum)
+                      ->wait(),
+                  "reduce_scatter");
   EXPECT_TRUE(comm_->barrier().ok());
 }
 

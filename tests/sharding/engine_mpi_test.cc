@@ -137,6 +137,8 @@ std::unique_ptr<Engine> make_engine(const base::ModelConfig& cfg, int64_t stage,
 struct Trajectory {
   std::vector<double> losses;
   std::vector<double> grad_norms;
+  double eval_loss = 0;  // forward only, on the next step's batch, after training
+  int64_t parameter_numel_after_step = -1;
   std::map<std::string, at::Tensor> params;
 };
 
@@ -166,7 +168,18 @@ Trajectory train(Engine& engine, Communicator& comm, const base::ModelConfig& cf
     EXPECT_FALSE(result->skipped);
     tr.grad_norms.push_back(result->grad_norm);
     tr.losses.push_back(sum_over(comm, local_ce) / global_targets);
+    tr.parameter_numel_after_step = engine.local_parameter_numel();
   }
+  double eval_ce = 0, eval_targets = 0;
+  for (int64_t i = 0; i < count; i += micro) {
+    HostBatch hb = make_micro_batch(cfg, kSteps, first + i, std::min(micro, count - i));
+    auto ce = engine.eval_loss_sum(hb.mb);
+    EXPECT_TRUE(ce.ok()) << ce.status().to_string();
+    if (!ce.ok()) return tr;
+    eval_ce += *ce;
+    eval_targets += static_cast<double>(hb.targets);
+  }
+  tr.eval_loss = sum_over(comm, eval_ce) / sum_over(comm, eval_targets);
   auto params = engine.full_parameters();
   EXPECT_TRUE(params.ok()) << params.status().to_string();
   if (params.ok()) {
@@ -280,8 +293,15 @@ TEST_P(EngineEquality, MatchesSingleProcessStageZero) {
     EXPECT_NEAR(got.losses[s], ref.losses[s], kTolerance * std::abs(ref.losses[s])) << "step " << s;
     EXPECT_NEAR(got.grad_norms[s], ref.grad_norms[s], kTolerance * ref.grad_norms[s]) << "step " << s;
   }
+  EXPECT_NEAR(got.eval_loss, ref.eval_loss, kTolerance * ref.eval_loss);
   ASSERT_EQ(got.params.size(), ref.params.size());
   EXPECT_LT(max_relative_diff(ref.params, got.params), kTolerance);
+  // Stage 3 holds no full parameters between steps; the others hold all of them.
+  if (c.stage == 3) {
+    EXPECT_EQ(got.parameter_numel_after_step, 0);
+  } else {
+    EXPECT_GE(got.parameter_numel_after_step, engine->num_parameters());
+  }
 }
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
@@ -291,11 +311,14 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
 
 INSTANTIATE_TEST_SUITE_P(Stages, EngineEquality,
                          ::testing::Values(Case{0, false, 1}, Case{0, true, 1}, Case{1, false, 1},
-                                           Case{1, true, 1}, Case{2, false, 1}, Case{2, true, 1}),
+                                           Case{1, true, 1}, Case{2, false, 1}, Case{2, true, 1},
+                                           Case{3, false, 1}, Case{3, true, 1}, Case{3, false, 0},
+                                           Case{3, true, 0}, Case{3, true, 3}),
                          case_name);
 
 // Optimizer state (fp32 master + two moments) at stage >= 1 is split evenly: each rank holds
-// 1/W of what a stage-0 engine with the same layout holds on every rank.
+// 1/W of what a stage-0 engine with the same layout holds on every rank. Stage 3 also holds no
+// full parameters between steps.
 TEST(EngineSharding, OptimizerStateIsOneWorldthPerRank) {
   const base::ModelConfig cfg = tiny_model(/*tie=*/true);
   auto comm = MpiCommunicator::create(MPI_COMM_WORLD);
@@ -306,14 +329,14 @@ TEST(EngineSharding, OptimizerStateIsOneWorldthPerRank) {
   const int64_t total = replicated->optimizer_state_numel();
   EXPECT_GE(total, 3 * replicated->num_trainable_parameters());
   EXPECT_EQ(replicated->local_parameter_numel(), total / 3);
-  for (int64_t stage : {1, 2}) {
+  for (int64_t stage : {1, 2, 3}) {
     std::unique_ptr<Engine> sharded = make_engine(cfg, stage, **comm);
     ASSERT_NE(sharded, nullptr);
     const int64_t local = sharded->optimizer_state_numel();
     EXPECT_EQ(local * world, total) << "stage " << stage;
     EXPECT_EQ(static_cast<int64_t>(sum_over(**comm, static_cast<double>(local))), total);
-    // Stages 1 and 2 keep the full parameters between steps.
-    EXPECT_EQ(sharded->local_parameter_numel(), total / 3);
+    // Stages 1 and 2 keep the full parameters between steps, stage 3 only shards.
+    EXPECT_EQ(sharded->local_parameter_numel(), stage == 3 ? 0 : total / 3) << "stage " << stage;
   }
 }
 
