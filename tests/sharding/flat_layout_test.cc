@@ -156,6 +156,12 @@ TEST(FlatLayout, HandComputedExample) {
   const SplitPlan plan = split_plan(layout);
   EXPECT_EQ(plan.sizes, (std::vector<int64_t>{3, 13, 20, 12, 1, 47}));
   EXPECT_EQ(plan.param_chunks, (std::vector<int>{0, 2, 4}));
+
+  // Already a multiple of kAlign * world: no padding, and no trailing gap chunk.
+  const FlatLayout exact = make_flat_layout({spec("w", {4, 16})}, BufferKind::kDecay, 2);
+  EXPECT_EQ(exact.padded_numel, 64);
+  EXPECT_EQ(exact.shard_numel, 32);
+  EXPECT_EQ(split_plan(exact).sizes, (std::vector<int64_t>{64}));
 }
 
 TEST(ShardLayout, ShardsTileThePaddedBufferWithEqualSizes) {
