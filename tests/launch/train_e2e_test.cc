@@ -107,20 +107,25 @@ TEST_F(TrainE2e, TinyTomlLossFallsByThirtyPercent) {
   EXPECT_NE(r.output.find("step 120/120"), std::string::npos) << r.output;
 }
 
-TEST_F(TrainE2e, SameLossesAtOneTwoAndFourRanks) {
-  // Same global batch, so accumulation is 4, 2 and 1 micro-batches per rank.
+TEST_F(TrainE2e, SameLossesAtEveryWorldSizeAndStage) {
+  // Same global batch, so accumulation is 4, 2 or 1 micro-batches per rank; the single-rank
+  // stage-0 run is the reference for every sharded configuration.
   const std::string cfg = small_config();
+  struct Case { int ranks; int stage; };
+  const std::vector<Case> cases = {{1, 0}, {2, 0}, {4, 0}, {2, 1}, {4, 2}, {2, 3}, {4, 3}};
   std::vector<std::vector<double>> runs;
-  for (int ranks : {1, 2, 4}) {
-    const std::string out = run_dir("r" + std::to_string(ranks));
-    RunResult r = run(dstrain(ranks, "--config " + cfg + " --set run.dir=" + out));
+  for (const Case& c : cases) {
+    const std::string out = run_dir("r" + std::to_string(c.ranks) + "s" + std::to_string(c.stage));
+    RunResult r = run(dstrain(c.ranks, "--config " + cfg + " --set zero.stage=" +
+                                           std::to_string(c.stage) + " --set run.dir=" + out));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     runs.push_back(losses(out));
     ASSERT_EQ(runs.back().size(), 6u);
   }
   for (size_t k = 1; k < runs.size(); ++k) {
     for (size_t s = 0; s < runs[0].size(); ++s) {
-      EXPECT_NEAR(runs[k][s], runs[0][s], 1e-5 * std::abs(runs[0][s])) << "run " << k << " step " << s;
+      EXPECT_NEAR(runs[k][s], runs[0][s], 1e-5 * std::abs(runs[0][s]))
+          << cases[k].ranks << " ranks, stage " << cases[k].stage << ", step " << s;
     }
   }
 }
