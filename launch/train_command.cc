@@ -2,8 +2,8 @@
 #include <torch/headeronly/version.h>
 
 #include <cstdio>
-#include <filesystem>
 
+#include "base/fs.h"
 #include "launch/commands.h"
 #include "launch/config/config_loader.h"
 #include "runtime/trainer.h"
@@ -18,9 +18,7 @@ base::Status run_train(const Command& cmd, World& world) {
                                          ": resuming from a checkpoint path is not available yet");
   }
   if (world.rank() == 0) {
-    std::error_code ec;
-    std::filesystem::create_directories(cfg.run.dir, ec);
-    if (ec) return base::Status::IOError(cfg.run.dir + ": cannot create run.dir: " + ec.message());
+    RETURN_IF_ERROR(base::make_dirs(cfg.run.dir).with_context("run.dir"));
     std::printf("dstrain %s | %s | LibTorch %s | %d threads per rank\n", DSTRAIN_VERSION,
                 world.mpi_version().c_str(), TORCH_VERSION, at::get_num_threads());
     if (!world.launcher_warning().empty()) {

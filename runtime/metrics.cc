@@ -1,16 +1,16 @@
 #include "runtime/metrics.h"
 
+#include "base/fs.h"
+
 #include <sys/resource.h>
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 namespace dstrain::runtime {
 
 base::StatusOr<std::unique_ptr<MetricsWriter>> MetricsWriter::open(const std::string& path) {
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  RETURN_IF_ERROR(base::make_dirs(base::parent_dir(path)).with_context(path));
   std::FILE* f = std::fopen(path.c_str(), "a");
   if (f == nullptr) {
     return base::Status::IOError(path + ": cannot open for append: " + std::strerror(errno));

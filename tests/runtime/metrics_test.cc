@@ -2,17 +2,19 @@
 
 #include <gtest/gtest.h>
 
-#include <filesystem>
+#include <sys/stat.h>
+
 #include <fstream>
 
+#include "base/fs.h"
 #include "runtime/progress.h"
 
 namespace dstrain::runtime {
 namespace {
 
 TEST(Metrics, AppendsOneFlushedJsonLinePerWrite) {
-  const auto dir = std::filesystem::temp_directory_path() / ("dstrain_metrics_" + std::to_string(getpid()));
-  const std::string path = (dir / "sub" / "metrics.jsonl").string();
+  const std::string dir = "/tmp/dstrain_metrics_" + std::to_string(getpid());
+  const std::string path = dir + "/sub/metrics.jsonl";
   {
     auto w = MetricsWriter::open(path);
     ASSERT_TRUE(w.ok()) << w.status().message();
@@ -32,7 +34,9 @@ TEST(Metrics, AppendsOneFlushedJsonLinePerWrite) {
   int lines = 0;
   for (std::string line; std::getline(in, line);) ++lines;
   EXPECT_EQ(lines, 2);
-  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(base::remove_tree(dir).ok());
+  struct stat st {};
+  EXPECT_NE(stat(dir.c_str(), &st), 0);
 }
 
 TEST(Metrics, UnwritableDirectoryIsAnIoError) {
