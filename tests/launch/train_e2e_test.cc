@@ -130,6 +130,32 @@ TEST_F(TrainE2e, SameLossesAtEveryWorldSizeAndStage) {
   }
 }
 
+TEST_F(TrainE2e, Bf16TrainsAndFp16OverflowIsSkippedAndCounted) {
+  const std::string cfg = small_config();
+  const std::string bf16 = run_dir("bf16");
+  RunResult r = run(dstrain(2, "--config " + cfg + " --set train.dtype=bf16 --set train.steps=12 --set run.dir=" + bf16));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<double> l = losses(bf16);
+  ASSERT_EQ(l.size(), 12u);
+  EXPECT_LT(l.back(), l.front());
+
+  // A loss scale of 2^24 makes the first fp16 gradients overflow: those steps are
+  // skipped on every rank, counted, and the scale halves until training proceeds.
+  const std::string fp16 = run_dir("fp16");
+  r = run(dstrain(2, "--config " + cfg + " --set train.dtype=fp16 --set train.steps=12" +
+                         " --set train.loss_scale_init=16777216 --set run.dir=" + fp16));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<nlohmann::json> lines = metrics(fp16);
+  ASSERT_EQ(lines.size(), 12u);
+  const int64_t skipped = lines.back()["skipped_steps"].get<int64_t>();
+  EXPECT_GT(skipped, 0);
+  EXPECT_LT(skipped, 12);
+  EXPECT_TRUE(lines.front()["grad_norm"].is_null());
+  EXPECT_LT(lines.back()["loss_scale"].get<double>(), 16777216.0);
+  EXPECT_FALSE(lines.back()["grad_norm"].is_null());
+  for (const auto& j : lines) EXPECT_TRUE(std::isfinite(j["loss"].get<double>()));
+}
+
 TEST_F(TrainE2e, RerunIsBitIdentical) {
   const std::string cfg = small_config();
   std::vector<std::vector<double>> runs;
