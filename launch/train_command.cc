@@ -10,9 +10,32 @@
 #include "sharding/mpi_communicator.h"
 
 namespace dstrain::launch {
+namespace {
+
+// Keys the schema already knows whose features later versions bring. Refusing them is better
+// than training something other than what the config asks for.
+base::Status reject_unavailable(const base::Config& cfg) {
+  auto refuse = [&](const std::string& key, const std::string& value) {
+    return base::Status::InvalidArgument(cfg.source + ": " + key + " = " + value +
+                                         ": not available in this version of dstrain");
+  };
+  if (!cfg.model.hf_dir.empty()) return refuse("model.hf_dir", "\"" + cfg.model.hf_dir + "\"");
+  if (cfg.lora.enabled) return refuse("lora.enabled", "true");
+  if (cfg.train.activation_checkpointing != "none") {
+    return refuse("train.activation_checkpointing", "\"" + cfg.train.activation_checkpointing + "\"");
+  }
+  if (cfg.offload.optimizer != "none") return refuse("offload.optimizer", "\"" + cfg.offload.optimizer + "\"");
+  if (cfg.offload.params != "none") return refuse("offload.params", "\"" + cfg.offload.params + "\"");
+  if (cfg.checkpoint.every > 0) return refuse("checkpoint.every", std::to_string(cfg.checkpoint.every));
+  if (cfg.checkpoint.async) return refuse("checkpoint.async", "true");
+  return base::Status::Ok();
+}
+
+}  // namespace
 
 base::Status run_train(const Command& cmd, World& world) {
   ASSIGN_OR_RETURN(base::Config cfg, load_config(cmd.config_path, cmd.overrides));
+  RETURN_IF_ERROR(reject_unavailable(cfg));
   if (cmd.resume != "auto" && cmd.resume != "never") {
     return base::Status::InvalidArgument("--resume " + cmd.resume +
                                          ": resuming from a checkpoint path is not available yet");

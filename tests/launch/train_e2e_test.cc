@@ -215,6 +215,17 @@ TEST_F(TrainE2e, GlobalBatchThatDoesNotSplitExitsTwo) {
   EXPECT_NE(r.output.find("train.global_batch"), std::string::npos) << r.output;
 }
 
+TEST_F(TrainE2e, FeaturesOfLaterVersionsAreRefusedNotIgnored) {
+  const std::string cfg = small_config();
+  for (const char* set : {"lora.enabled=true", "train.activation_checkpointing=full",
+                          "offload.optimizer=cpu", "checkpoint.every=2", "model.hf_dir=/tmp"}) {
+    RunResult r = run(dstrain(1, "--config " + cfg + " --set " + set + " --set run.dir=" + run_dir("x")));
+    EXPECT_EQ(r.exit_code, 2) << set << "\n" << r.output;
+    const std::string key = std::string(set).substr(0, std::string(set).find('='));
+    EXPECT_NE(r.output.find(key), std::string::npos) << r.output;
+  }
+}
+
 TEST_F(TrainE2e, PlanPrintsPerRankBytes) {
   const std::string cfg = small_config("[zero]\nstage = 2\n");
   RunResult r = run(std::string(DSTRAIN_BINARY) + " plan --json --world 4 --config " + cfg);
