@@ -28,6 +28,7 @@ base::Status reject_unavailable(const base::Config& cfg) {
   if (cfg.offload.params != "none") return refuse("offload.params", "\"" + cfg.offload.params + "\"");
   if (cfg.checkpoint.every > 0) return refuse("checkpoint.every", std::to_string(cfg.checkpoint.every));
   if (cfg.checkpoint.async) return refuse("checkpoint.async", "true");
+  if (cfg.zero.reduce_dtype != "fp32") return refuse("zero.reduce_dtype", "\"" + cfg.zero.reduce_dtype + "\"");
   return base::Status::Ok();
 }
 

@@ -218,7 +218,8 @@ TEST_F(TrainE2e, GlobalBatchThatDoesNotSplitExitsTwo) {
 TEST_F(TrainE2e, FeaturesOfLaterVersionsAreRefusedNotIgnored) {
   const std::string cfg = small_config();
   for (const char* set : {"lora.enabled=true", "train.activation_checkpointing=full",
-                          "offload.optimizer=cpu", "checkpoint.every=2", "model.hf_dir=/tmp"}) {
+                          "offload.optimizer=cpu", "checkpoint.every=2", "model.hf_dir=/tmp",
+                          "zero.reduce_dtype=bf16"}) {
     RunResult r = run(dstrain(1, "--config " + cfg + " --set " + set + " --set run.dir=" + run_dir("x")));
     EXPECT_EQ(r.exit_code, 2) << set << "\n" << r.output;
     const std::string key = std::string(set).substr(0, std::string(set).find('='));
