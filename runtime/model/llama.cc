@@ -22,22 +22,22 @@ base::ParamSpec weight_spec(std::string name, std::vector<int64_t> shape, double
   return p;
 }
 
-base::ParamSpec norm_spec(std::string name, int64_t size) {
+// Norm weights (ones) and biases (zeros): 1-D, no weight decay.
+base::ParamSpec vector_spec(std::string name, int64_t size, base::InitKind init) {
   base::ParamSpec p;
   p.name = std::move(name);
   p.shape = {size};
-  p.init = base::InitKind::kOnes;
+  p.init = init;
   p.decay = false;
   return p;
 }
 
+base::ParamSpec norm_spec(std::string name, int64_t size) {
+  return vector_spec(std::move(name), size, base::InitKind::kOnes);
+}
+
 base::ParamSpec bias_spec(std::string name, int64_t size) {
-  base::ParamSpec p;
-  p.name = std::move(name);
-  p.shape = {size};
-  p.init = base::InitKind::kZeros;
-  p.decay = false;
-  return p;
+  return vector_spec(std::move(name), size, base::InitKind::kZeros);
 }
 
 // A tensor from `params`, or an undefined one for an absent optional slot.
