@@ -434,8 +434,8 @@ base::StatusOr<double> Engine::grad_norm_squared() {
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
       if (!b.present() || !b.trainable) continue;
-      at::Tensor owned = stage >= 2 ? b.grad : b.grad.narrow(0, b.layout.shard_numel * comm_.rank(),
-                                                             b.layout.shard_numel);
+      const ShardRange mine = shard_range(b.layout, comm_.rank());
+      at::Tensor owned = stage >= 2 ? b.grad : b.grad.narrow(0, mine.begin, mine.numel());
       total += owned.to(at::kDouble).pow(2).sum().cpu();
     }
   }
@@ -562,26 +562,20 @@ base::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> Engine::full_par
   return out;
 }
 
-int64_t Engine::num_parameters() const {
+int64_t Engine::count_parameters(bool trainable_only) const {
   int64_t n = 0;
   for (const auto& st : state_) {
     for (const Buffer& b : st->buffers) {
+      if (trainable_only && !b.trainable) continue;
       for (const FlatEntry& e : b.layout.entries) n += e.numel;
     }
   }
   return n;
 }
 
-int64_t Engine::num_trainable_parameters() const {
-  int64_t n = 0;
-  for (const auto& st : state_) {
-    for (const Buffer& b : st->buffers) {
-      if (!b.trainable) continue;
-      for (const FlatEntry& e : b.layout.entries) n += e.numel;
-    }
-  }
-  return n;
-}
+int64_t Engine::num_parameters() const { return count_parameters(/*trainable_only=*/false); }
+
+int64_t Engine::num_trainable_parameters() const { return count_parameters(/*trainable_only=*/true); }
 
 int64_t Engine::optimizer_state_numel() const {
   int64_t n = 0;

@@ -107,6 +107,7 @@ class Engine {
   base::Status finish_reductions();
   base::StatusOr<double> grad_norm_squared();
   base::Status refresh_compute_params();
+  int64_t count_parameters(bool trainable_only) const;
 
   base::UnitList units_;
   EngineOptions options_;
