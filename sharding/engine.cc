@@ -577,6 +577,63 @@ int64_t Engine::num_parameters() const { return count_parameters(/*trainable_onl
 
 int64_t Engine::num_trainable_parameters() const { return count_parameters(/*trainable_only=*/true); }
 
+const char* state_kind_name(StateKind k) {
+  switch (k) {
+    case StateKind::kParam: return "param";
+    case StateKind::kExpAvg: return "exp_avg";
+    case StateKind::kExpAvgSq: return "exp_avg_sq";
+  }
+  return "?";
+}
+
+std::vector<StateSlice> Engine::state_slices(bool owned_only) {
+  const int64_t stage = options_.zero.stage;
+  std::vector<StateSlice> out;
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (!b.present()) continue;
+      // The elements of the buffer this rank's tensors hold, and where `base` starts in it.
+      const ShardRange range = owned_only ? shard_range(b.layout, comm_.rank()) : b.shard;
+      const bool whole = stage == 0 || (!b.trainable && stage < 3);  // tensors span the buffer
+      const int64_t base_offset = whole ? 0 : b.shard.begin;
+      std::vector<std::pair<StateKind, at::Tensor>> tensors;
+      if (b.trainable) {
+        tensors = {{StateKind::kParam, b.master}, {StateKind::kExpAvg, b.exp_avg},
+                   {StateKind::kExpAvgSq, b.exp_avg_sq}};
+      } else {
+        tensors = {{StateKind::kParam, stage == 3 ? b.shard_param : b.full}};
+      }
+      for (const FlatEntry& e : b.layout.entries) {
+        const EntrySlice piece = entry_slice(e, range);
+        if (piece.numel == 0) continue;
+        const int64_t at = range.begin + piece.shard_begin - base_offset;
+        for (const auto& [kind, t] : tensors) {
+          out.push_back({e.name, kind, e.shape, piece.entry_begin, t.narrow(0, at, piece.numel)});
+        }
+      }
+    }
+  }
+  return out;
+}
+
+EngineScalars Engine::scalars() const {
+  return {step_count_.item<double>(), loss_scale_, good_steps_};
+}
+
+void Engine::set_scalars(const EngineScalars& s) {
+  step_count_.fill_(s.adam_step);
+  loss_scale_ = s.loss_scale;
+  good_steps_ = s.good_steps;
+}
+
+base::Status Engine::finish_load() {
+  try {
+    return refresh_compute_params();
+  } catch (const std::exception& e) {
+    return torch_error(e, "loading state");
+  }
+}
+
 int64_t Engine::optimizer_state_numel() const {
   int64_t n = 0;
   for (const auto& st : state_) {

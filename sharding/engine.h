@@ -42,6 +42,26 @@ struct MicroBatch {
   base::StepContext ctx;
 };
 
+// A contiguous piece of one named state tensor, held by this rank: what checkpoints save and
+// load. `data` is a 1-D view into the engine's own storage (writing it loads the state).
+enum class StateKind { kParam, kExpAvg, kExpAvgSq };
+const char* state_kind_name(StateKind k);
+
+struct StateSlice {
+  std::string name;                 // parameter name, e.g. "model.norm.weight"
+  StateKind kind = StateKind::kParam;
+  std::vector<int64_t> full_shape;  // shape of the whole parameter
+  int64_t offset = 0;               // element offset of this piece in the flattened parameter
+  at::Tensor data;                  // [numel] view: fp32 master (trainable) or compute dtype (frozen)
+};
+
+// Optimizer scalars that continue across a resume.
+struct EngineScalars {
+  double adam_step = 0.0;
+  double loss_scale = 1.0;
+  int64_t good_steps = 0;
+};
+
 struct StepResult {
   double grad_norm = 0.0;  // before clipping; non-finite when the step was skipped
   bool skipped = false;
@@ -77,6 +97,15 @@ class Engine {
   const base::UnitList& units() const { return units_; }
   // Elements of optimizer state held by this rank: fp32 master weights plus both AdamW moments.
   int64_t optimizer_state_numel() const;
+  // This rank's state slices. owned_only: the disjoint part this rank saves (at stage 0 every rank
+  // holds everything, and rank r saves shard r); otherwise everything this rank holds, which is
+  // what it loads. Frozen parameters appear as kParam only.
+  std::vector<StateSlice> state_slices(bool owned_only);
+  EngineScalars scalars() const;
+  void set_scalars(const EngineScalars& s);
+  // After writing loaded values through state_slices(false): refresh the compute parameters
+  // from the masters (collective at stages 1 and 2: call on every rank).
+  base::Status finish_load();
   // Elements of full (gathered) parameter storage this rank holds right now.
   int64_t local_parameter_numel() const;
 
