@@ -427,16 +427,16 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
 }
 
 base::StatusOr<double> Engine::grad_norm_squared() {
-  // Each rank sums the squares of the part it owns; one all-reduce gives the global value
-  // (a NaN anywhere propagates, so every rank sees it).
+  // Each rank sums the squares of the part it owns on the device; one all-reduce gives the
+  // global value and one host read brings it back (a NaN anywhere propagates to every rank).
   const int64_t stage = options_.zero.stage;
-  at::Tensor total = at::zeros({}, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor total = at::zeros({1}, step_count_.options().dtype(at::kDouble));
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
       if (!b.present() || !b.trainable) continue;
       const ShardRange mine = shard_range(b.layout, comm_.rank());
       at::Tensor owned = stage >= 2 ? b.grad : b.grad.narrow(0, mine.begin, mine.numel());
-      total += owned.to(at::kDouble).pow(2).sum().cpu();
+      total += owned.to(at::kDouble).pow(2).sum();
     }
   }
   RETURN_IF_ERROR(all_reduce_now(comm_, total, ReduceOp::kSum));
