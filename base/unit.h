@@ -36,6 +36,11 @@ struct StepContext {
   at::Tensor rope_sin;      // [B, T, head_dim]
   at::Tensor attn_mask;     // undefined: causal (+ sliding window) mask is implied;
                             // defined: boolean [B, 1, T, T], true = attend (packed documents)
+  // Randomness (LoRA dropout) is keyed per sample, never per rank, so any world size and any
+  // recomputation replays it: sample_keys [B] int64 on the CPU, one key per row, derived from the
+  // run seed and the row's global sample index. Undefined, or training false: no dropout.
+  at::Tensor sample_keys;
+  bool training = false;
 };
 
 class Unit {

@@ -197,6 +197,12 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
     }
     state_.push_back(std::move(st));
   }
+  trainable_before_.assign(units_.size(), false);
+  for (size_t u = 1; u < units_.size(); ++u) {
+    bool trainable = false;
+    for (const Buffer& b : state_[u - 1]->buffers) trainable = trainable || (b.present() && b.trainable);
+    trainable_before_[u] = trainable_before_[u - 1] || trainable;
+  }
   return base::Status::Ok();
 }
 
@@ -309,8 +315,10 @@ std::vector<at::Tensor> Engine::make_params(int u, std::vector<UnitRun>& runs, b
 at::Tensor Engine::forward_unit(int u, const at::Tensor& x, const base::StepContext& ctx,
                                 std::vector<UnitRun>& runs, bool need_grad) {
   UnitRun& run = runs[u];
-  // Detaching at the boundary gives every unit its own autograd graph (token ids need none).
-  run.in = (u > 0 && need_grad) ? x.detach().requires_grad_() : x;
+  // Detaching at the boundary gives every unit its own autograd graph. The input needs a
+  // gradient only when an earlier unit has something to train (not token ids, not a frozen
+  // embedding under LoRA).
+  run.in = (need_grad && trainable_before_[u]) ? x.detach().requires_grad_() : x.detach();
   std::vector<at::Tensor> params = make_params(u, runs, need_grad);
   run.out = units_[u]->forward(run.in, params, ctx);
   return run.out;
@@ -323,7 +331,7 @@ base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::
   // Inputs of the grad call, and where each result goes.
   std::vector<at::Tensor> inputs;
   std::vector<Buffer*> targets;
-  if (u > 0) {
+  if (run.in.requires_grad()) {
     inputs.push_back(run.in);
     targets.push_back(nullptr);
   }
@@ -337,6 +345,10 @@ base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::
     if (!owner.trainable) continue;
     inputs.push_back(runs[t.owner_unit].leaf[static_cast<int>(t.owner_kind)]);
     targets.push_back(&owner);
+  }
+  if (inputs.empty()) {  // nothing to train here or below: the walk can stop
+    run = UnitRun();
+    return base::Status::Ok();
   }
   std::vector<at::Tensor> grad_outputs;
   if (grad_out.defined()) grad_outputs.push_back(grad_out);

@@ -142,6 +142,7 @@ class Engine {
   EngineOptions options_;
   Communicator& comm_;
   std::vector<std::unique_ptr<UnitState>> state_;
+  std::vector<bool> trainable_before_;  // per unit: does any earlier unit have trainable params?
   std::vector<std::unique_ptr<Work>> pending_;  // gradient reductions in flight
   at::Tensor step_count_;                        // AdamW step (float scalar, as _fused_adamw_ wants)
   double loss_scale_ = 1.0;

@@ -15,6 +15,13 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
 }
 
+at::Tensor linear(const at::Tensor& x, const LinearWeights& w) {
+  at::Tensor y = linear(x, w.weight, w.bias);
+  if (!w.lora.a.defined()) return y;
+  const at::Tensor xd = w.lora.dropout_mask.defined() ? x * w.lora.dropout_mask : x;
+  return y + at::linear(at::linear(xd, w.lora.a), w.lora.b) * w.lora.scale;
+}
+
 at::Tensor rotate_half(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
@@ -41,9 +48,9 @@ at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const Atten
   auto heads = [&](const at::Tensor& t, int64_t n) {
     return t.view({batch, seq, n, shape.head_dim}).transpose(1, 2);
   };
-  at::Tensor q = heads(linear(x, w.q, w.q_bias), shape.num_heads);
-  at::Tensor k = heads(linear(x, w.k, w.k_bias), shape.num_kv_heads);
-  const at::Tensor v = heads(linear(x, w.v, w.v_bias), shape.num_kv_heads);
+  at::Tensor q = heads(linear(x, w.q), shape.num_heads);
+  at::Tensor k = heads(linear(x, w.k), shape.num_kv_heads);
+  const at::Tensor v = heads(linear(x, w.v), shape.num_kv_heads);
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
 
@@ -57,13 +64,11 @@ at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const Atten
   const at::Tensor out = at::scaled_dot_product_attention(
       q, k, v, attn_mask, /*dropout_p=*/0.0, /*is_causal=*/!attn_mask.has_value(), scale,
       /*enable_gqa=*/shape.num_kv_heads != shape.num_heads);
-  return linear(out.transpose(1, 2).reshape({batch, seq, shape.num_heads * shape.head_dim}), w.o,
-                w.o_bias);
+  return linear(out.transpose(1, 2).reshape({batch, seq, shape.num_heads * shape.head_dim}), w.o);
 }
 
 at::Tensor swiglu_mlp(const at::Tensor& x, const MlpWeights& w) {
-  return linear(at::silu(linear(x, w.gate, w.gate_bias)) * linear(x, w.up, w.up_bias), w.down,
-                w.down_bias);
+  return linear(at::silu(linear(x, w.gate)) * linear(x, w.up), w.down);
 }
 
 }  // namespace dstrain::runtime

@@ -13,6 +13,22 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // x @ weight^T (+ bias when defined).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
+// A low-rank adapter on a linear layer (LoRA): y += scale * B(A(dropout(x))).
+struct LoraAdapter {
+  at::Tensor a;             // [r, in]; undefined: no adapter
+  at::Tensor b;             // [out, r]
+  double scale = 0.0;       // alpha / r, or alpha / sqrt(r) for rsLoRA
+  at::Tensor dropout_mask;  // undefined: no dropout; else broadcastable to x, already / (1 - p)
+};
+
+struct LinearWeights {
+  at::Tensor weight;  // [out, in]
+  at::Tensor bias;    // undefined when absent
+  LoraAdapter lora;
+};
+
+at::Tensor linear(const at::Tensor& x, const LinearWeights& w);
+
 // [x1, x2] -> [-x2, x1] over the last dimension (HF's rotate_half, not interleaved pairs).
 at::Tensor rotate_half(const at::Tensor& x);
 
@@ -24,9 +40,7 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 at::Tensor sliding_window_mask(int64_t seq_len, int64_t window, const at::Device& device);
 
 struct AttentionWeights {
-  at::Tensor q, k, v, o;              // [heads*hd, H], [kv*hd, H], [kv*hd, H], [H, heads*hd]
-  at::Tensor q_bias, k_bias, v_bias;  // undefined when absent
-  at::Tensor o_bias;
+  LinearWeights q, k, v, o;  // [heads*hd, H], [kv*hd, H], [kv*hd, H], [H, heads*hd]
 };
 
 struct AttentionShape {
@@ -43,8 +57,7 @@ at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const Atten
                      const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask);
 
 struct MlpWeights {
-  at::Tensor gate, up, down;
-  at::Tensor gate_bias, up_bias, down_bias;  // undefined when absent
+  LinearWeights gate, up, down;
 };
 
 // down(silu(gate(x)) * up(x)).

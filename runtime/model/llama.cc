@@ -1,9 +1,13 @@
 #include "runtime/model/llama.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
 
+#include "runtime/model/init.h"
 #include "runtime/model/layers.h"
 #include "runtime/model/rope.h"
 
@@ -45,113 +49,154 @@ at::Tensor slot(at::TensorList params, int index) {
   return index == kAbsent ? at::Tensor() : params[index];
 }
 
-class EmbedUnit final : public base::Unit {
+class EmbedUnit final : public LlamaUnit {
  public:
-  explicit EmbedUnit(const base::ModelConfig& cfg) {
-    schema_.push_back(weight_spec(kEmbedName, {cfg.vocab_size, cfg.hidden_size}, cfg.init_std));
+  explicit EmbedUnit(const base::ModelConfig& cfg) : LlamaUnit("embed") {
+    add(weight_spec(kEmbedName, {cfg.vocab_size, cfg.hidden_size}, cfg.init_std));
   }
-  const std::string& name() const override { return name_; }
-  const std::vector<base::ParamSpec>& schema() const override { return schema_; }
   at::Tensor forward(const at::Tensor& x, at::TensorList params,
                      const base::StepContext& /*ctx*/) const override {
     return at::embedding(params[0], x);
   }
-
- private:
-  std::string name_ = "embed";
-  std::vector<base::ParamSpec> schema_;
 };
 
-// Positions of a decoder layer's parameters in its schema; kAbsent for missing biases.
-struct LayerSlots {
-  int input_norm = kAbsent, q = kAbsent, q_bias = kAbsent, k = kAbsent, k_bias = kAbsent;
-  int v = kAbsent, v_bias = kAbsent, o = kAbsent, o_bias = kAbsent, post_norm = kAbsent;
-  int gate = kAbsent, gate_bias = kAbsent, up = kAbsent, up_bias = kAbsent, down = kAbsent;
-  int down_bias = kAbsent;
+// The seven projections of a decoder layer, in schema order.
+enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kNumProj };
+constexpr const char* kProjName[kNumProj] = {"self_attn.q_proj", "self_attn.k_proj",
+                                             "self_attn.v_proj", "self_attn.o_proj",
+                                             "mlp.gate_proj",    "mlp.up_proj",
+                                             "mlp.down_proj"};
+constexpr const char* kProjTarget[kNumProj] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+// Where one projection's tensors sit in the layer's schema (kAbsent when it has none).
+struct ProjSlots {
+  int64_t in = 0;
+  int64_t out = 0;
+  int weight = kAbsent;
+  int bias = kAbsent;
+  int lora_a = kAbsent;
+  int lora_b = kAbsent;
+  double lora_scale = 0.0;
 };
 
-class DecoderLayerUnit final : public base::Unit {
+// Dropout masks [B, T, in] scaled by 1 / (1 - p) for an adapter's input; `x` is the layer's
+// input (batch, length, device, dtype). Each row's mask comes from a generator keyed by the row's
+// sample key and the adapter's name, so recomputation and any world size replay it.
+at::Tensor lora_dropout_mask(const at::Tensor& x, int64_t in, double p,
+                             const base::StepContext& ctx, const std::string& name) {
+  const int64_t rows = ctx.sample_keys.size(0);
+  const int64_t* keys = ctx.sample_keys.data_ptr<int64_t>();
+  const auto cpu = at::TensorOptions().dtype(at::kFloat);
+  std::vector<at::Tensor> masks;
+  for (int64_t r = 0; r < rows; ++r) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(param_seed(keys[r], name));
+    masks.push_back(at::empty({x.size(1), in}, cpu).bernoulli_(1.0 - p, gen));
+  }
+  return (at::stack(masks) / (1.0 - p)).to(x.device(), x.scalar_type());
+}
+
+class DecoderLayerUnit final : public LlamaUnit {
  public:
   DecoderLayerUnit(const base::ModelConfig& cfg, int64_t index)
-      : name_("layers." + std::to_string(index)), eps_(cfg.rms_norm_eps) {
+      : LlamaUnit("layers." + std::to_string(index)),
+        prefix_("model.layers." + std::to_string(index) + "."),
+        eps_(cfg.rms_norm_eps) {
     shape_.num_heads = cfg.num_heads;
     shape_.num_kv_heads = cfg.num_kv_heads;
     shape_.head_dim = cfg.resolved_head_dim();
     shape_.sliding_window = cfg.sliding_window;
-    const std::string prefix = "model.layers." + std::to_string(index) + ".";
     const int64_t h = cfg.hidden_size;
     const int64_t q_out = cfg.num_heads * shape_.head_dim;
     const int64_t kv_out = cfg.num_kv_heads * shape_.head_dim;
     const int64_t inter = cfg.intermediate_size;
     const bool o_bias = cfg.attention_bias && cfg.architecture == "llama";
-
-    auto add = [&](base::ParamSpec spec) {
-      schema_.push_back(std::move(spec));
-      return static_cast<int>(schema_.size()) - 1;
+    const int64_t dims[kNumProj][2] = {{q_out, h}, {kv_out, h}, {kv_out, h}, {h, q_out},
+                                       {inter, h}, {inter, h},  {h, inter}};
+    const bool bias[kNumProj] = {cfg.attention_bias, cfg.attention_bias, cfg.attention_bias,
+                                 o_bias, cfg.mlp_bias, cfg.mlp_bias, cfg.mlp_bias};
+    auto add_linear = [&](Proj p) {
+      ProjSlots& s = proj_[p];
+      s.out = dims[p][0];
+      s.in = dims[p][1];
+      s.weight = add(weight_spec(prefix_ + kProjName[p] + ".weight", {s.out, s.in}, cfg.init_std));
+      if (bias[p]) s.bias = add(bias_spec(prefix_ + kProjName[p] + ".bias", s.out));
     };
-    auto add_linear = [&](const std::string& name, int64_t out, int64_t in, bool bias,
-                          int* weight_slot, int* bias_slot) {
-      *weight_slot = add(weight_spec(prefix + name + ".weight", {out, in}, cfg.init_std));
-      if (bias) *bias_slot = add(bias_spec(prefix + name + ".bias", out));
-    };
-    slots_.input_norm = add(norm_spec(prefix + "input_layernorm.weight", h));
-    add_linear("self_attn.q_proj", q_out, h, cfg.attention_bias, &slots_.q, &slots_.q_bias);
-    add_linear("self_attn.k_proj", kv_out, h, cfg.attention_bias, &slots_.k, &slots_.k_bias);
-    add_linear("self_attn.v_proj", kv_out, h, cfg.attention_bias, &slots_.v, &slots_.v_bias);
-    add_linear("self_attn.o_proj", h, q_out, o_bias, &slots_.o, &slots_.o_bias);
-    slots_.post_norm = add(norm_spec(prefix + "post_attention_layernorm.weight", h));
-    add_linear("mlp.gate_proj", inter, h, cfg.mlp_bias, &slots_.gate, &slots_.gate_bias);
-    add_linear("mlp.up_proj", inter, h, cfg.mlp_bias, &slots_.up, &slots_.up_bias);
-    add_linear("mlp.down_proj", h, inter, cfg.mlp_bias, &slots_.down, &slots_.down_bias);
+    input_norm_ = add(norm_spec(prefix_ + "input_layernorm.weight", h));
+    for (Proj p : {kQ, kK, kV, kO}) add_linear(p);
+    post_norm_ = add(norm_spec(prefix_ + "post_attention_layernorm.weight", h));
+    for (Proj p : {kGate, kUp, kDown}) add_linear(p);
   }
 
-  const std::string& name() const override { return name_; }
-  const std::vector<base::ParamSpec>& schema() const override { return schema_; }
+  int add_lora(const std::vector<std::string>& targets, int64_t rank, double scale,
+               double dropout) override {
+    lora_dropout_ = dropout;
+    int added = 0;
+    for (int p = 0; p < kNumProj; ++p) {
+      if (std::find(targets.begin(), targets.end(), kProjTarget[p]) == targets.end()) continue;
+      ProjSlots& s = proj_[p];
+      base::ParamSpec a;
+      a.name = prefix_ + kProjName[p] + ".lora_A.weight";
+      a.shape = {rank, s.in};
+      a.init = base::InitKind::kKaimingUniform;
+      base::ParamSpec b;
+      b.name = prefix_ + kProjName[p] + ".lora_B.weight";
+      b.shape = {s.out, rank};
+      b.init = base::InitKind::kZeros;
+      s.lora_a = add(std::move(a));
+      s.lora_b = add(std::move(b));
+      s.lora_scale = scale;
+      ++added;
+    }
+    return added;
+  }
 
   at::Tensor forward(const at::Tensor& x, at::TensorList params,
                      const base::StepContext& ctx) const override {
-    AttentionWeights attn;
-    attn.q = params[slots_.q];
-    attn.k = params[slots_.k];
-    attn.v = params[slots_.v];
-    attn.o = params[slots_.o];
-    attn.q_bias = slot(params, slots_.q_bias);
-    attn.k_bias = slot(params, slots_.k_bias);
-    attn.v_bias = slot(params, slots_.v_bias);
-    attn.o_bias = slot(params, slots_.o_bias);
-    MlpWeights mlp;
-    mlp.gate = params[slots_.gate];
-    mlp.up = params[slots_.up];
-    mlp.down = params[slots_.down];
-    mlp.gate_bias = slot(params, slots_.gate_bias);
-    mlp.up_bias = slot(params, slots_.up_bias);
-    mlp.down_bias = slot(params, slots_.down_bias);
-
-    const at::Tensor h =
-        x + attention(rms_norm(x, params[slots_.input_norm], eps_), attn, shape_, ctx.rope_cos,
-                      ctx.rope_sin, ctx.attn_mask);
-    return h + swiglu_mlp(rms_norm(h, params[slots_.post_norm], eps_), mlp);
+    const AttentionWeights attn{weights(kQ, params, x, ctx), weights(kK, params, x, ctx),
+                                weights(kV, params, x, ctx), weights(kO, params, x, ctx)};
+    const MlpWeights mlp{weights(kGate, params, x, ctx), weights(kUp, params, x, ctx),
+                         weights(kDown, params, x, ctx)};
+    const at::Tensor h = x + attention(rms_norm(x, params[input_norm_], eps_), attn, shape_,
+                                       ctx.rope_cos, ctx.rope_sin, ctx.attn_mask);
+    return h + swiglu_mlp(rms_norm(h, params[post_norm_], eps_), mlp);
   }
 
  private:
-  std::string name_;
+  // The projection's tensors; `x` (the layer input) only shapes its dropout mask.
+  LinearWeights weights(Proj p, at::TensorList params, const at::Tensor& x,
+                        const base::StepContext& ctx) const {
+    const ProjSlots& s = proj_[p];
+    LinearWeights w;
+    w.weight = params[s.weight];
+    w.bias = slot(params, s.bias);
+    if (s.lora_a == kAbsent) return w;
+    w.lora.a = params[s.lora_a];
+    w.lora.b = params[s.lora_b];
+    w.lora.scale = s.lora_scale;
+    if (lora_dropout_ > 0.0 && ctx.training && ctx.sample_keys.defined()) {
+      w.lora.dropout_mask = lora_dropout_mask(x, s.in, lora_dropout_, ctx, schema_[s.lora_a].name);
+    }
+    return w;
+  }
+
+  std::string prefix_;
   double eps_;
   AttentionShape shape_;
-  LayerSlots slots_;
-  std::vector<base::ParamSpec> schema_;
+  int input_norm_ = kAbsent;
+  int post_norm_ = kAbsent;
+  ProjSlots proj_[kNumProj];
+  double lora_dropout_ = 0.0;
 };
 
-class HeadUnit final : public base::Unit {
+class HeadUnit final : public LlamaUnit {
  public:
-  explicit HeadUnit(const base::ModelConfig& cfg) : eps_(cfg.rms_norm_eps) {
-    schema_.push_back(norm_spec("model.norm.weight", cfg.hidden_size));
+  explicit HeadUnit(const base::ModelConfig& cfg) : LlamaUnit("head"), eps_(cfg.rms_norm_eps) {
+    add(norm_spec("model.norm.weight", cfg.hidden_size));
     base::ParamSpec head =
         weight_spec("lm_head.weight", {cfg.vocab_size, cfg.hidden_size}, cfg.init_std);
     if (cfg.tie_embeddings) head.tied_to = kEmbedName;
-    schema_.push_back(std::move(head));
+    add(std::move(head));
   }
-  const std::string& name() const override { return name_; }
-  const std::vector<base::ParamSpec>& schema() const override { return schema_; }
   at::Tensor forward(const at::Tensor& x, at::TensorList params,
                      const base::StepContext& /*ctx*/) const override {
     return at::linear(rms_norm(x, params[kNormSlot], eps_), params[kLmHeadSlot]);
@@ -160,9 +205,7 @@ class HeadUnit final : public base::Unit {
  private:
   static constexpr int kNormSlot = 0;
   static constexpr int kLmHeadSlot = 1;
-  std::string name_ = "head";
   double eps_;
-  std::vector<base::ParamSpec> schema_;
 };
 
 base::Status positive(const char* key, int64_t value) {
@@ -172,6 +215,15 @@ base::Status positive(const char* key, int64_t value) {
 }
 
 }  // namespace
+
+void LlamaUnit::freeze() {
+  for (base::ParamSpec& spec : schema_) spec.trainable = false;
+}
+
+int LlamaUnit::add(base::ParamSpec spec) {
+  schema_.push_back(std::move(spec));
+  return static_cast<int>(schema_.size()) - 1;
+}
 
 base::Status validate_llama_config(const base::ModelConfig& cfg) {
   const std::string& arch = cfg.architecture;

@@ -4,6 +4,8 @@
 // Face's, so checkpoints map one to one.
 #include <ATen/ATen.h>
 
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "base/config.h"
@@ -11,6 +13,30 @@
 #include "base/unit.h"
 
 namespace dstrain::runtime {
+
+// Base of the Llama-family units; carries the hooks LoRA (runtime/model/lora.h) applies to a
+// built model.
+class LlamaUnit : public base::Unit {
+ public:
+  const std::string& name() const override { return name_; }
+  const std::vector<base::ParamSpec>& schema() const override { return schema_; }
+  // Marks every parameter declared so far frozen: no gradient, no optimizer state.
+  void freeze();
+  // Adds low-rank adapters (lora_A [r, in] Kaiming-uniform, lora_B [out, r] zeros, trainable) to
+  // the projections named in `targets` ("q", "k", "v", "o", "gate", "up", "down") that this unit
+  // has; returns how many it added.
+  virtual int add_lora(const std::vector<std::string>& targets, int64_t rank, double scale,
+                       double dropout) {
+    return 0;
+  }
+
+ protected:
+  explicit LlamaUnit(std::string name) : name_(std::move(name)) {}
+  int add(base::ParamSpec spec);  // returns its schema index
+
+  std::string name_;
+  std::vector<base::ParamSpec> schema_;
+};
 
 // Checks what build_llama and make_step_context rely on (divisible heads, even head_dim, a known
 // architecture and rope type, ...); errors name the offending values.

@@ -15,7 +15,9 @@
 #include <vector>
 
 #include "base/config.h"
+#include "runtime/hf_model/hf_config.h"
 #include "runtime/model/llama.h"
+#include "runtime/model/lora.h"
 #include "runtime/model/rope.h"
 
 namespace dstrain::runtime {
@@ -27,57 +29,6 @@ json read_json(const std::string& path) {
   std::ifstream in(path);
   EXPECT_TRUE(in.good()) << "cannot open " << path;
   return json::parse(in);
-}
-
-// `key`'s integer value, or `fallback` when absent or null (HF writes null for "derived").
-int64_t int_or(const json& j, const char* key, int64_t fallback) {
-  return j.contains(key) && !j[key].is_null() ? j[key].get<int64_t>() : fallback;
-}
-
-// HF config.json -> ModelConfig for the fields the decoder uses; architecture-specific
-// defaults follow each transformers model class.
-base::ModelConfig model_config_from_hf(const json& hf) {
-  base::ModelConfig cfg;
-  const std::string type = hf.at("model_type").get<std::string>();
-  cfg.architecture = type;
-  cfg.vocab_size = hf.at("vocab_size").get<int64_t>();
-  cfg.hidden_size = hf.at("hidden_size").get<int64_t>();
-  cfg.intermediate_size = hf.at("intermediate_size").get<int64_t>();
-  cfg.num_layers = hf.at("num_hidden_layers").get<int64_t>();
-  cfg.num_heads = hf.at("num_attention_heads").get<int64_t>();
-  cfg.num_kv_heads = int_or(hf, "num_key_value_heads", cfg.num_heads);
-  cfg.head_dim = int_or(hf, "head_dim", 0);
-  cfg.rms_norm_eps = hf.at("rms_norm_eps").get<double>();
-  cfg.max_position_embeddings = hf.at("max_position_embeddings").get<int64_t>();
-  cfg.tie_embeddings = hf.value("tie_word_embeddings", false);
-  if (type == "qwen2") {
-    cfg.attention_bias = true;  // Qwen2Attention hard-codes q/k/v biases
-    const bool sliding = hf.value("use_sliding_window", false);
-    EXPECT_FALSE(sliding) << "per-layer Qwen2 sliding windows are not mapped";
-  } else if (type == "mistral") {
-    cfg.sliding_window = int_or(hf, "sliding_window", 0);
-  } else {
-    cfg.attention_bias = hf.value("attention_bias", false);
-    cfg.mlp_bias = hf.value("mlp_bias", false);
-  }
-  // transformers 5 writes rope_parameters; older files rope_theta + rope_scaling.
-  json rope = hf.contains("rope_parameters") && !hf["rope_parameters"].is_null()
-                  ? hf["rope_parameters"]
-                  : (hf.contains("rope_scaling") && !hf["rope_scaling"].is_null()
-                         ? hf["rope_scaling"]
-                         : json::object());
-  cfg.rope_theta = rope.contains("rope_theta") ? rope["rope_theta"].get<double>()
-                                               : hf.value("rope_theta", 10000.0);
-  std::string rope_type = rope.value("rope_type", rope.value("type", std::string("default")));
-  cfg.rope_scaling.type = rope_type == "default" ? "none" : rope_type;
-  cfg.rope_scaling.factor = rope.value("factor", 1.0);
-  cfg.rope_scaling.low_freq_factor = rope.value("low_freq_factor", 1.0);
-  cfg.rope_scaling.high_freq_factor = rope.value("high_freq_factor", 4.0);
-  cfg.rope_scaling.original_max_position_embeddings =
-      rope.value("original_max_position_embeddings", int64_t{0});
-  cfg.rope_scaling.beta_fast = rope.value("beta_fast", 32.0);
-  cfg.rope_scaling.beta_slow = rope.value("beta_slow", 1.0);
-  return cfg;
 }
 
 // The test's own tensor files: manifest.json + raw little-endian fp32/int64 .bin files.
@@ -104,13 +55,34 @@ void check_case(const std::string& name) {
   const char* root = std::getenv("DSTRAIN_MODEL_HF_REF");
   ASSERT_NE(root, nullptr) << "DSTRAIN_MODEL_HF_REF is unset (run through ctest: model_hf_parity)";
   const std::string dir = std::string(root) + "/" + name;
-  const base::ModelConfig cfg = model_config_from_hf(read_json(dir + "/config.json"));
+  auto mapped = hf_model::model_config_from_hf_dir(dir);
+  ASSERT_TRUE(mapped.ok()) << mapped.status().to_string();
+  const base::ModelConfig cfg = *mapped;
   const base::Status valid = validate_llama_config(cfg);
   ASSERT_TRUE(valid.ok()) << valid.to_string();
   std::map<std::string, at::Tensor> ref = read_tensors(dir);
 
   // Every HF parameter must land in exactly one schema slot.
-  const base::UnitList units = build_llama(cfg);
+  base::UnitList units = build_llama(cfg);
+  // LoRA cases (PEFT on the HF side): the same adapters through apply_lora.
+  std::ifstream lora_file(dir + "/lora.json");
+  if (lora_file) {
+    const json l = json::parse(lora_file);
+    base::LoraConfig lora;
+    lora.enabled = true;
+    lora.rank = l["rank"].get<int64_t>();
+    lora.alpha = l["alpha"].get<double>();
+    lora.rslora = l["rslora"].get<bool>();
+    lora.targets = l["targets"].get<std::vector<std::string>>();
+    const base::Status applied = apply_lora(units, lora);
+    ASSERT_TRUE(applied.ok()) << applied.to_string();
+  }
+  std::set<std::string> trainable;
+  for (const auto& unit : units) {
+    for (const base::ParamSpec& spec : unit->schema()) {
+      if (spec.trainable && spec.tied_to.empty()) trainable.insert(spec.name);
+    }
+  }
   std::vector<std::vector<at::Tensor>> params(units.size());
   std::map<std::string, at::Tensor> owned;
   for (size_t u = 0; u < units.size(); ++u) {
@@ -151,6 +123,9 @@ void check_case(const std::string& name) {
   loss.backward();
   double worst_grad = 0.0;
   for (const auto& [pname, p] : owned) {
+    // Frozen on one side means frozen on the other: HF gives no gradient for it.
+    ASSERT_EQ(trainable.count(pname) == 1, ref.count("grad:" + pname) == 1) << pname;
+    if (!trainable.count(pname)) continue;
     const at::Tensor& want = ref.at("grad:" + pname);
     ASSERT_TRUE(p.grad().defined()) << pname << ": no gradient";
     const double scale = want.abs().max().item<double>();
@@ -169,6 +144,8 @@ TEST(HfParity, MistralSlidingWindow) { check_case("mistral_sliding"); }
 TEST(HfParity, LlamaYarnRopeAttentionBias) { check_case("llama_yarn"); }
 TEST(HfParity, LlamaLinearRope) { check_case("llama_linear"); }
 TEST(HfParity, LlamaDynamicRope) { check_case("llama_dynamic"); }
+TEST(HfParity, LlamaLoraMatchesPeft) { check_case("llama_lora"); }
+TEST(HfParity, Qwen2AllLinearRsLoraMatchesPeft) { check_case("qwen2_lora_rslora"); }
 
 }  // namespace
 }  // namespace dstrain::runtime
