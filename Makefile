@@ -31,7 +31,8 @@ build: configure
 	cmake --build $(BUILD) -j$(JOBS)
 
 demo: build
-	@echo "[demo] training configs/tiny.toml on 2 ranks (CPU), outputs in $(DEMO_DIR)"
+	@echo "[demo] training configs/tiny.toml on 2 ranks (CPU), outputs in $(DEMO_DIR) (replacing an earlier demo's)"
+	@rm -rf $(DEMO_DIR)
 	$(MPIRUN) -np 2 $(BUILD)/dstrain --config configs/tiny.toml --set run.dir=$(DEMO_DIR)
 	@echo "[demo] metrics: $(DEMO_DIR)/metrics.jsonl"
 

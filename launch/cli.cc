@@ -12,6 +12,7 @@ constexpr const char* kUsage =
     "usage: dstrain [train] --config FILE [--set KEY=VALUE]... [--resume auto|never|PATH]\n"
     "       dstrain plan    --config FILE [--world N] [--json] [--set KEY=VALUE]...\n"
     "       dstrain prepare --input FILE... --output FILE [--format text|sft]\n"
+    "       dstrain inspect --checkpoint DIR\n"
     "       dstrain bench   comm [--sizes-mib N...] [--iters N]\n"
     "       dstrain --help | --version\n"
     "Run under MPI for several ranks: mpirun -np 32 dstrain --config lora.toml\n";
@@ -44,6 +45,13 @@ po::options_description prepare_options() {
   return d;
 }
 
+po::options_description inspect_options() {
+  po::options_description d("inspect");
+  d.add_options()("checkpoint", po::value<std::string>(),
+                  "checkpoint directory (<run.dir>/checkpoints/step-NNNNNNNN): show it, verify checksums");
+  return d;
+}
+
 po::options_description bench_options() {
   po::options_description d("bench");
   d.add_options()
@@ -55,7 +63,7 @@ po::options_description bench_options() {
 std::string help_text() {
   std::ostringstream os;
   po::options_description all;
-  all.add(config_options()).add(plan_options()).add(prepare_options()).add(bench_options());
+  all.add(config_options()).add(plan_options()).add(prepare_options()).add(inspect_options()).add(bench_options());
   os << kUsage << "\n" << all;
   return os.str();
 }
@@ -84,6 +92,7 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
     else if (sub == "plan") cmd.kind = CommandKind::kPlan;
     else if (sub == "prepare") cmd.kind = CommandKind::kPrepare;
     else if (sub == "bench") cmd.kind = CommandKind::kBench;
+    else if (sub == "inspect") cmd.kind = CommandKind::kInspect;
     else return usage_error("unknown command '" + sub + "'");
     args.erase(args.begin());
   }
@@ -101,6 +110,7 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
     case CommandKind::kPlan: desc.add(config_options()).add(plan_options()); break;
     case CommandKind::kPrepare: desc.add(prepare_options()); break;
     case CommandKind::kBench: desc.add(bench_options()); break;
+    case CommandKind::kInspect: desc.add(inspect_options()); break;
     default: break;
   }
   po::variables_map vm;
@@ -125,6 +135,7 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
   if (vm.count("format")) cmd.prepare_format = vm["format"].as<std::string>();
   if (vm.count("sizes-mib")) cmd.bench_sizes_mib = vm["sizes-mib"].as<std::vector<int64_t>>();
   if (vm.count("iters")) cmd.bench_iters = vm["iters"].as<int>();
+  if (vm.count("checkpoint")) cmd.checkpoint_dir = vm["checkpoint"].as<std::string>();
 
   if ((cmd.kind == CommandKind::kTrain || cmd.kind == CommandKind::kPlan) && cmd.config_path.empty()) {
     return usage_error("--config FILE is required");
@@ -134,6 +145,9 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
     if (cmd.prepare_format != "text" && cmd.prepare_format != "sft") {
       return usage_error("prepare: --format must be text or sft, got '" + cmd.prepare_format + "'");
     }
+  }
+  if (cmd.kind == CommandKind::kInspect && cmd.checkpoint_dir.empty()) {
+    return usage_error("inspect: --checkpoint DIR is required");
   }
   if (cmd.world < 0) return usage_error("--world must be >= 1");
   if (cmd.bench_iters < 1) return usage_error("--iters must be >= 1");

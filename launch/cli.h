@@ -7,7 +7,7 @@
 
 namespace dstrain::launch {
 
-enum class CommandKind { kTrain, kPlan, kPrepare, kBench, kHelp, kVersion };
+enum class CommandKind { kTrain, kPlan, kPrepare, kBench, kInspect, kHelp, kVersion };
 
 struct Command {
   CommandKind kind = CommandKind::kTrain;
@@ -21,6 +21,8 @@ struct Command {
   std::vector<std::string> inputs;
   std::string output;
   std::string prepare_format = "text";  // text | sft
+  // inspect
+  std::string checkpoint_dir;
   // bench
   std::string bench_what;              // comm
   std::vector<int64_t> bench_sizes_mib;

@@ -26,7 +26,6 @@ base::Status reject_unavailable(const base::Config& cfg) {
   }
   if (cfg.offload.optimizer != "none") return refuse("offload.optimizer", "\"" + cfg.offload.optimizer + "\"");
   if (cfg.offload.params != "none") return refuse("offload.params", "\"" + cfg.offload.params + "\"");
-  if (cfg.checkpoint.every > 0) return refuse("checkpoint.every", std::to_string(cfg.checkpoint.every));
   if (cfg.checkpoint.async) return refuse("checkpoint.async", "true");
   if (cfg.zero.reduce_dtype != "fp32") return refuse("zero.reduce_dtype", "\"" + cfg.zero.reduce_dtype + "\"");
   return base::Status::Ok();
@@ -37,10 +36,6 @@ base::Status reject_unavailable(const base::Config& cfg) {
 base::Status run_train(const Command& cmd, World& world) {
   ASSIGN_OR_RETURN(base::Config cfg, load_config(cmd.config_path, cmd.overrides));
   RETURN_IF_ERROR(reject_unavailable(cfg));
-  if (cmd.resume != "auto" && cmd.resume != "never") {
-    return base::Status::InvalidArgument("--resume " + cmd.resume +
-                                         ": resuming from a checkpoint path is not available yet");
-  }
   if (world.rank() == 0) {
     RETURN_IF_ERROR(base::make_dirs(cfg.run.dir).with_context("run.dir"));
     std::printf("dstrain %s | %s | LibTorch %s | %d threads per rank\n", DSTRAIN_VERSION,
@@ -52,13 +47,25 @@ base::Status run_train(const Command& cmd, World& world) {
   ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm()));
   // A run.dir another rank just created must exist before rank 0's metrics file is opened.
   RETURN_IF_ERROR(comm->barrier());
-  ASSIGN_OR_RETURN(auto trainer, runtime::Trainer::create(cfg, *comm, at::kCPU));
+  runtime::RunOptions run;
+  run.resume = cmd.resume;
+  run.config_toml = config_to_toml(cfg);
+  run.dstrain_version = DSTRAIN_VERSION;
+  ASSIGN_OR_RETURN(auto trainer, runtime::Trainer::create(cfg, *comm, at::kCPU, run));
   ASSIGN_OR_RETURN(runtime::TrainSummary summary, trainer->run());
   if (world.rank() == 0) {
-    std::printf("done: %lld steps, loss %.4f -> %.4f", static_cast<long long>(summary.steps),
-                summary.first_loss, summary.last_loss);
+    if (summary.steps == summary.start_step) {
+      std::printf("done: the checkpoint resumed from is already at train.steps = %lld; nothing to "
+                  "train (--resume never starts afresh)",
+                  static_cast<long long>(cfg.train.steps));
+    } else {
+      std::printf("done: steps %lld..%lld, loss %.4f -> %.4f",
+                  static_cast<long long>(summary.start_step + 1), static_cast<long long>(summary.steps),
+                  summary.first_loss, summary.last_loss);
+    }
     if (summary.last_eval_loss) std::printf(", eval loss %.4f", *summary.last_eval_loss);
     std::printf("\noutputs: %s/metrics.jsonl\n", cfg.run.dir.c_str());
+    if (summary.last_checkpoint) std::printf("checkpoint: %s\n", summary.last_checkpoint->c_str());
   }
   return base::Status::Ok();
 }

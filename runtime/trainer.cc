@@ -32,7 +32,8 @@ base::StatusOr<std::vector<double>> sum_over_ranks(sharding::Communicator& comm,
 
 base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& cfg,
                                                          sharding::Communicator& comm,
-                                                         at::Device device) {
+                                                         at::Device device,
+                                                         const RunOptions& run) {
   RETURN_IF_ERROR(validate_llama_config(cfg.model));
   ASSIGN_OR_RETURN(Dataset train, open_train_data(cfg.data, cfg.train, cfg.model));
   ASSIGN_OR_RETURN(std::optional<Dataset> eval, open_eval_data(cfg.data, cfg.train, cfg.model));
@@ -59,6 +60,21 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& cfg
   if (t->is_root()) {
     ASSIGN_OR_RETURN(t->metrics_, MetricsWriter::open(cfg.run.dir + "/metrics.jsonl"));
   }
+  checkpoint::CheckpointOptions ck;
+  ck.run_dir = cfg.run.dir;
+  ck.config = cfg.checkpoint;
+  ck.config_toml = run.config_toml;
+  ck.dstrain_version = run.dstrain_version;
+  ck.dtype = cfg.train.dtype;
+  ck.seed = cfg.run.seed;
+  ck.zero_stage = cfg.zero.stage;
+  checkpoint::CheckpointIo* io = run.io;
+  if (io == nullptr) {
+    t->posix_io_ = std::make_unique<checkpoint::PosixIo>();
+    io = t->posix_io_.get();
+  }
+  t->checkpointer_ = std::make_unique<checkpoint::Checkpointer>(std::move(ck), comm, *io);
+  t->resume_ = run.resume;
   return t;
 }
 
@@ -91,10 +107,33 @@ base::StatusOr<double> Trainer::evaluate() {
   return total[0] / std::max(1.0, total[1]);
 }
 
+base::Status Trainer::save_checkpoint(int64_t step, Progress& progress, TrainSummary& summary) {
+  ASSIGN_OR_RETURN(std::string dir, checkpointer_->save(*engine_, step));
+  summary.last_checkpoint = dir;
+  if (is_root()) {
+    RETURN_IF_ERROR(metrics_->write({{"step", step}, {"event", "checkpoint"}, {"path", dir}}));
+    progress.message("checkpoint at step " + std::to_string(step) + ": " + dir);
+  }
+  return base::Status::Ok();
+}
+
 base::StatusOr<TrainSummary> Trainer::run() {
   TrainSummary summary;
   const base::TrainConfig& tc = cfg_.train;
-  Progress progress(0, tc.steps, cfg_.log.progress_bar);
+  ASSIGN_OR_RETURN(std::optional<std::string> resume_dir, checkpointer_->resolve_resume(resume_));
+  if (resume_dir) {
+    ASSIGN_OR_RETURN(summary.start_step, checkpointer_->load(*engine_, *resume_dir));
+    summary.resumed_from = *resume_dir;
+    summary.steps = summary.start_step;
+    if (is_root()) {
+      RETURN_IF_ERROR(metrics_->write(
+          {{"step", summary.start_step}, {"event", "resume"}, {"path", *resume_dir}}));
+    }
+  }
+  Progress progress(summary.start_step, tc.steps, cfg_.log.progress_bar);
+  if (is_root() && resume_dir) {
+    progress.message("resumed from " + *resume_dir + " at step " + std::to_string(summary.start_step));
+  }
   if (is_root()) {
     char line[256];
     std::snprintf(line, sizeof(line),
@@ -107,7 +146,7 @@ base::StatusOr<TrainSummary> Trainer::run() {
                   static_cast<long long>(tc.seq_len), static_cast<long long>(train_.num_samples()));
     progress.message(line);
   }
-  for (int64_t step = 0; step < tc.steps; ++step) {
+  for (int64_t step = summary.start_step; step < tc.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = learning_rate(cfg_.optim, step, tc.steps);
 
@@ -139,7 +178,7 @@ base::StatusOr<TrainSummary> Trainer::run() {
     const double tokens = static_cast<double>(tc.global_batch * tc.seq_len);
 
     if (result.skipped) ++summary.skipped_steps;
-    if (step == 0) summary.first_loss = loss;
+    if (step == summary.start_step) summary.first_loss = loss;
     summary.last_loss = loss;
     summary.steps = step + 1;
     if (is_root()) {
@@ -173,6 +212,10 @@ base::StatusOr<TrainSummary> Trainer::run() {
                       static_cast<long long>(step + 1), eval_loss, std::exp(eval_loss));
         progress.message(text);
       }
+    }
+    const int64_t every = cfg_.checkpoint.every;
+    if ((every > 0 && (step + 1) % every == 0) || step + 1 == tc.steps) {
+      RETURN_IF_ERROR(save_checkpoint(step + 1, progress, summary));
     }
   }
   progress.finish();

@@ -7,19 +7,33 @@
 
 #include "base/config.h"
 #include "base/status.h"
+#include "runtime/checkpoint/checkpointer.h"
+#include "runtime/checkpoint/file_io.h"
 #include "runtime/data/dataset.h"
 #include "runtime/data/sampler.h"
 #include "runtime/metrics.h"
+#include "runtime/progress.h"
 #include "sharding/engine.h"
 
 namespace dstrain::runtime {
 
+// What a run needs beyond the config: how to resume and what a checkpoint records about it.
+struct RunOptions {
+  std::string resume = "never";  // auto | never | a checkpoint directory (--resume)
+  std::string config_toml;       // the config as TOML, stored in each checkpoint's index
+  std::string dstrain_version;
+  checkpoint::CheckpointIo* io = nullptr;  // checkpoint writes; nullptr: POSIX files
+};
+
 struct TrainSummary {
+  int64_t start_step = 0;  // optimizer steps already done by the checkpoint resumed from
   int64_t steps = 0;
   double first_loss = 0.0;
   double last_loss = 0.0;
   std::optional<double> last_eval_loss;
   int64_t skipped_steps = 0;
+  std::optional<std::string> resumed_from;
+  std::optional<std::string> last_checkpoint;
 };
 
 class Trainer {
@@ -27,7 +41,10 @@ class Trainer {
   // Builds the model, opens the data and initialises the engine on `device`.
   static base::StatusOr<std::unique_ptr<Trainer>> create(const base::Config& cfg,
                                                          sharding::Communicator& comm,
-                                                         at::Device device);
+                                                         at::Device device,
+                                                         const RunOptions& options = {});
+  // Resumes as options.resume says, then trains up to train.steps, checkpointing every
+  // checkpoint.every steps and at the end.
   base::StatusOr<TrainSummary> run();
   sharding::Engine& engine() { return *engine_; }
 
@@ -39,6 +56,7 @@ class Trainer {
   base::StatusOr<sharding::MicroBatch> micro_batch(const Dataset& ds, const std::vector<int64_t>& ids,
                                                    int64_t* num_targets) const;
   base::StatusOr<double> evaluate();
+  base::Status save_checkpoint(int64_t step, Progress& progress, TrainSummary& summary);
   bool is_root() const { return comm_.rank() == 0; }
 
   base::Config cfg_;
@@ -50,6 +68,9 @@ class Trainer {
   Sampler sampler_;
   std::unique_ptr<sharding::Engine> engine_;
   std::unique_ptr<MetricsWriter> metrics_;  // rank 0 only
+  std::string resume_ = "never";
+  std::unique_ptr<checkpoint::CheckpointIo> posix_io_;
+  std::unique_ptr<checkpoint::Checkpointer> checkpointer_;
 };
 
 }  // namespace dstrain::runtime

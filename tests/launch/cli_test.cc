@@ -26,6 +26,23 @@ TEST(Cli, ExplicitTrainAndResume) {
   EXPECT_EQ(cmd->resume, "never");
 }
 
+TEST(Cli, InspectTakesACheckpointDirectory) {
+  auto cmd = parse({"inspect", "--checkpoint", "runs/x/checkpoints/step-00000010"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status().message();
+  EXPECT_EQ(cmd->kind, CommandKind::kInspect);
+  EXPECT_EQ(cmd->checkpoint_dir, "runs/x/checkpoints/step-00000010");
+  auto missing = parse({"inspect"});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), base::StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.status().message().find("--checkpoint DIR"), std::string::npos);
+  // Training options are not inspect's.
+  EXPECT_FALSE(parse({"inspect", "--checkpoint", "d", "--config", "a.toml"}).ok());
+  auto resume = parse({"--config", "a.toml", "--resume", "runs/x/checkpoints/step-00000010"});
+  ASSERT_TRUE(resume.ok());
+  EXPECT_EQ(resume->resume, "runs/x/checkpoints/step-00000010");
+  EXPECT_NE(parse({"--help"})->help_text.find("dstrain inspect --checkpoint DIR"), std::string::npos);
+}
+
 TEST(Cli, HelpAndVersion) {
   auto help = parse({"--help"});
   ASSERT_TRUE(help.ok());

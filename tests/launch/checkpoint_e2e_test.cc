@@ -1,0 +1,282 @@
+// Checkpoints end to end, under mpirun: resume bit-identically at the same world size, resume at
+// other world sizes and stages, fall back past a corrupt checkpoint, refuse an explicit corrupt
+// one with exit 3, and let plain h5py read a named tensor through the index.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct RunResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+RunResult run(const std::string& command) {
+  RunResult r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string dstrain(int ranks, const std::string& args) {
+  return std::string(DSTRAIN_MPIRUN) + " -np " + std::to_string(ranks) + " " + DSTRAIN_BINARY + " " + args;
+}
+
+std::vector<nlohmann::json> metrics(const fs::path& run_dir) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+std::vector<double> losses(const fs::path& run_dir) {
+  std::vector<double> out;
+  for (const auto& j : metrics(run_dir)) {
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+// A full fp32 tensor read back through index.json: pieces in offset order, raw bytes at their
+// byte_offset (independent of HDF5 and of dstrain's own reader).
+std::vector<float> read_tensor(const fs::path& ckpt, const std::string& kind, const std::string& name) {
+  nlohmann::json index = nlohmann::json::parse(std::ifstream(ckpt / "index.json"));
+  const auto& t = index["tensors"][kind][name];
+  int64_t numel = 1;
+  for (int64_t d : t["shape"]) numel *= d;
+  std::vector<float> out(numel);
+  for (const auto& p : t["pieces"]) {
+    const int fd = ::open((ckpt / p["file"].get<std::string>()).c_str(), O_RDONLY);
+    EXPECT_GE(fd, 0);
+    const size_t bytes = p["numel"].get<size_t>() * sizeof(float);
+    EXPECT_EQ(::pread(fd, out.data() + p["offset"].get<int64_t>(), bytes, p["byte_offset"].get<off_t>()),
+              static_cast<ssize_t>(bytes));
+    ::close(fd);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> tensor_names(const fs::path& ckpt) {
+  nlohmann::json index = nlohmann::json::parse(std::ifstream(ckpt / "index.json"));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [kind, by_name] : index["tensors"].items()) {
+    for (const auto& [name, t] : by_name.items()) out.emplace_back(kind, name);
+  }
+  return out;
+}
+
+constexpr int kSteps = 20;
+
+class CheckpointE2e : public ::testing::Test {
+ protected:
+  // One uninterrupted reference run, shared: 20 steps at world size 2, stage 3, checkpoints
+  // at steps 10 and 20.
+  static void SetUpTestSuite() {
+    suite_ = fs::temp_directory_path() / ("dstrain_ckpt_e2e_" + std::to_string(getpid()));
+    fs::remove_all(suite_);
+    fs::create_directories(suite_);
+    std::ofstream(suite_ / "small.toml") << R"(
+[model]
+vocab_size = 259
+hidden_size = 32
+intermediate_size = 64
+num_layers = 2
+num_heads = 4
+num_kv_heads = 2
+[train]
+steps = 20
+global_batch = 8
+micro_batch = 2
+seq_len = 32
+[optim]
+lr = 1e-2
+grad_clip = 0.5
+warmup_steps = 3
+[zero]
+stage = 3
+[checkpoint]
+every = 10
+keep = 3
+)";
+    reference_ = run(dstrain(2, args(suite_ / "ref")));
+  }
+  static void TearDownTestSuite() { fs::remove_all(suite_); }
+
+  static std::string args(const fs::path& run_dir, const std::string& extra = "") {
+    return "--config " + (suite_ / "small.toml").string() + " --set run.dir=" + run_dir.string() + " " + extra;
+  }
+  static fs::path ref() { return suite_ / "ref"; }
+  static fs::path ckpt(const fs::path& run_dir, int step) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "step-%08d", step);
+    return run_dir / "checkpoints" / name;
+  }
+  void SetUp() override { ASSERT_EQ(reference_.exit_code, 0) << reference_.output; }
+  std::vector<double> reference_tail() {
+    std::vector<double> l = losses(ref());
+    return std::vector<double>(l.begin() + 10, l.end());
+  }
+
+  static fs::path suite_;
+  static RunResult reference_;
+};
+
+fs::path CheckpointE2e::suite_;
+RunResult CheckpointE2e::reference_;
+
+TEST_F(CheckpointE2e, ReferenceRunCommitsCheckpointsAndLogsThem) {
+  EXPECT_TRUE(fs::exists(ckpt(ref(), 10) / "index.json"));
+  EXPECT_TRUE(fs::exists(ckpt(ref(), 20) / "rank-00001.h5"));
+  std::string latest;
+  std::ifstream(ref() / "checkpoints" / "latest") >> latest;
+  EXPECT_EQ(latest, "step-00000020");
+  int events = 0;
+  for (const auto& j : metrics(ref())) {
+    if (j.value("event", "") != "checkpoint") continue;
+    ++events;
+    EXPECT_EQ(j["path"].get<std::string>(), ckpt(ref(), j["step"].get<int>()).string());
+  }
+  EXPECT_EQ(events, 2);
+  EXPECT_NE(reference_.output.find("checkpoint: " + ckpt(ref(), 20).string()), std::string::npos)
+      << reference_.output;
+
+  RunResult r = run(std::string(DSTRAIN_BINARY) + " inspect --checkpoint " + ckpt(ref(), 20).string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* s : {"step 20, world size 2, zero stage 3, dtype fp32", "model.embed_tokens.weight",
+                        "[259, 32]", "exp_avg_sq", "checksums: ok"}) {
+    EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
+  }
+}
+
+TEST_F(CheckpointE2e, ResumeAtTheSameWorldSizeIsBitIdentical) {
+  const fs::path out = suite_ / "resumed";
+  RunResult r = run(dstrain(2, args(out, "--resume " + ckpt(ref(), 10).string())));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(losses(out), reference_tail());
+  const auto lines = metrics(out);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines.front()["event"], "resume");
+  EXPECT_EQ(lines.front()["step"], 10);
+  EXPECT_EQ(lines.front()["path"], ckpt(ref(), 10).string());
+  // Final parameters and optimizer moments, read back from both final checkpoints.
+  const auto names = tensor_names(ckpt(ref(), 20));
+  EXPECT_GT(names.size(), 10u);
+  for (const auto& [kind, name] : names) {
+    EXPECT_EQ(read_tensor(ckpt(out, 20), kind, name), read_tensor(ckpt(ref(), 20), kind, name))
+        << kind << "/" << name;
+  }
+}
+
+TEST_F(CheckpointE2e, ResumeAtOtherWorldSizesAndStages) {
+  const std::vector<double> expect = reference_tail();
+  struct Case { int ranks; int stage; };
+  for (const Case c : {Case{1, 3}, Case{4, 3}, Case{2, 1}}) {
+    const fs::path out = suite_ / ("w" + std::to_string(c.ranks) + "s" + std::to_string(c.stage));
+    RunResult r = run(dstrain(c.ranks, args(out, "--set zero.stage=" + std::to_string(c.stage) +
+                                                     " --resume " + ckpt(ref(), 10).string())));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::vector<double> got = losses(out);
+    ASSERT_EQ(got.size(), expect.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_NEAR(got[i], expect[i], 1e-5 * std::abs(expect[i]))
+          << c.ranks << " ranks, stage " << c.stage << ", step " << i + 11;
+    }
+  }
+}
+
+TEST_F(CheckpointE2e, CorruptCheckpointIsNamedAndSkipped) {
+  const fs::path out = suite_ / "corrupt";
+  fs::create_directories(out);
+  fs::copy(ref() / "checkpoints", out / "checkpoints", fs::copy_options::recursive);
+  const fs::path bad = ckpt(out, 20) / "rank-00001.h5";
+  {
+    std::fstream f(bad, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(0, std::ios::end);
+    const auto size = static_cast<std::streamoff>(f.tellg());
+    f.seekp(size / 2);
+    f.put('\x5a');
+  }
+  RunResult inspect = run(std::string(DSTRAIN_BINARY) + " inspect --checkpoint " + ckpt(out, 20).string());
+  EXPECT_EQ(inspect.exit_code, 3) << inspect.output;
+  EXPECT_NE(inspect.output.find(bad.string() + ": checksum mismatch"), std::string::npos) << inspect.output;
+
+  RunResult r = run(dstrain(2, args(out, "--resume " + ckpt(out, 20).string())));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find(bad.string()), std::string::npos) << r.output;
+
+  r = run(dstrain(2, args(out)));  // --resume auto
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("checkpoint " + ckpt(out, 20).string() + " is corrupt"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("resuming from " + ckpt(out, 10).string()), std::string::npos) << r.output;
+  EXPECT_EQ(losses(out), reference_tail());
+}
+
+TEST_F(CheckpointE2e, UnfinishedWriteIsIgnoredAndCleanedUp) {
+  // The state a crash during the step-20 save leaves: a partial step-20.tmp/, latest on step 10.
+  const fs::path out = suite_ / "unfinished";
+  fs::create_directories(out / "checkpoints");
+  fs::copy(ckpt(ref(), 10), ckpt(out, 10), fs::copy_options::recursive);
+  const fs::path tmp = ckpt(out, 20).string() + ".tmp";
+  fs::create_directories(tmp);
+  fs::copy_file(ckpt(ref(), 20) / "rank-00000.h5", tmp / "rank-00000.h5");
+  fs::resize_file(tmp / "rank-00000.h5", 1000);
+  std::ofstream(out / "checkpoints" / "latest") << "step-00000010\n";
+  RunResult r = run(dstrain(2, args(out)));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(losses(out), reference_tail());
+  EXPECT_FALSE(fs::exists(tmp));
+  std::string latest;
+  std::ifstream(out / "checkpoints" / "latest") >> latest;
+  EXPECT_EQ(latest, "step-00000020");
+}
+
+TEST_F(CheckpointE2e, H5pyReadsANamedTensorThroughTheIndex) {
+  // The snippet of docs/checkpoint-format.md, as a user would run it.
+  const fs::path script = suite_ / "read.py";
+  std::ofstream(script) << R"(import json, sys, h5py, numpy as np
+ckpt, kind, name, out = sys.argv[1:5]
+index = json.load(open(f"{ckpt}/index.json"))
+t = index["tensors"][kind][name]
+parts = []
+for p in sorted(t["pieces"], key=lambda p: p["offset"]):
+    with h5py.File(f"{ckpt}/{p['file']}", "r") as f:
+        parts.append(f[p["dataset"]][...])
+full = np.concatenate(parts).reshape(t["shape"])
+full.astype(np.float32).tofile(out)
+print(full.shape)
+)";
+  for (const char* name : {"model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"}) {
+    const fs::path raw = suite_ / "tensor.bin";
+    RunResult r = run(std::string(DSTRAIN_PYTHON) + " " + script.string() + " " + ckpt(ref(), 20).string() +
+                      " param " + name + " " + raw.string());
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::vector<float> expect = read_tensor(ckpt(ref(), 20), "param", name);
+    std::vector<float> got(expect.size());
+    std::ifstream(raw, std::ios::binary).read(reinterpret_cast<char*>(got.data()),
+                                              static_cast<std::streamsize>(got.size() * sizeof(float)));
+    EXPECT_EQ(got, expect) << name;
+    EXPECT_EQ(fs::file_size(raw), expect.size() * sizeof(float));
+  }
+}
+
+}  // namespace

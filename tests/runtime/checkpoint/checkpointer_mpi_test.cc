@@ -1,0 +1,209 @@
+// The checkpointer across ranks: a save at one stage loads bitwise into engines of every stage,
+// a write that fails on one rank (ENOSPC injected) fails on all and leaves the earlier checkpoint
+// and `latest` as they were, and retention keeps checkpoint.keep of them.
+#include <gtest/gtest.h>
+#include <mpi.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/fs.h"
+#include "runtime/checkpoint/checkpointer.h"
+#include "runtime/checkpoint/store.h"
+#include "runtime/model/init.h"
+#include "runtime/model/llama.h"
+#include "sharding/mpi_communicator.h"
+
+namespace dstrain::runtime::checkpoint {
+namespace {
+
+base::ModelConfig tiny_model() {
+  base::ModelConfig cfg;
+  cfg.vocab_size = 64;
+  cfg.hidden_size = 32;
+  cfg.intermediate_size = 48;
+  cfg.num_layers = 2;
+  cfg.num_heads = 4;
+  cfg.num_kv_heads = 2;
+  cfg.tie_embeddings = true;
+  return cfg;
+}
+
+std::unique_ptr<sharding::Engine> make_engine(sharding::Communicator& comm, int64_t stage, int64_t seed) {
+  sharding::EngineOptions o;
+  o.zero.stage = stage;
+  o.optim.lr = 1e-3;
+  auto init = [seed](const base::Unit& unit, at::TensorList out) { return init_unit_params(unit, out, seed); };
+  auto e = sharding::Engine::create(build_llama(tiny_model()), o, comm, init);
+  EXPECT_TRUE(e.ok()) << e.status().to_string();
+  return e.ok() ? std::move(e).value() : nullptr;
+}
+
+// Gives every moment a value that differs per element, so a misplaced piece shows.
+void fill_moments(sharding::Engine& e) {
+  for (sharding::StateSlice& s : e.state_slices(false)) {
+    if (s.kind == sharding::StateKind::kParam) continue;
+    const double base = s.kind == sharding::StateKind::kExpAvg ? 1.0 : 2.0;
+    s.data.copy_(at::arange(s.offset, s.offset + s.data.numel(), at::kDouble).mul(1e-3).add(base));
+  }
+}
+
+// Every (kind, name) state tensor in full, assembled from the slices each rank owns. Keys come
+// from full_parameters() so every rank reduces the same tensors in the same order.
+std::map<std::string, at::Tensor> full_state(sharding::Engine& e, sharding::Communicator& comm) {
+  std::map<std::string, at::Tensor> out;
+  auto params = e.full_parameters();
+  EXPECT_TRUE(params.ok());
+  if (!params.ok()) return out;
+  for (const auto& [name, t] : *params) {
+    for (const char* kind : {"param", "exp_avg", "exp_avg_sq"}) {
+      out.emplace(std::string(kind) + "/" + name, at::zeros({t.numel()}, at::kFloat));
+    }
+  }
+  for (const sharding::StateSlice& s : e.state_slices(true)) {
+    const std::string key = std::string(sharding::state_kind_name(s.kind)) + "/" + s.name;
+    EXPECT_TRUE(out.count(key)) << key;
+    if (out.count(key)) out.at(key).narrow(0, s.offset, s.data.numel()).copy_(s.data);
+  }
+  // Owned slices are disjoint over ranks: a sum assembles the whole.
+  for (auto& [k, t] : out) EXPECT_TRUE(sharding::all_reduce_now(comm, t, sharding::ReduceOp::kSum).ok());
+  return out;
+}
+
+class CheckpointerMpi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto c = sharding::MpiCommunicator::create(MPI_COMM_WORLD);
+    ASSERT_TRUE(c.ok());
+    comm_ = std::move(c).value();
+    // Rank 0 names the directory so every rank uses the same one.
+    int pid = ::getpid();
+    MPI_Bcast(&pid, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    run_dir_ = ::testing::TempDir() + "/ckpt_mpi_" + std::to_string(pid) + "_" +
+               ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    if (comm_->rank() == 0) ASSERT_TRUE(base::make_dirs(run_dir_).ok());
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+  void TearDown() override {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (comm_->rank() == 0) (void)base::remove_tree(run_dir_);
+  }
+  CheckpointOptions options(int64_t stage, int64_t keep = 2) {
+    CheckpointOptions o;
+    o.run_dir = run_dir_;
+    o.config.keep = keep;
+    o.config_toml = "[run]\n";
+    o.dstrain_version = "test";
+    o.dtype = "fp32";
+    o.zero_stage = stage;
+    o.buffer_bytes = 1000;  // several chunks per tensor
+    return o;
+  }
+  std::string latest() {
+    auto l = read_latest(checkpoints_dir(run_dir_));
+    return l.ok() && l->has_value() ? **l : "";
+  }
+
+  std::unique_ptr<sharding::MpiCommunicator> comm_;
+  std::string run_dir_;
+  PosixIo posix_;
+};
+
+TEST_F(CheckpointerMpi, SavedStateLoadsBitwiseAtEveryStage) {
+  auto saved = make_engine(*comm_, 3, 1);
+  ASSERT_TRUE(saved);
+  fill_moments(*saved);
+  saved->set_scalars({7.0, 512.0, 3});
+  Checkpointer ck(options(3), *comm_, posix_);
+  auto dir = ck.save(*saved, 7);
+  ASSERT_TRUE(dir.ok()) << dir.status().to_string();
+  EXPECT_EQ(*dir, run_dir_ + "/checkpoints/step-00000007");
+  EXPECT_EQ(latest(), "step-00000007");
+  const auto expect = full_state(*saved, *comm_);
+  const auto expect_params = saved->full_parameters();
+  ASSERT_TRUE(expect_params.ok());
+
+  for (int64_t stage : {0, 1, 2, 3}) {
+    auto loaded = make_engine(*comm_, stage, /*seed=*/99);  // different initial values
+    ASSERT_TRUE(loaded);
+    Checkpointer reader(options(stage), *comm_, posix_);
+    auto pick = reader.resolve_resume("auto");
+    ASSERT_TRUE(pick.ok()) << pick.status().to_string();
+    ASSERT_TRUE(pick->has_value());
+    auto step = reader.load(*loaded, **pick);
+    ASSERT_TRUE(step.ok()) << step.status().to_string();
+    EXPECT_EQ(*step, 7);
+    EXPECT_EQ(loaded->scalars().adam_step, 7.0);
+    EXPECT_EQ(loaded->scalars().loss_scale, 512.0);
+    EXPECT_EQ(loaded->scalars().good_steps, 3);
+    const auto got = full_state(*loaded, *comm_);
+    ASSERT_EQ(got.size(), expect.size());
+    for (const auto& [key, t] : expect) EXPECT_TRUE(at::equal(got.at(key), t)) << key << " stage " << stage;
+    // The compute parameters were refreshed from the loaded masters.
+    auto params = loaded->full_parameters();
+    ASSERT_TRUE(params.ok());
+    for (size_t i = 0; i < params->size(); ++i) {
+      EXPECT_TRUE(at::equal((*params)[i].second, (*expect_params)[i].second)) << (*params)[i].first;
+    }
+  }
+}
+
+TEST_F(CheckpointerMpi, FullDiskOnOneRankFailsEveryRankAndKeepsTheEarlierCheckpoint) {
+  auto engine = make_engine(*comm_, 3, 1);
+  ASSERT_TRUE(engine);
+  Checkpointer good(options(3), *comm_, posix_);
+  ASSERT_TRUE(good.save(*engine, 1).ok());
+
+  // The last rank's disk fills after 2000 bytes of its file's data.
+  FaultInjectionIo full(posix_, 2000);
+  const bool faulty = comm_->rank() == comm_->size() - 1;
+  Checkpointer bad(options(3), *comm_, faulty ? static_cast<CheckpointIo&>(full) : posix_);
+  auto st = bad.save(*engine, 2);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.status().code(), base::StatusCode::kIOError);
+  if (faulty) {
+    EXPECT_NE(st.status().message().find("No space left on device"), std::string::npos)
+        << st.status().message();
+  }
+  EXPECT_NE(st.status().message().find("earlier checkpoints are intact"), std::string::npos);
+  MPI_Barrier(MPI_COMM_WORLD);
+  struct stat sb {};
+  EXPECT_NE(::stat((run_dir_ + "/checkpoints/step-00000002.tmp").c_str(), &sb), 0) << "tmp removed";
+  EXPECT_NE(::stat((run_dir_ + "/checkpoints/step-00000002").c_str(), &sb), 0);
+  EXPECT_EQ(latest(), "step-00000001");
+  EXPECT_TRUE(verify_checkpoint(run_dir_ + "/checkpoints/step-00000001").ok());
+}
+
+TEST_F(CheckpointerMpi, RetentionKeepsTheNewest) {
+  auto engine = make_engine(*comm_, 1, 1);
+  ASSERT_TRUE(engine);
+  Checkpointer ck(options(1, /*keep=*/2), *comm_, posix_);
+  for (int64_t s : {1, 2, 3}) ASSERT_TRUE(ck.save(*engine, s).ok());
+  auto steps = committed_steps(checkpoints_dir(run_dir_));
+  ASSERT_TRUE(steps.ok());
+  EXPECT_EQ(*steps, (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(latest(), "step-00000003");
+}
+
+TEST_F(CheckpointerMpi, ExplicitPathThatIsNotACheckpointIsBadInput) {
+  Checkpointer ck(options(3), *comm_, posix_);
+  auto pick = ck.resolve_resume(run_dir_ + "/nope");
+  ASSERT_FALSE(pick.ok());
+  EXPECT_EQ(pick.status().code(), base::StatusCode::kBadInput);
+  if (comm_->rank() == 0) {
+    EXPECT_NE(pick.status().message().find(run_dir_ + "/nope/index.json"), std::string::npos)
+        << pick.status().message();
+  }
+  auto never = ck.resolve_resume("never");
+  ASSERT_TRUE(never.ok());
+  EXPECT_FALSE(never->has_value());
+}
+
+}  // namespace
+}  // namespace dstrain::runtime::checkpoint
