@@ -19,8 +19,6 @@ base::Status reject_unavailable(const base::Config& cfg) {
     return base::Status::InvalidArgument(cfg.source + ": " + key + " = " + value +
                                          ": not available in this version of dstrain");
   };
-  if (!cfg.model.hf_dir.empty()) return refuse("model.hf_dir", "\"" + cfg.model.hf_dir + "\"");
-  if (cfg.lora.enabled) return refuse("lora.enabled", "true");
   if (cfg.train.activation_checkpointing != "none") {
     return refuse("train.activation_checkpointing", "\"" + cfg.train.activation_checkpointing + "\"");
   }

@@ -4,10 +4,14 @@
 #include <cmath>
 #include <cstdio>
 
+#include "runtime/data/sampler.h"
 #include "runtime/data_source.h"
+#include "runtime/hf_model/hf_config.h"
+#include "runtime/hf_model/hf_weights.h"
 #include "runtime/lr_schedule.h"
 #include "runtime/model/init.h"
 #include "runtime/model/llama.h"
+#include "runtime/model/lora.h"
 #include "runtime/model/rope.h"
 #include "runtime/progress.h"
 
@@ -28,12 +32,24 @@ base::StatusOr<std::vector<double>> sum_over_ranks(sharding::Communicator& comm,
   return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
 }
 
+// The randomness key of a training sample (LoRA dropout): a function of the run seed and the
+// sample's global index alone, so no rank, world size or recomputation changes it.
+int64_t sample_key(int64_t seed, int64_t global_index) {
+  uint64_t state = static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(global_index);
+  return static_cast<int64_t>(splitmix64_next(state));
+}
+
 }  // namespace
 
-base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& cfg,
+base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& user_cfg,
                                                          sharding::Communicator& comm,
                                                          at::Device device,
                                                          const RunOptions& run) {
+  // With model.hf_dir the architecture comes from the checkpoint's config.json.
+  base::Config cfg = user_cfg;
+  if (!cfg.model.hf_dir.empty()) {
+    ASSIGN_OR_RETURN(cfg.model, hf_model::model_config_from_hf_dir(cfg.model.hf_dir));
+  }
   RETURN_IF_ERROR(validate_llama_config(cfg.model));
   ASSIGN_OR_RETURN(Dataset train, open_train_data(cfg.data, cfg.train, cfg.model));
   ASSIGN_OR_RETURN(std::optional<Dataset> eval, open_eval_data(cfg.data, cfg.train, cfg.model));
@@ -56,7 +72,9 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& cfg
   auto init = [seed](const base::Unit& unit, at::TensorList out) {
     return init_unit_params(unit, out, seed);
   };
-  ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(build_llama(cfg.model), options, comm, init));
+  base::UnitList units = build_llama(cfg.model);
+  if (cfg.lora.enabled) RETURN_IF_ERROR(apply_lora(units, cfg.lora));
+  ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(std::move(units), options, comm, init));
   if (t->is_root()) {
     ASSIGN_OR_RETURN(t->metrics_, MetricsWriter::open(cfg.run.dir + "/metrics.jsonl"));
   }
@@ -80,6 +98,7 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& cfg
 
 base::StatusOr<sharding::MicroBatch> Trainer::micro_batch(const Dataset& ds,
                                                           const std::vector<int64_t>& ids,
+                                                          const std::vector<int64_t>* global_indices,
                                                           int64_t* num_targets) const {
   ASSIGN_OR_RETURN(Batch batch, ds.batch(ids));
   BatchTensors t = to_tensors(batch, device_);
@@ -88,6 +107,12 @@ base::StatusOr<sharding::MicroBatch> Trainer::micro_batch(const Dataset& ds,
   mb.input_ids = t.input_ids;
   mb.target_ids = t.target_ids;
   mb.ctx = make_step_context(cfg_.model, t.position_ids, compute_dtype_);
+  if (global_indices != nullptr) {
+    std::vector<int64_t> keys;
+    for (int64_t g : *global_indices) keys.push_back(sample_key(cfg_.run.seed, g));
+    mb.ctx.sample_keys = at::tensor(keys, at::kLong);
+    mb.ctx.training = true;
+  }
   return mb;
 }
 
@@ -98,7 +123,7 @@ base::StatusOr<double> Trainer::evaluate() {
   double targets = 0.0;
   for (const auto& ids : batches) {
     int64_t n = 0;
-    ASSIGN_OR_RETURN(sharding::MicroBatch mb, micro_batch(*eval_, ids, &n));
+    ASSIGN_OR_RETURN(sharding::MicroBatch mb, micro_batch(*eval_, ids, nullptr, &n));
     ASSIGN_OR_RETURN(double sum, engine_->eval_loss_sum(mb));
     ce += sum;
     targets += static_cast<double>(n);
@@ -129,6 +154,9 @@ base::StatusOr<TrainSummary> Trainer::run() {
       RETURN_IF_ERROR(metrics_->write(
           {{"step", summary.start_step}, {"event", "resume"}, {"path", *resume_dir}}));
     }
+  } else if (!cfg_.model.hf_dir.empty()) {
+    // A fresh run from a Hugging Face checkpoint: each rank reads only the ranges it keeps.
+    RETURN_IF_ERROR(hf_model::load_hf_weights(cfg_.model.hf_dir, *engine_));
   }
   Progress progress(summary.start_step, tc.steps, cfg_.log.progress_bar);
   if (is_root() && resume_dir) {
@@ -153,9 +181,11 @@ base::StatusOr<TrainSummary> Trainer::run() {
     // Build this step's micro-batches first: the loss is normalised by the global target count.
     std::vector<sharding::MicroBatch> mbs;
     double local_targets = 0.0;
-    for (const auto& ids : sampler_.micro_batches(step)) {
+    const std::vector<std::vector<int64_t>> batches = sampler_.micro_batches(step);
+    const std::vector<std::vector<int64_t>> globals = sampler_.global_indices(step);
+    for (size_t i = 0; i < batches.size(); ++i) {
       int64_t n = 0;
-      ASSIGN_OR_RETURN(sharding::MicroBatch mb, micro_batch(train_, ids, &n));
+      ASSIGN_OR_RETURN(sharding::MicroBatch mb, micro_batch(train_, batches[i], &globals[i], &n));
       mbs.push_back(std::move(mb));
       local_targets += static_cast<double>(n);
     }

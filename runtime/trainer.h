@@ -53,7 +53,9 @@ class Trainer {
           std::optional<Dataset> eval, Sampler sampler)
       : cfg_(cfg), comm_(comm), device_(device), train_(std::move(train)),
         eval_(std::move(eval)), sampler_(std::move(sampler)) {}
+  // `global_indices` (training only) key each row's randomness; nullptr for evaluation.
   base::StatusOr<sharding::MicroBatch> micro_batch(const Dataset& ds, const std::vector<int64_t>& ids,
+                                                   const std::vector<int64_t>* global_indices,
                                                    int64_t* num_targets) const;
   base::StatusOr<double> evaluate();
   base::Status save_checkpoint(int64_t step, Progress& progress, TrainSummary& summary);
