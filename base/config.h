@@ -11,6 +11,7 @@ namespace dstrain::base {
 struct RunConfig {
   std::string dir = "runs/default";  // outputs: metrics.jsonl, checkpoints/
   int64_t seed = 1234;
+  std::string device = "auto";       // auto | cpu | cuda
 };
 
 struct RopeScalingConfig {
@@ -102,6 +103,7 @@ struct CheckpointConfig {
   int64_t every = 0;                // steps; 0: only at the end and on preemption
   int64_t keep = 2;
   bool async = false;
+  bool enabled = true;              // false: never write (benchmarks)
 };
 
 struct LogConfig {

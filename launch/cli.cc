@@ -2,6 +2,8 @@
 
 #include <boost/program_options.hpp>
 
+#include <cctype>
+#include <cstdint>
 #include <sstream>
 
 namespace dstrain::launch {
@@ -13,6 +15,8 @@ constexpr const char* kUsage =
     "       dstrain plan    --config FILE [--world N] [--json] [--set KEY=VALUE]...\n"
     "       dstrain prepare --input FILE... --output FILE [--format text|sft]\n"
     "       dstrain inspect --checkpoint DIR\n"
+    "       dstrain export  --checkpoint DIR --format hf|peft --out DIR [--dtype fp32|bf16|fp16]\n"
+    "                       [--max-shard-size 5GB] [--merge true|false] [--force]\n"
     "       dstrain bench   comm [--sizes-mib N...] [--iters N]\n"
     "       dstrain --help | --version\n"
     "Run under MPI for several ranks: mpirun -np 32 dstrain --config lora.toml\n";
@@ -46,9 +50,25 @@ po::options_description prepare_options() {
 }
 
 po::options_description inspect_options() {
-  po::options_description d("inspect");
+  po::options_description d("inspect and export");
   d.add_options()("checkpoint", po::value<std::string>(),
-                  "checkpoint directory (<run.dir>/checkpoints/step-NNNNNNNN): show it, verify checksums");
+                  "checkpoint directory (<run.dir>/checkpoints/step-NNNNNNNN); export also takes a "
+                  "run or checkpoints directory (its `latest`)");
+  return d;
+}
+
+po::options_description export_options() {
+  po::options_description d("export");
+  d.add_options()
+      ("format", po::value<std::string>(),
+       "hf: a transformers model directory (LoRA merged in); peft: the LoRA adapter")
+      ("out", po::value<std::string>(), "directory to write (written as DIR.tmp, then renamed)")
+      ("dtype", po::value<std::string>(), "fp32 | bf16 | fp16 (default: train.dtype for hf, fp32 for peft)")
+      ("max-shard-size", po::value<std::string>()->default_value("5GB"),
+       "largest safetensors file of --format hf (5GB, 500MB, 2GiB, bytes)")
+      ("merge", po::value<bool>()->default_value(true, "true"),
+       "hf of a LoRA run: fold the adapters in; false writes the frozen base alone")
+      ("force", po::bool_switch(), "replace a non-empty --out");
   return d;
 }
 
@@ -63,7 +83,7 @@ po::options_description bench_options() {
 std::string help_text() {
   std::ostringstream os;
   po::options_description all;
-  all.add(config_options()).add(plan_options()).add(prepare_options()).add(inspect_options()).add(bench_options());
+  all.add(config_options()).add(plan_options()).add(prepare_options()).add(inspect_options()).add(export_options()).add(bench_options());
   os << kUsage << "\n" << all;
   return os.str();
 }
@@ -93,6 +113,7 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
     else if (sub == "prepare") cmd.kind = CommandKind::kPrepare;
     else if (sub == "bench") cmd.kind = CommandKind::kBench;
     else if (sub == "inspect") cmd.kind = CommandKind::kInspect;
+    else if (sub == "export") cmd.kind = CommandKind::kExport;
     else return usage_error("unknown command '" + sub + "'");
     args.erase(args.begin());
   }
@@ -111,6 +132,7 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
     case CommandKind::kPrepare: desc.add(prepare_options()); break;
     case CommandKind::kBench: desc.add(bench_options()); break;
     case CommandKind::kInspect: desc.add(inspect_options()); break;
+    case CommandKind::kExport: desc.add(inspect_options()).add(export_options()); break;
     default: break;
   }
   po::variables_map vm;
@@ -132,10 +154,22 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
   if (vm.count("json")) cmd.json = vm["json"].as<bool>();
   if (vm.count("input")) cmd.inputs = vm["input"].as<std::vector<std::string>>();
   if (vm.count("output")) cmd.output = vm["output"].as<std::string>();
-  if (vm.count("format")) cmd.prepare_format = vm["format"].as<std::string>();
+  if (vm.count("format")) {
+    (cmd.kind == CommandKind::kExport ? cmd.export_format : cmd.prepare_format) =
+        vm["format"].as<std::string>();
+  }
   if (vm.count("sizes-mib")) cmd.bench_sizes_mib = vm["sizes-mib"].as<std::vector<int64_t>>();
   if (vm.count("iters")) cmd.bench_iters = vm["iters"].as<int>();
   if (vm.count("checkpoint")) cmd.checkpoint_dir = vm["checkpoint"].as<std::string>();
+  if (vm.count("out")) cmd.out_dir = vm["out"].as<std::string>();
+  if (vm.count("dtype")) cmd.export_dtype = vm["dtype"].as<std::string>();
+  if (vm.count("merge")) cmd.merge = vm["merge"].as<bool>();
+  if (vm.count("force")) cmd.force = vm["force"].as<bool>();
+  if (vm.count("max-shard-size")) {
+    auto bytes = parse_byte_size(vm["max-shard-size"].as<std::string>());
+    if (!bytes.ok()) return usage_error("--max-shard-size: " + bytes.status().message());
+    cmd.max_shard_bytes = *bytes;
+  }
 
   if ((cmd.kind == CommandKind::kTrain || cmd.kind == CommandKind::kPlan) && cmd.config_path.empty()) {
     return usage_error("--config FILE is required");
@@ -149,9 +183,56 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
   if (cmd.kind == CommandKind::kInspect && cmd.checkpoint_dir.empty()) {
     return usage_error("inspect: --checkpoint DIR is required");
   }
+  if (cmd.kind == CommandKind::kExport) {
+    if (cmd.checkpoint_dir.empty() || cmd.out_dir.empty()) {
+      return usage_error("export: --checkpoint DIR and --out DIR are required");
+    }
+    if (cmd.export_format.empty()) return usage_error("export: --format hf|peft is required");
+    if (cmd.export_format != "hf" && cmd.export_format != "peft") {
+      return usage_error("export: --format must be hf or peft, got '" + cmd.export_format + "'");
+    }
+    if (!cmd.export_dtype.empty() && cmd.export_dtype != "fp32" && cmd.export_dtype != "bf16" &&
+        cmd.export_dtype != "fp16") {
+      return usage_error("export: --dtype must be fp32, bf16 or fp16, got '" + cmd.export_dtype + "'");
+    }
+  }
   if (cmd.world < 0) return usage_error("--world must be >= 1");
   if (cmd.bench_iters < 1) return usage_error("--iters must be >= 1");
   return cmd;
+}
+
+base::StatusOr<int64_t> parse_byte_size(const std::string& text) {
+  struct Unit {
+    const char* suffix;
+    int64_t scale;
+  };
+  // Longest suffixes first, so "MiB" is not read as "B".
+  constexpr Unit kUnits[] = {{"kib", int64_t{1} << 10}, {"mib", int64_t{1} << 20},
+                             {"gib", int64_t{1} << 30}, {"tib", int64_t{1} << 40},
+                             {"kb", 1000},              {"mb", 1000 * 1000},
+                             {"gb", 1000 * 1000 * 1000}, {"tb", int64_t{1000} * 1000 * 1000 * 1000},
+                             {"b", 1}};
+  std::string lower;
+  for (char c : text) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  int64_t scale = 1;
+  for (const Unit& u : kUnits) {
+    const std::string suffix = u.suffix;
+    if (lower.size() > suffix.size() && lower.compare(lower.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      lower.resize(lower.size() - suffix.size());
+      scale = u.scale;
+      break;
+    }
+  }
+  const auto bad = [&] {
+    return base::Status::InvalidArgument("'" + text + "' is not a size (5GB, 500MB, 2GiB or bytes)");
+  };
+  if (lower.empty() || lower.size() > 15 ||
+      lower.find_first_not_of("0123456789") != std::string::npos) {
+    return bad();
+  }
+  const int64_t n = std::stoll(lower);
+  if (n < 1 || n > INT64_MAX / scale) return bad();
+  return n * scale;
 }
 
 }  // namespace dstrain::launch

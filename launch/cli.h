@@ -7,7 +7,7 @@
 
 namespace dstrain::launch {
 
-enum class CommandKind { kTrain, kPlan, kPrepare, kBench, kInspect, kHelp, kVersion };
+enum class CommandKind { kTrain, kPlan, kPrepare, kBench, kInspect, kExport, kHelp, kVersion };
 
 struct Command {
   CommandKind kind = CommandKind::kTrain;
@@ -21,8 +21,15 @@ struct Command {
   std::vector<std::string> inputs;
   std::string output;
   std::string prepare_format = "text";  // text | sft
-  // inspect
+  // inspect, export
   std::string checkpoint_dir;
+  // export
+  std::string export_format;           // hf | peft
+  std::string out_dir;
+  std::string export_dtype;            // fp32 | bf16 | fp16; empty: hf -> train.dtype, peft -> fp32
+  int64_t max_shard_bytes = 5'000'000'000;  // --max-shard-size, transformers' default "5GB"
+  bool merge = true;                   // hf of a LoRA run: fold the adapters into the base
+  bool force = false;                  // replace a non-empty --out
   // bench
   std::string bench_what;              // comm
   std::vector<int64_t> bench_sizes_mib;
@@ -32,5 +39,9 @@ struct Command {
 
 // Parses argv. Usage errors are kInvalidArgument with a message that ends in a hint to --help.
 base::StatusOr<Command> parse_command_line(int argc, const char* const* argv);
+
+// "5GB" (10^9), "500MiB" (2^20), "1000000" (bytes): B, KB, MB, GB, TB and KiB, MiB, GiB, TiB,
+// case-insensitive. kInvalidArgument unless positive and whole.
+base::StatusOr<int64_t> parse_byte_size(const std::string& text);
 
 }  // namespace dstrain::launch

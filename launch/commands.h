@@ -11,6 +11,7 @@ base::Status run_train(const Command& cmd, World& world);
 base::Status run_plan(const Command& cmd);
 base::Status run_prepare(const Command& cmd);
 base::Status run_inspect(const Command& cmd);
+base::Status run_export(const Command& cmd);
 base::Status run_bench_comm(const Command& cmd, World& world);
 
 }  // namespace dstrain::launch

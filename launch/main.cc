@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
     case launch::CommandKind::kPlan: return report(launch::run_plan(cmd), 0, true);
     case launch::CommandKind::kPrepare: return report(launch::run_prepare(cmd), 0, true);
     case launch::CommandKind::kInspect: return report(launch::run_inspect(cmd), 0, true);
+    case launch::CommandKind::kExport: return report(launch::run_export(cmd), 0, true);
     default: break;
   }
   auto world = launch::World::init(&argc, &argv);

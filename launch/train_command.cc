@@ -5,9 +5,11 @@
 
 #include "base/fs.h"
 #include "launch/commands.h"
+#include "launch/device.h"
 #include "launch/config/config_loader.h"
 #include "runtime/trainer.h"
 #include "sharding/mpi_communicator.h"
+#include "sharding/nccl_factory.h"
 
 namespace dstrain::launch {
 namespace {
@@ -42,14 +44,25 @@ base::Status run_train(const Command& cmd, World& world) {
       std::fprintf(stderr, "warning: %s\n", world.launcher_warning().c_str());
     }
   }
+  ASSIGN_OR_RETURN(at::Device device, select_device(cfg.run.device, world));
   ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm()));
+  // On GPUs the engine's collectives run over NCCL; host-side reductions stay on MPI.
+  std::unique_ptr<sharding::Communicator> nccl;
+  if (device.is_cuda()) {
+    ASSIGN_OR_RETURN(nccl, sharding::make_nccl_communicator(world.comm(), device.index()));
+    if (world.rank() == 0) {
+      ASSIGN_OR_RETURN(std::string version, sharding::nccl_version_string());
+      std::printf("device: one GPU per rank (cuda:<local rank>), NCCL %s\n", version.c_str());
+    }
+  }
   // A run.dir another rank just created must exist before rank 0's metrics file is opened.
   RETURN_IF_ERROR(comm->barrier());
   runtime::RunOptions run;
   run.resume = cmd.resume;
   run.config_toml = config_to_toml(cfg);
   run.dstrain_version = DSTRAIN_VERSION;
-  ASSIGN_OR_RETURN(auto trainer, runtime::Trainer::create(cfg, *comm, at::kCPU, run));
+  run.engine_comm = nccl.get();
+  ASSIGN_OR_RETURN(auto trainer, runtime::Trainer::create(cfg, *comm, device, run));
   ASSIGN_OR_RETURN(runtime::TrainSummary summary, trainer->run());
   if (world.rank() == 0) {
     if (summary.steps == summary.start_step) {

@@ -6,6 +6,7 @@
 
 #include "runtime/data/sampler.h"
 #include "runtime/data_source.h"
+#include "runtime/device_memory.h"
 #include "runtime/hf_model/hf_config.h"
 #include "runtime/hf_model/hf_weights.h"
 #include "runtime/lr_schedule.h"
@@ -74,7 +75,8 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   };
   base::UnitList units = build_llama(cfg.model);
   if (cfg.lora.enabled) RETURN_IF_ERROR(apply_lora(units, cfg.lora));
-  ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(std::move(units), options, comm, init));
+  sharding::Communicator& engine_comm = run.engine_comm != nullptr ? *run.engine_comm : comm;
+  ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(std::move(units), options, engine_comm, init));
   if (t->is_root()) {
     ASSIGN_OR_RETURN(t->metrics_, MetricsWriter::open(cfg.run.dir + "/metrics.jsonl"));
   }
@@ -200,8 +202,11 @@ base::StatusOr<TrainSummary> Trainer::run() {
     }
     ASSIGN_OR_RETURN(sharding::StepResult result, engine_->step(lr));
     ASSIGN_OR_RETURN(std::vector<double> ce_total, sum_over_ranks(comm_, {local_ce}));
-    at::Tensor rss = at::tensor({static_cast<double>(host_rss_peak_bytes())}, at::kDouble);
-    RETURN_IF_ERROR(sharding::all_reduce_now(comm_, rss, sharding::ReduceOp::kMax));
+    // Peaks over all ranks: host RSS and device memory in one collective.
+    at::Tensor peaks = at::tensor({static_cast<double>(host_rss_peak_bytes()),
+                                   static_cast<double>(device_memory_peak_bytes(device_))},
+                                  at::kDouble);
+    RETURN_IF_ERROR(sharding::all_reduce_now(comm_, peaks, sharding::ReduceOp::kMax));
     const double loss = ce_total[0] / global_targets;
     const double step_time =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -221,8 +226,8 @@ base::StatusOr<TrainSummary> Trainer::run() {
                              {"tokens_per_s", tokens / step_time},
                              {"step_time_s", step_time},
                              {"skipped_steps", summary.skipped_steps},
-                             {"gpu_mem_peak_bytes", 0},
-                             {"host_rss_peak_bytes", static_cast<int64_t>(rss.item<double>())}};
+                             {"gpu_mem_peak_bytes", static_cast<int64_t>(peaks[1].item<double>())},
+                             {"host_rss_peak_bytes", static_cast<int64_t>(peaks[0].item<double>())}};
       if (cfg_.train.dtype == "fp16") line["loss_scale"] = result.loss_scale;
       RETURN_IF_ERROR(metrics_->write(line));
       if ((step + 1) % cfg_.log.every == 0 || step + 1 == tc.steps) {
@@ -244,7 +249,7 @@ base::StatusOr<TrainSummary> Trainer::run() {
       }
     }
     const int64_t every = cfg_.checkpoint.every;
-    if ((every > 0 && (step + 1) % every == 0) || step + 1 == tc.steps) {
+    if (cfg_.checkpoint.enabled && ((every > 0 && (step + 1) % every == 0) || step + 1 == tc.steps)) {
       RETURN_IF_ERROR(save_checkpoint(step + 1, progress, summary));
     }
   }

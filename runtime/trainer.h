@@ -23,6 +23,9 @@ struct RunOptions {
   std::string config_toml;       // the config as TOML, stored in each checkpoint's index
   std::string dstrain_version;
   checkpoint::CheckpointIo* io = nullptr;  // checkpoint writes; nullptr: POSIX files
+  // The engine's collectives (NCCL for CUDA tensors); nullptr: the host communicator, which
+  // always carries the trainer's and the checkpointer's small host-side reductions.
+  sharding::Communicator* engine_comm = nullptr;
 };
 
 struct TrainSummary {

@@ -36,6 +36,8 @@ std::vector<KeySpec> build_schema() {
   return {
       text(DSTRAIN_KEY(run.dir), "output directory: metrics.jsonl and checkpoints/ go here"),
       number(DSTRAIN_KEY(run.seed), any(), "seed for initialisation, data order and dropout"),
+      choice(DSTRAIN_KEY(run.device), {"auto", "cpu", "cuda"},
+             "auto: one GPU per local rank when GPUs are present, else the CPU; cuda: GPUs or an error"),
 
       text(DSTRAIN_KEY(model.hf_dir),
            "Hugging Face checkpoint directory (config.json + safetensors); empty: build the "
@@ -133,6 +135,7 @@ std::vector<KeySpec> build_schema() {
              "projections that get adapters; not empty when lora.enabled"),
       flag(DSTRAIN_KEY(lora.rslora), "rank-stabilised scaling alpha / sqrt(r)"),
 
+      flag(DSTRAIN_KEY(checkpoint.enabled), "false: write no checkpoints at all (benchmarks)"),
       number(DSTRAIN_KEY(checkpoint.every), at_least(0),
              "checkpoint every N steps; 0: only at the end and on preemption"),
       number(DSTRAIN_KEY(checkpoint.keep), at_least(1),

@@ -95,6 +95,8 @@ class CheckpointE2e : public ::testing::Test {
     fs::remove_all(suite_);
     fs::create_directories(suite_);
     std::ofstream(suite_ / "small.toml") << R"(
+[run]
+device = "cpu"
 [model]
 vocab_size = 259
 hidden_size = 32

@@ -84,5 +84,58 @@ TEST(Cli, PlanPrepareBench) {
   EXPECT_EQ(bench->bench_iters, 3);
 }
 
+TEST(Cli, ExportTakesCheckpointFormatAndOut) {
+  auto cmd = parse({"export", "--checkpoint", "runs/x", "--format", "peft", "--out", "adapter"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status().message();
+  EXPECT_EQ(cmd->kind, CommandKind::kExport);
+  EXPECT_EQ(cmd->checkpoint_dir, "runs/x");
+  EXPECT_EQ(cmd->export_format, "peft");
+  EXPECT_EQ(cmd->out_dir, "adapter");
+  EXPECT_EQ(cmd->export_dtype, "");
+  EXPECT_EQ(cmd->max_shard_bytes, 5'000'000'000);
+  EXPECT_TRUE(cmd->merge);
+  EXPECT_FALSE(cmd->force);
+  EXPECT_EQ(cmd->prepare_format, "text");  // --format is export's here, not prepare's
+
+  auto all = parse({"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--dtype", "bf16",
+                    "--max-shard-size", "2GiB", "--merge", "false", "--force"});
+  ASSERT_TRUE(all.ok()) << all.status().message();
+  EXPECT_EQ(all->export_dtype, "bf16");
+  EXPECT_EQ(all->max_shard_bytes, int64_t{2} << 30);
+  EXPECT_FALSE(all->merge);
+  EXPECT_TRUE(all->force);
+  EXPECT_NE(parse({"--help"})->help_text.find("dstrain export  --checkpoint DIR --format hf|peft --out DIR"),
+            std::string::npos);
+
+  for (auto args : std::vector<std::vector<const char*>>{
+           {"export", "--format", "hf", "--out", "o"},
+           {"export", "--checkpoint", "c", "--format", "hf"},
+           {"export", "--checkpoint", "c", "--out", "o"},
+           {"export", "--checkpoint", "c", "--format", "gguf", "--out", "o"},
+           {"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--dtype", "int8"},
+           {"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--max-shard-size", "lots"},
+           {"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--merge", "maybe"},
+           {"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--config", "a.toml"}}) {
+    auto bad = parse(args);
+    ASSERT_FALSE(bad.ok()) << args.back();
+    EXPECT_EQ(base::exit_code(bad.status()), 2);
+    EXPECT_NE(bad.status().message().find("--help"), std::string::npos) << bad.status().message();
+  }
+}
+
+TEST(Cli, ByteSizes) {
+  EXPECT_EQ(*parse_byte_size("5GB"), 5'000'000'000);
+  EXPECT_EQ(*parse_byte_size("500mb"), 500'000'000);
+  EXPECT_EQ(*parse_byte_size("3KiB"), 3072);
+  EXPECT_EQ(*parse_byte_size("1TiB"), int64_t{1} << 40);
+  EXPECT_EQ(*parse_byte_size("1234"), 1234);
+  EXPECT_EQ(*parse_byte_size("7B"), 7);
+  for (const char* bad : {"", "GB", "0", "-5GB", "1.5GB", "5 GB", "9999999999999999GB", "5XB"}) {
+    auto r = parse_byte_size(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), base::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace dstrain::launch

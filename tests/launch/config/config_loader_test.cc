@@ -346,7 +346,7 @@ base::Config non_default_config() {
   cfg.zero = {3, 2, "bf16"};
   cfg.offload = {"nvme", "cpu", "/nvme/dstrain"};
   cfg.lora = {true, 16, 32.0, 0.05, {"all-linear"}, true};
-  cfg.checkpoint = {500, 3, true};
+  cfg.checkpoint = {500, 3, true, false};
   cfg.log = {10, false};
   return cfg;
 }

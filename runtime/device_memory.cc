@@ -1,0 +1,13 @@
+#include "runtime/device_memory.h"
+
+#include <c10/cuda/CUDACachingAllocator.h>
+
+namespace dstrain::runtime {
+
+int64_t device_memory_peak_bytes(const at::Device& device) {
+  if (!device.is_cuda()) return 0;
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+  return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+}
+
+}  // namespace dstrain::runtime

@@ -1,0 +1,411 @@
+#include "sharding/nccl_communicator.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
+
+#include <exception>
+#include <utility>
+
+#include "sharding/mpi_communicator.h"  // MPI_CHECK
+
+namespace dstrain::sharding {
+namespace {
+
+// LibTorch reports errors by throwing; they become statuses at this boundary.
+template <typename Fn>
+base::Status torch_guarded(Fn&& fn) {
+  try {
+    return fn();
+  } catch (const c10::Error& e) {
+    return base::Status::Internal(std::string("LibTorch: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return base::Status::Internal(std::string("LibTorch: ") + e.what());
+  }
+}
+
+base::StatusOr<ncclDataType_t> nccl_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return ncclFloat32;
+    case at::kBFloat16: return ncclBfloat16;
+    case at::kHalf: return ncclFloat16;
+    case at::kDouble: return ncclFloat64;
+    case at::kLong: return ncclInt64;
+    case at::kInt: return ncclInt32;
+    case at::kByte: return ncclUint8;
+    default:
+      return base::Status::InvalidArgument(std::string("NCCL communicator: unsupported dtype ") +
+                                           c10::toString(t));
+  }
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::kSum ? ncclSum : ncclMax; }
+
+// Blocking mode named explicitly: NCCL_COMM_BLOCKING=0 in the environment would otherwise make
+// every call able to return ncclInProgress. commName shows in NCCL's logs.
+ncclConfig_t blocking_config(const char* name) {
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 1;
+  config.commName = name;
+  return config;
+}
+
+// A finished operation: an argument error found before anything was enqueued.
+class ReadyWork final : public Work {
+ public:
+  explicit ReadyWork(base::Status status) : status_(std::move(status)) {}
+  base::Status wait() override { return status_; }
+
+ private:
+  base::Status status_;
+};
+
+// An enqueued operation: `done` is recorded on its lane after the NCCL call. The event is shared
+// with the communicator's in-flight list, so a Work may outlive the communicator.
+class NcclWork final : public Work {
+ public:
+  NcclWork(std::shared_ptr<const CudaEvent> done, int device, std::string what)
+      : done_(std::move(done)), device_(device), what_(std::move(what)) {}
+  // Orders the caller's current stream (of the communicator's device) after the operation.
+  base::Status wait() override {
+    base::Status st = torch_guarded([this] {
+      const cudaStream_t current =
+          at::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
+      return done_->make_wait(current);
+    });
+    return st.with_context(what_);
+  }
+
+ private:
+  std::shared_ptr<const CudaEvent> done_;
+  int device_;
+  std::string what_;
+};
+
+}  // namespace
+
+base::Status nccl_status(ncclResult_t rc, const char* call, const char* file, int line) {
+  if (rc == ncclSuccess) return base::Status::Ok();
+  // ncclGetLastError holds the detailed message of the calling thread's last failure.
+  const char* last = ncclGetLastError(nullptr);
+  return base::Status::Distributed(std::string(file) + ":" + std::to_string(line) + ": " + call +
+                                   ": " + ncclGetErrorString(rc) +
+                                   (last != nullptr && *last != '\0' ? std::string(": ") + last
+                                                                     : std::string()));
+}
+
+// --- NcclComm ---
+
+NcclComm::NcclComm(NcclComm&& other) noexcept : comm_(std::exchange(other.comm_, nullptr)) {}
+
+NcclComm& NcclComm::operator=(NcclComm&& other) noexcept {
+  if (this != &other) {
+    reset();
+    comm_ = std::exchange(other.comm_, nullptr);
+  }
+  return *this;
+}
+
+NcclComm::~NcclComm() { reset(); }
+
+void NcclComm::reset() {
+  if (comm_ == nullptr) return;
+  if (!async_error().ok()) {
+    abort();
+    return;
+  }
+  // Blocking mode: finalize returns once this rank's operations are flushed; destroy then only
+  // frees local resources. Errors cannot be reported from a destructor; abort frees regardless.
+  if (ncclCommFinalize(comm_) != ncclSuccess || ncclCommDestroy(comm_) != ncclSuccess) {
+    ncclCommAbort(comm_);
+  }
+  comm_ = nullptr;
+}
+
+base::Status NcclComm::async_error() const {
+  if (comm_ == nullptr) return base::Status::Ok();
+  ncclResult_t async = ncclSuccess;
+  RETURN_IF_ERROR(NCCL_CHECK(ncclCommGetAsyncError(comm_, &async)));
+  if (async == ncclSuccess || async == ncclInProgress) return base::Status::Ok();
+  return nccl_status(async, "ncclCommGetAsyncError", __FILE__, __LINE__);
+}
+
+void NcclComm::abort() {
+  if (comm_ != nullptr) ncclCommAbort(comm_);
+  comm_ = nullptr;
+}
+
+// --- NcclCommunicator: creation and teardown ---
+
+base::StatusOr<int> NcclCommunicator::nccl_version() {
+  int version = 0;
+  RETURN_IF_ERROR(NCCL_CHECK(ncclGetVersion(&version)));
+  return version;
+}
+
+base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_Comm comm,
+                                                                           int device) {
+  int rank = 0, size = 0;
+  RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_rank(comm, &rank)));
+  RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_size(comm, &size)));
+
+  base::Status local = [device]() -> base::Status {
+    if (device < 0) {
+      return base::Status::InvalidArgument("NCCL communicator: device " + std::to_string(device) +
+                                           " is not a CUDA device index");
+    }
+    int count = 0;
+    RETURN_IF_ERROR(CUDA_CHECK(cudaGetDeviceCount(&count)));
+    if (device >= count) {
+      return base::Status::InvalidArgument("NCCL communicator: device " + std::to_string(device) +
+                                           " out of range (" + std::to_string(count) +
+                                           " CUDA devices visible)");
+    }
+    // Kept after return: one process per GPU. Restoring the previous device instead would
+    // create a CUDA context on it (device 0, say) for nothing.
+    return CUDA_CHECK(c10::cuda::SetDevice(static_cast<c10::DeviceIndex>(device), /*force=*/true));
+  }();
+  // Every rank learns whether all could use their device before any of them enters NCCL's
+  // bootstrap, which would otherwise wait for the failed rank forever.
+  int local_ok = local.ok() ? 1 : 0, all_ok = 0;
+  RETURN_IF_ERROR(MPI_CHECK(MPI_Allreduce(&local_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm)));
+  if (!local.ok()) return local.with_context("rank " + std::to_string(rank));
+  if (all_ok == 0) {
+    return base::Status::Distributed("rank " + std::to_string(rank) +
+                                     ": NCCL communicator: another rank could not use its device");
+  }
+
+  ASSIGN_OR_RETURN(const ncclUniqueId id, share_unique_id(comm, rank));
+  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(rank, size, device));
+  RETURN_IF_ERROR(c->init_lanes(id).with_context("rank " + std::to_string(rank)));
+  return std::move(c);
+}
+
+base::StatusOr<ncclUniqueId> NcclCommunicator::share_unique_id(MPI_Comm comm, int rank) {
+  // The id travels with rank 0's success flag, so a failure there fails every rank.
+  struct Message {
+    int ok = 0;
+    ncclUniqueId id;
+  } msg{};
+  base::Status made = base::Status::Ok();
+  if (rank == 0) {
+    made = NCCL_CHECK(ncclGetUniqueId(&msg.id));
+    msg.ok = made.ok() ? 1 : 0;
+  }
+  RETURN_IF_ERROR(MPI_CHECK(MPI_Bcast(&msg, sizeof(msg), MPI_BYTE, 0, comm)));
+  if (!made.ok()) return made;
+  if (msg.ok == 0) {
+    return base::Status::Distributed("rank " + std::to_string(rank) +
+                                     ": rank 0 could not create the NCCL unique id");
+  }
+  return msg.id;
+}
+
+base::Status NcclCommunicator::init_lanes(const ncclUniqueId& id) {
+  static constexpr const char* kNames[kLanes] = {"dstrain.main", "dstrain.gather",
+                                                 "dstrain.scatter"};
+  Lane& main = lane(LaneId::kMain);
+  main.name = kNames[0];
+  ncclConfig_t config = blocking_config(main.name);
+  ncclComm_t raw = nullptr;
+  RETURN_IF_ERROR(NCCL_CHECK(ncclCommInitRankConfig(&raw, size_, id, rank_, &config)));
+  main.comm = NcclComm(raw);
+  for (int i = 1; i < kLanes; ++i) {
+    lanes_[i].name = kNames[i];
+    config = blocking_config(kNames[i]);
+    raw = nullptr;
+    // Same color on every rank, keyed by rank: the same ranks in the same order as main.
+    RETURN_IF_ERROR(NCCL_CHECK(ncclCommSplit(main.comm.get(), 0, rank_, &raw, &config)));
+    lanes_[i].comm = NcclComm(raw);
+  }
+  for (Lane& l : lanes_) {
+    ASSIGN_OR_RETURN(l.stream, CudaStream::create(device_));
+    ASSIGN_OR_RETURN(l.inputs_ready, CudaEvent::create(device_));
+  }
+  return base::Status::Ok();
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  // Children before the communicator they were split from. Each lane is drained first (after an
+  // abort too: NCCL cancels the aborted kernels, so the stream still drains), so no held tensor is
+  // released while the device may still touch it.
+  for (int i = kLanes - 1; i >= 0; --i) {
+    Lane& l = lanes_[i];
+    if (l.stream.get() != nullptr) (void)l.stream.synchronize();
+    l.in_flight.clear();
+    l.comm = NcclComm();
+  }
+}
+
+base::Status NcclCommunicator::release_finished() {
+  for (Lane& l : lanes_) {
+    while (!l.in_flight.empty()) {
+      ASSIGN_OR_RETURN(const bool done, l.in_flight.front().done->done());
+      if (!done) break;
+      l.in_flight.pop_front();
+    }
+  }
+  return base::Status::Ok();
+}
+
+void NcclCommunicator::abort() {
+  aborted_ = true;
+  for (int i = kLanes - 1; i >= 0; --i) lanes_[i].comm.abort();
+}
+
+base::Status NcclCommunicator::check_async_errors() const {
+  for (const Lane& l : lanes_) {
+    RETURN_IF_ERROR(l.comm.async_error().with_context("rank " + std::to_string(rank_) +
+                                                      ": NCCL communicator " + l.name));
+  }
+  return base::Status::Ok();
+}
+
+// --- Operations ---
+
+base::Status NcclCommunicator::check_tensors(const std::vector<at::Tensor>& tensors,
+                                             at::ScalarType dtype) const {
+  for (const at::Tensor& t : tensors) {
+    if (!t.defined() || !t.is_cuda() || t.get_device() != device_ || !t.is_contiguous()) {
+      return base::Status::InvalidArgument("NCCL communicator: needs contiguous CUDA tensors on "
+                                           "device " + std::to_string(device_));
+    }
+    if (t.scalar_type() != dtype) {
+      return base::Status::InvalidArgument(std::string("NCCL communicator: dtype ") +
+                                           c10::toString(t.scalar_type()) + " where " +
+                                           c10::toString(dtype) + " was expected");
+    }
+  }
+  return base::Status::Ok();
+}
+
+template <typename Check, typename Call>
+std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, const char* what,
+                                              std::vector<at::Tensor> tensors, Check check,
+                                              Call call) {
+  Lane& l = lane(lane_id);
+  const std::string tag = "rank " + std::to_string(rank_) + ": " + what + " #" +
+                          std::to_string(sequence_++) + " (" + l.name + ")";
+  std::unique_ptr<Work> work;
+  base::Status st = torch_guarded([&]() -> base::Status {
+    if (aborted_) return base::Status::Distributed("NCCL communicator was aborted");
+    RETURN_IF_ERROR(check());
+    ASSIGN_OR_RETURN(CudaDeviceScope scope, CudaDeviceScope::enter(device_));
+    RETURN_IF_ERROR(release_finished());
+    const auto index = static_cast<c10::DeviceIndex>(device_);
+    // Inputs are written by work queued on the caller's current stream: the lane waits for it.
+    const cudaStream_t caller = at::cuda::getCurrentCUDAStream(index).stream();
+    RETURN_IF_ERROR(l.inputs_ready.record(caller));
+    RETURN_IF_ERROR(l.inputs_ready.make_wait(l.stream.get()));
+    RETURN_IF_ERROR(NCCL_CHECK(call(l.comm.get(), l.stream.get())));
+    ASSIGN_OR_RETURN(CudaEvent event, CudaEvent::create(device_));
+    RETURN_IF_ERROR(event.record(l.stream.get()));
+    auto done = std::make_shared<const CudaEvent>(std::move(event));
+    // Held until the device is done, so the caching allocator cannot reuse the memory early
+    // even if the caller drops its references now.
+    l.in_flight.push_back({done, std::move(tensors)});
+    work = std::make_unique<NcclWork>(std::move(done), device_, tag);
+    return base::Status::Ok();
+  });
+  if (!st.ok()) return std::make_unique<ReadyWork>(st.with_context(tag));
+  return work;
+}
+
+std::unique_ptr<Work> NcclCommunicator::all_reduce(at::Tensor t, ReduceOp op) {
+  return issue(
+      LaneId::kMain, "all_reduce", {t},
+      [&]() -> base::Status {
+        RETURN_IF_ERROR(nccl_type(t.scalar_type()).status());
+        return check_tensors({t}, t.scalar_type());
+      },
+      [&](ncclComm_t comm, cudaStream_t stream) {
+        return ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), *nccl_type(t.scalar_type()),
+                             nccl_op(op), comm, stream);
+      });
+}
+
+std::unique_ptr<Work> NcclCommunicator::all_gather(at::Tensor shard, at::Tensor full) {
+  return issue(
+      LaneId::kGather, "all_gather", {shard, full},
+      [&]() -> base::Status {
+        RETURN_IF_ERROR(check_tensors({shard, full}, shard.scalar_type()));
+        if (full.numel() != shard.numel() * size_) {
+          return base::Status::InvalidArgument(
+              "all_gather: output holds " + std::to_string(full.numel()) + " elements, not " +
+              std::to_string(size_) + " shards of " + std::to_string(shard.numel()));
+        }
+        return base::Status::Ok();
+      },
+      [&](ncclComm_t comm, cudaStream_t stream) {
+        // Gathering moves bytes without arithmetic, so any dtype travels as raw bytes.
+        return ncclAllGather(shard.data_ptr(), full.data_ptr(), shard.nbytes(), ncclUint8, comm,
+                             stream);
+      });
+}
+
+std::unique_ptr<Work> NcclCommunicator::reduce_scatter(at::Tensor full, at::Tensor shard,
+                                                       ReduceOp op) {
+  return issue(
+      LaneId::kScatter, "reduce_scatter", {full, shard},
+      [&]() -> base::Status {
+        RETURN_IF_ERROR(nccl_type(full.scalar_type()).status());
+        RETURN_IF_ERROR(check_tensors({full, shard}, full.scalar_type()));
+        if (full.numel() != shard.numel() * size_) {
+          return base::Status::InvalidArgument(
+              "reduce_scatter: input holds " + std::to_string(full.numel()) + " elements, not " +
+              std::to_string(size_) + " shards of " + std::to_string(shard.numel()));
+        }
+        return base::Status::Ok();
+      },
+      [&](ncclComm_t comm, cudaStream_t stream) {
+        return ncclReduceScatter(full.data_ptr(), shard.data_ptr(), shard.numel(),
+                                 *nccl_type(full.scalar_type()), nccl_op(op), comm, stream);
+      });
+}
+
+std::unique_ptr<Work> NcclCommunicator::broadcast(at::Tensor t, int root) {
+  return issue(
+      LaneId::kMain, "broadcast", {t},
+      [&]() -> base::Status {
+        if (root < 0 || root >= size_) {
+          return base::Status::InvalidArgument("broadcast: root " + std::to_string(root) +
+                                               " outside 0.." + std::to_string(size_ - 1));
+        }
+        return check_tensors({t}, t.scalar_type());
+      },
+      [&](ncclComm_t comm, cudaStream_t stream) {
+        return ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm,
+                             stream);
+      });
+}
+
+base::Status NcclCommunicator::barrier() {
+  at::Tensor token;
+  RETURN_IF_ERROR(torch_guarded([&] {
+    token = at::ones({1}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device_));
+    return base::Status::Ok();
+  }));
+  RETURN_IF_ERROR(all_reduce(token, ReduceOp::kSum)->wait());
+  for (Lane& l : lanes_) {
+    RETURN_IF_ERROR(l.stream.synchronize().with_context(std::string("barrier: ") + l.name));
+    l.in_flight.clear();
+  }
+  return check_async_errors();
+}
+
+// --- Factory (sharding/nccl_factory.h) ---
+
+base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device) {
+  ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> c, NcclCommunicator::create(comm, device));
+  return std::unique_ptr<Communicator>(std::move(c));
+}
+
+base::StatusOr<std::string> nccl_version_string() {
+  ASSIGN_OR_RETURN(const int code, NcclCommunicator::nccl_version());
+  // NCCL_VERSION_CODE is major*10000 + minor*100 + patch since 2.9, major*1000 + ... before.
+  const int major = code >= 10000 ? code / 10000 : code / 1000;
+  const int minor = code >= 10000 ? code / 100 % 100 : code / 100 % 10;
+  const int patch = code % 100;
+  return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
+}
+
+}  // namespace dstrain::sharding

@@ -1,0 +1,149 @@
+#pragma once
+// Communicator over NCCL for CUDA tensors on one device per rank (DESIGN.md, "GPU ordering").
+//
+// Three NCCL communicators over the same ranks, each with its own non-blocking stream ("lane"),
+// because NCCL runs one communicator's operations strictly in issue order:
+//   main    all_reduce, broadcast, barrier (the communicator made by ncclCommInitRank)
+//   gather  all_gather                     (ncclCommSplit of main)
+//   scatter reduce_scatter                 (ncclCommSplit of main)
+// so a stage-3 prefetch all-gather overlaps the previous unit's gradient reduce-scatter.
+// Operations complete in issue order within a lane; across lanes they overlap.
+//
+// Stream semantics, never a host synchronisation on the hot path: an operation first makes its
+// lane wait for the work queued so far on the caller's current stream of `device()` (so inputs
+// written by compute are ready), then enqueues the NCCL call on the lane. Work::wait() makes the
+// caller's current stream wait for the operation and returns at once; it does not block the host
+// (reading the result on the host, e.g. .cpu(), synchronises that stream as usual). A collective
+// that consumes another lane's output must be issued after wait() on the producer's Work.
+//
+// The communicator holds a reference to every tensor of an operation until the device has
+// finished it (checked, without blocking, at each later operation, at barrier and at
+// destruction), so the caller may drop tensors and Work at any time (a Work may also outlive the
+// communicator) and the caching allocator never hands their memory out early; no recordStream,
+// so no stream must outlive the tensors.
+//
+// Every rank issues the same operations in the same order, as NCCL requires; argument errors
+// (wrong device, dtype, size) are found before anything is enqueued and reported by wait().
+// Not thread-safe: one thread issues all operations.
+#include <mpi.h>
+#include <nccl.h>
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sharding/communicator.h"
+#include "sharding/cuda_handles.h"
+#include "sharding/nccl_factory.h"
+
+namespace dstrain::sharding {
+
+// Records NCCL's error string and its last detailed message with file and line; returns it as a
+// distributed-fault status.
+base::Status nccl_status(ncclResult_t rc, const char* call, const char* file, int line);
+#define NCCL_CHECK(call) ::dstrain::sharding::nccl_status((call), #call, __FILE__, __LINE__)
+
+// One NCCL communicator handle. Destruction finalises and destroys it, or aborts it when NCCL
+// reports an asynchronous error (finalising a failed communicator could wait for a dead peer).
+class NcclComm {
+ public:
+  NcclComm() = default;
+  explicit NcclComm(ncclComm_t comm) : comm_(comm) {}
+  ~NcclComm();
+  NcclComm(NcclComm&& other) noexcept;
+  NcclComm& operator=(NcclComm&& other) noexcept;
+  NcclComm(const NcclComm&) = delete;
+  NcclComm& operator=(const NcclComm&) = delete;
+
+  ncclComm_t get() const { return comm_; }
+  // The communicator's asynchronous error (a failed kernel, a lost peer); Ok when none.
+  base::Status async_error() const;
+  // Releases the communicator at once, cancelling its pending operations.
+  void abort();
+
+ private:
+  void reset();
+  ncclComm_t comm_ = nullptr;
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  // Collective over `comm`: every rank checks and selects `device`, the ranks agree that all of
+  // them could (so a bad device on one rank fails every rank instead of hanging the others),
+  // rank 0 creates the NCCL unique id and broadcasts it over `comm`, and each rank creates the
+  // main communicator (blocking mode) and splits the gather and scatter ones off it. `device`
+  // becomes the calling thread's current device and stays so (one process per GPU); operations
+  // select it themselves when called with another device current.
+  static base::StatusOr<std::unique_ptr<NcclCommunicator>> create(MPI_Comm comm, int device);
+  // NCCL_VERSION_CODE of the loaded library (e.g. 22809 for 2.28.9).
+  static base::StatusOr<int> nccl_version();
+
+  // Waits for each lane's queued work, releases the tensors it held, then finalises and destroys
+  // the communicators. Must run before MPI_Finalize (the launch World owns this order).
+  ~NcclCommunicator() override;
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int device() const { return device_; }
+
+  std::unique_ptr<Work> all_reduce(at::Tensor t, ReduceOp op) override;
+  std::unique_ptr<Work> all_gather(at::Tensor shard, at::Tensor full) override;
+  std::unique_ptr<Work> reduce_scatter(at::Tensor full, at::Tensor shard, ReduceOp op) override;
+  std::unique_ptr<Work> broadcast(at::Tensor t, int root) override;
+  // An all-reduce of one element on the main lane (after the caller's queued compute), then a
+  // host synchronisation of every lane: when it returns, all collectives this rank issued so far
+  // are complete.
+  base::Status barrier() override;
+
+  // Polls every communicator for an asynchronous error; host-only and non-blocking, so a
+  // watchdog can call it between steps and abort() on an error or a timeout.
+  base::Status check_async_errors() const;
+  // Aborts every communicator (pending operations are cancelled); later operations fail.
+  void abort();
+
+ private:
+  enum class LaneId { kMain = 0, kGather = 1, kScatter = 2 };
+  static constexpr int kLanes = 3;
+  // An operation the device may still be running, and the tensors it reads or writes.
+  struct InFlight {
+    std::shared_ptr<const CudaEvent> done;
+    std::vector<at::Tensor> tensors;
+  };
+  struct Lane {
+    const char* name = "";
+    NcclComm comm;
+    CudaStream stream;
+    CudaEvent inputs_ready;  // recorded on the caller's stream, waited on by the lane
+    std::deque<InFlight> in_flight;  // issue order, which is completion order on one stream
+  };
+
+  NcclCommunicator(int rank, int size, int device) : rank_(rank), size_(size), device_(device) {}
+  static base::StatusOr<ncclUniqueId> share_unique_id(MPI_Comm comm, int rank);
+  base::Status init_lanes(const ncclUniqueId& id);
+  Lane& lane(LaneId id) { return lanes_[static_cast<int>(id)]; }
+  // Drops the references of every operation the device has finished, on every lane.
+  base::Status release_finished();
+
+  // Checks that each tensor is a contiguous CUDA tensor on device() with `dtype`.
+  base::Status check_tensors(const std::vector<at::Tensor>& tensors, at::ScalarType dtype) const;
+  // Orders `lane` after the caller's current stream, enqueues `call` on it, keeps `tensors` alive
+  // until it is done and returns a Work for its completion; `check` runs first and, when it fails,
+  // nothing is enqueued and the Work reports its error.
+  template <typename Check, typename Call>
+  std::unique_ptr<Work> issue(LaneId lane_id, const char* what, std::vector<at::Tensor> tensors,
+                              Check check, Call call);
+
+  int rank_ = 0;
+  int size_ = 1;
+  int device_ = 0;
+  bool aborted_ = false;
+  uint64_t sequence_ = 0;  // operations issued, for error messages
+  std::array<Lane, kLanes> lanes_;
+};
+
+}  // namespace dstrain::sharding

@@ -1,0 +1,22 @@
+#pragma once
+// Entry points to the NCCL communicator that exist in every build, so launch code needs no
+// #ifdef: with NCCL and CUDA found, sharding/nccl_communicator.cc defines them (and the target
+// carries DSTRAIN_WITH_NCCL=1); without, sharding/nccl_unavailable.cc returns errors.
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+#include "sharding/communicator.h"
+
+namespace dstrain::sharding {
+
+// A Communicator for CUDA tensors on `device` over the ranks of `comm` (collective over `comm`;
+// NCCL ranks equal the ranks of `comm`). See NcclCommunicator for the stream semantics.
+base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device);
+
+// The loaded NCCL library's version as "major.minor.patch", for the start-up log.
+base::StatusOr<std::string> nccl_version_string();
+
+}  // namespace dstrain::sharding

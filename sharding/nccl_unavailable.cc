@@ -1,0 +1,20 @@
+// Built instead of nccl_communicator.cc when CMake finds no NCCL or no CUDA runtime.
+#include "sharding/nccl_factory.h"
+
+namespace dstrain::sharding {
+
+namespace {
+base::Status unavailable() {
+  return base::Status::InvalidArgument(
+      "this dstrain was built without NCCL (CMake found no nccl.h/libnccl or no CUDA runtime; "
+      "set NCCL_ROOT and reconfigure)");
+}
+}  // namespace
+
+base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm, int) {
+  return unavailable();
+}
+
+base::StatusOr<std::string> nccl_version_string() { return unavailable(); }
+
+}  // namespace dstrain::sharding
