@@ -17,7 +17,7 @@ constexpr const char* kUsage =
     "       dstrain inspect --checkpoint DIR\n"
     "       dstrain export  --checkpoint DIR --format hf|peft --out DIR [--dtype fp32|bf16|fp16]\n"
     "                       [--max-shard-size 5GB] [--merge true|false] [--force]\n"
-    "       dstrain bench   comm [--sizes-mib N...] [--iters N]\n"
+    "       dstrain bench   comm [--device auto|cpu|cuda] [--sizes-mib N...] [--iters N]\n"
     "       dstrain --help | --version\n"
     "Run under MPI for several ranks: mpirun -np 32 dstrain --config lora.toml\n";
 
@@ -75,7 +75,10 @@ po::options_description export_options() {
 po::options_description bench_options() {
   po::options_description d("bench");
   d.add_options()
-      ("sizes-mib", po::value<std::vector<int64_t>>()->multitoken(), "message sizes in MiB")
+      ("device", po::value<std::string>()->default_value("auto"),
+       "auto: NCCL on GPUs when visible, else MPI on the CPU; cpu; cuda")
+      ("sizes-mib", po::value<std::vector<int64_t>>()->multitoken(),
+       "message sizes in MiB (default 1 4 16 64 on the CPU, 1 4 ... 1024 on GPUs)")
       ("iters", po::value<int>()->default_value(10), "timed iterations per size");
   return d;
 }
@@ -160,6 +163,7 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
   }
   if (vm.count("sizes-mib")) cmd.bench_sizes_mib = vm["sizes-mib"].as<std::vector<int64_t>>();
   if (vm.count("iters")) cmd.bench_iters = vm["iters"].as<int>();
+  if (vm.count("device")) cmd.bench_device = vm["device"].as<std::string>();
   if (vm.count("checkpoint")) cmd.checkpoint_dir = vm["checkpoint"].as<std::string>();
   if (vm.count("out")) cmd.out_dir = vm["out"].as<std::string>();
   if (vm.count("dtype")) cmd.export_dtype = vm["dtype"].as<std::string>();
@@ -198,6 +202,14 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
   }
   if (cmd.world < 0) return usage_error("--world must be >= 1");
   if (cmd.bench_iters < 1) return usage_error("--iters must be >= 1");
+  if (cmd.bench_device != "auto" && cmd.bench_device != "cpu" && cmd.bench_device != "cuda") {
+    return usage_error("bench: --device must be auto, cpu or cuda, got '" + cmd.bench_device + "'");
+  }
+  for (int64_t mib : cmd.bench_sizes_mib) {
+    if (mib < 1 || mib > (int64_t{1} << 20)) {
+      return usage_error("bench: --sizes-mib takes sizes from 1 to 1048576, got " + std::to_string(mib));
+    }
+  }
   return cmd;
 }
 

@@ -34,6 +34,7 @@ struct Command {
   std::string bench_what;              // comm
   std::vector<int64_t> bench_sizes_mib;
   int bench_iters = 10;
+  std::string bench_device = "auto";  // auto | cpu | cuda, as run.device (launch/device.h)
   std::string help_text;               // filled for kHelp
 };
 

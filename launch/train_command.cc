@@ -21,12 +21,8 @@ base::Status reject_unavailable(const base::Config& cfg) {
     return base::Status::InvalidArgument(cfg.source + ": " + key + " = " + value +
                                          ": not available in this version of dstrain");
   };
-  if (cfg.train.activation_checkpointing != "none") {
-    return refuse("train.activation_checkpointing", "\"" + cfg.train.activation_checkpointing + "\"");
-  }
   if (cfg.offload.optimizer != "none") return refuse("offload.optimizer", "\"" + cfg.offload.optimizer + "\"");
   if (cfg.offload.params != "none") return refuse("offload.params", "\"" + cfg.offload.params + "\"");
-  if (cfg.checkpoint.async) return refuse("checkpoint.async", "true");
   if (cfg.zero.reduce_dtype != "fp32") return refuse("zero.reduce_dtype", "\"" + cfg.zero.reduce_dtype + "\"");
   return base::Status::Ok();
 }

@@ -69,6 +69,7 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   options.dynamic_loss_scale = cfg.train.dtype == "fp16";
   options.loss_scale_init = cfg.train.loss_scale_init;
   options.loss_scale_window = cfg.train.loss_scale_window;
+  options.activation_checkpointing = cfg.train.activation_checkpointing;
   const int64_t seed = cfg.run.seed;
   auto init = [seed](const base::Unit& unit, at::TensorList out) {
     return init_unit_params(unit, out, seed);
@@ -134,12 +135,23 @@ base::StatusOr<double> Trainer::evaluate() {
   return total[0] / std::max(1.0, total[1]);
 }
 
+// `step` < 0 only commits the asynchronous save still in flight (at the end of training).
 base::Status Trainer::save_checkpoint(int64_t step, Progress& progress, TrainSummary& summary) {
-  ASSIGN_OR_RETURN(std::string dir, checkpointer_->save(*engine_, step));
-  summary.last_checkpoint = dir;
-  if (is_root()) {
-    RETURN_IF_ERROR(metrics_->write({{"step", step}, {"event", "checkpoint"}, {"path", dir}}));
-    progress.message("checkpoint at step " + std::to_string(step) + ": " + dir);
+  std::vector<checkpoint::SavedCheckpoint> committed;
+  if (step >= 0) {
+    ASSIGN_OR_RETURN(committed, checkpointer_->start_save(*engine_, step));
+  } else {
+    ASSIGN_OR_RETURN(std::optional<checkpoint::SavedCheckpoint> last, checkpointer_->finish_pending());
+    if (last) committed.push_back(std::move(*last));
+  }
+  for (const checkpoint::SavedCheckpoint& c : committed) {
+    summary.last_checkpoint = c.dir;
+    if (!is_root()) continue;
+    RETURN_IF_ERROR(metrics_->write(
+        {{"step", c.step}, {"event", "checkpoint"}, {"path", c.dir}, {"stall_s", c.stall_s}}));
+    char stall[48];
+    std::snprintf(stall, sizeof(stall), " (training waited %.3f s)", c.stall_s);
+    progress.message("checkpoint at step " + std::to_string(c.step) + ": " + c.dir + stall);
   }
   return base::Status::Ok();
 }
@@ -149,12 +161,15 @@ base::StatusOr<TrainSummary> Trainer::run() {
   const base::TrainConfig& tc = cfg_.train;
   ASSIGN_OR_RETURN(std::optional<std::string> resume_dir, checkpointer_->resolve_resume(resume_));
   if (resume_dir) {
+    const auto load_start = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(summary.start_step, checkpointer_->load(*engine_, *resume_dir));
+    const double load_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     summary.resumed_from = *resume_dir;
     summary.steps = summary.start_step;
     if (is_root()) {
-      RETURN_IF_ERROR(metrics_->write(
-          {{"step", summary.start_step}, {"event", "resume"}, {"path", *resume_dir}}));
+      RETURN_IF_ERROR(metrics_->write({{"step", summary.start_step}, {"event", "resume"},
+                                       {"path", *resume_dir}, {"load_s", load_s}}));
     }
   } else if (!cfg_.model.hf_dir.empty()) {
     // A fresh run from a Hugging Face checkpoint: each rank reads only the ranges it keeps.
@@ -253,6 +268,7 @@ base::StatusOr<TrainSummary> Trainer::run() {
       RETURN_IF_ERROR(save_checkpoint(step + 1, progress, summary));
     }
   }
+  if (cfg_.checkpoint.enabled) RETURN_IF_ERROR(save_checkpoint(-1, progress, summary));
   progress.finish();
   return summary;
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <map>
 
+#include "sharding/activation_checkpointing.h"
 #include "sharding/gathered_storage.h"
 
 namespace dstrain::sharding {
@@ -59,7 +60,9 @@ struct Engine::UnitState {
 // Per micro-batch, per unit: what backward needs.
 struct Engine::UnitRun {
   at::Tensor in;                     // detached input (requires grad) or token ids
-  at::Tensor out;                    // unit output; for the last unit, the weighted loss
+  at::Tensor out;                    // unit output; for the last unit, the weighted loss.
+                                     // Undefined between a checkpointed forward and its recompute.
+  bool recompute = false;            // forward ran under no-grad: backward recomputes it first
   at::Tensor leaf[kNumBufferKinds];  // the grad-requiring aliases of the flat buffers
 };
 
@@ -115,7 +118,10 @@ base::StatusOr<std::unique_ptr<Engine>> Engine::create(base::UnitList units,
                                          " must not be negative");
   }
   if (units.empty()) return base::Status::InvalidArgument("engine: the model has no units");
+  ASSIGN_OR_RETURN(std::vector<bool> recompute,
+                   recompute_plan(units, options.activation_checkpointing));
   std::unique_ptr<Engine> engine(new Engine(std::move(units), options, comm));
+  engine->recompute_ = std::move(recompute);
   try {
     RETURN_IF_ERROR(engine->init_storage(init));
   } catch (const std::exception& e) {
@@ -319,37 +325,59 @@ at::Tensor Engine::forward_unit(int u, const at::Tensor& x, const base::StepCont
   // gradient only when an earlier unit has something to train (not token ids, not a frozen
   // embedding under LoRA).
   run.in = (need_grad && trainable_before_[u]) ? x.detach().requires_grad_() : x.detach();
+  if (need_grad && recompute_[u]) {
+    // No graph, so the unit's intermediates die here; only `run.in` (and the parameter leaves,
+    // aliases of the flat buffers) survive until backward recomputes them.
+    c10::NoGradGuard no_grad;
+    run.recompute = true;
+    std::vector<at::Tensor> params = make_params(u, runs, need_grad);
+    return units_[u]->forward(run.in, params, ctx);
+  }
   std::vector<at::Tensor> params = make_params(u, runs, need_grad);
   run.out = units_[u]->forward(run.in, params, ctx);
   return run.out;
 }
 
+void Engine::recompute_unit(int u, const base::StepContext& ctx, std::vector<UnitRun>& runs) {
+  UnitRun& run = runs[u];
+  // Randomness in a unit (LoRA dropout) is keyed by ctx.sample_keys, so this replays the
+  // forward exactly; the input keeps the requires-grad flag it got in forward_unit.
+  c10::AutoGradMode grad_on(true);
+  std::vector<at::Tensor> params = make_params(u, runs, /*need_grad=*/true);
+  run.out = units_[u]->forward(run.in, params, ctx);
+  run.recompute = false;
+}
+
 base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::Tensor& grad_out,
-                                   at::Tensor* grad_in, bool reduce_now) {
+                                   const base::StepContext& ctx, at::Tensor* grad_in,
+                                   bool reduce_now) {
   UnitState& st = *state_[u];
   UnitRun& run = runs[u];
-  // Inputs of the grad call, and where each result goes.
-  std::vector<at::Tensor> inputs;
+  // Inputs of the grad call (slots, filled by a recompute), and where each result goes.
+  std::vector<const at::Tensor*> slots;
   std::vector<Buffer*> targets;
   if (run.in.requires_grad()) {
-    inputs.push_back(run.in);
+    slots.push_back(&run.in);
     targets.push_back(nullptr);
   }
   for (int k = 0; k < kNumBufferKinds; ++k) {
     if (!st.buffers[k].present() || !st.buffers[k].trainable) continue;
-    inputs.push_back(run.leaf[k]);
+    slots.push_back(&run.leaf[k]);
     targets.push_back(&st.buffers[k]);
   }
   for (const TiedRef& t : st.tied) {
     Buffer& owner = state_[t.owner_unit]->buffers[static_cast<int>(t.owner_kind)];
     if (!owner.trainable) continue;
-    inputs.push_back(runs[t.owner_unit].leaf[static_cast<int>(t.owner_kind)]);
+    slots.push_back(&runs[t.owner_unit].leaf[static_cast<int>(t.owner_kind)]);
     targets.push_back(&owner);
   }
-  if (inputs.empty()) {  // nothing to train here or below: the walk can stop
+  if (slots.empty()) {  // nothing to train here or below: the walk can stop
     run = UnitRun();
     return base::Status::Ok();
   }
+  if (run.recompute) recompute_unit(u, ctx, runs);
+  std::vector<at::Tensor> inputs;
+  for (const at::Tensor* slot : slots) inputs.push_back(*slot);
   std::vector<at::Tensor> grad_outputs;
   if (grad_out.defined()) grad_outputs.push_back(grad_out);
   std::vector<at::Tensor> grads = torch::autograd::grad({run.out}, inputs, grad_outputs,
@@ -428,7 +456,7 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
       for (; issued > std::max(u - depth, 0); --issued) RETURN_IF_ERROR(prefetch(issued - 1));
       RETURN_IF_ERROR(gather(u));
       at::Tensor grad_in;
-      RETURN_IF_ERROR(backward_unit(u, runs, grad, &grad_in, reduce_now));
+      RETURN_IF_ERROR(backward_unit(u, runs, grad, mb.ctx, &grad_in, reduce_now));
       RETURN_IF_ERROR(release(u, issued, u - 1));
       grad = grad_in;
     }

@@ -9,10 +9,15 @@
 // gradients into shard accumulators; 3 also keeps only the parameter shards between uses: each
 // unit's full parameters are all-gathered before its forward (up to zero.prefetch_depth units
 // ahead) and again before its backward, and released after each.
+//
+// Activation checkpointing (options.activation_checkpointing, sharding/activation_checkpointing.h)
+// is the same walk: a recomputed unit's forward runs under no-grad keeping only its input, and
+// backward re-runs it with grad enabled (after the stage-3 re-gather) just before its gradient.
 #include <ATen/ATen.h>
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "base/config.h"
@@ -34,6 +39,7 @@ struct EngineOptions {
   bool dynamic_loss_scale = false;  // fp16
   double loss_scale_init = 65536.0;
   int64_t loss_scale_window = 1000;
+  std::string activation_checkpointing = "none";  // none | full | selective
 };
 
 struct MicroBatch {
@@ -130,8 +136,12 @@ class Engine {
   std::vector<at::Tensor> make_params(int unit, std::vector<UnitRun>& runs, bool need_grad);
   at::Tensor forward_unit(int unit, const at::Tensor& x, const base::StepContext& ctx,
                           std::vector<UnitRun>& runs, bool need_grad);
+  // A checkpointed unit's forward again, with grad enabled, from its saved input: fresh leaves
+  // and a fresh graph for backward_unit. Its parameters must be gathered.
+  void recompute_unit(int unit, const base::StepContext& ctx, std::vector<UnitRun>& runs);
+  // Recomputes a checkpointed unit first (only when it has something to differentiate).
   base::Status backward_unit(int unit, std::vector<UnitRun>& runs, const at::Tensor& grad_out,
-                             at::Tensor* grad_in, bool reduce_now);
+                             const base::StepContext& ctx, at::Tensor* grad_in, bool reduce_now);
   base::Status start_reduction(int unit);
   base::Status finish_reductions();
   base::StatusOr<double> grad_norm_squared();
@@ -143,6 +153,7 @@ class Engine {
   Communicator& comm_;
   std::vector<std::unique_ptr<UnitState>> state_;
   std::vector<bool> trainable_before_;  // per unit: does any earlier unit have trainable params?
+  std::vector<bool> recompute_;         // per unit: activation checkpointing recomputes it
   std::vector<std::unique_ptr<Work>> pending_;  // gradient reductions in flight
   at::Tensor step_count_;                        // AdamW step (float scalar, as _fused_adamw_ wants)
   double loss_scale_ = 1.0;

@@ -95,8 +95,8 @@ std::vector<KeySpec> build_schema() {
       number(DSTRAIN_KEY(train.eval_every), at_least(0),
              "evaluate every N steps; 0: never; > 0 requires data.eval_path"),
       choice(DSTRAIN_KEY(train.activation_checkpointing), {"none", "full", "selective"},
-             "recompute activations in backward: none, every unit (full), or a per-unit policy "
-             "(selective)"),
+             "recompute activations in backward: none, every unit but the head (full), or every "
+             "other decoder layer (selective)"),
       number(DSTRAIN_KEY(train.loss_scale_init), above(0), "fp16: initial dynamic loss scale"),
       number(DSTRAIN_KEY(train.loss_scale_window), at_least(1),
              "fp16: steps without overflow before the loss scale doubles"),

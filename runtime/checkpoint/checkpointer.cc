@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -103,7 +105,47 @@ const TensorEntry* find_tensor(const CheckpointIndex& index, const std::string& 
   return t == k->second.end() ? nullptr : &t->second;
 }
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Host copies of the owned slices, so training can change the originals while they are written.
+// `buffers` keeps the copies' memory from one save to the next: allocating and faulting in fresh
+// pages costs about twice the copy itself.
+std::vector<sharding::StateSlice> snapshot(std::vector<sharding::StateSlice> slices,
+                                           std::vector<at::Tensor>& buffers) {
+  bool reuse = buffers.size() == slices.size();
+  for (size_t i = 0; reuse && i < slices.size(); ++i) {
+    reuse = buffers[i].numel() == slices[i].data.numel() &&
+            buffers[i].scalar_type() == slices[i].data.scalar_type();
+  }
+  if (!reuse) buffers.clear();
+  for (size_t i = 0; i < slices.size(); ++i) {
+    sharding::StateSlice& s = slices[i];
+    if (!reuse) {
+      at::TensorOptions opts = at::TensorOptions().dtype(s.data.scalar_type());
+      // Pinned memory makes the device-to-host copy a DMA; plain memory is all a CPU run needs.
+      if (s.data.is_cuda()) opts = opts.pinned_memory(true);
+      buffers.push_back(at::empty({s.data.numel()}, opts));
+    }
+    buffers[i].copy_(s.data.reshape({-1}));
+    s.data = buffers[i];
+  }
+  return slices;
+}
+
 }  // namespace
+
+Checkpointer::Checkpointer(CheckpointOptions options, sharding::Communicator& comm, CheckpointIo& io)
+    : options_(std::move(options)), comm_(comm), io_(io) {
+  if (const char* delay = std::getenv("DSTRAIN_TEST_CHECKPOINT_DELAY_MS")) {
+    test_delay_ms_ = std::atoll(delay);
+  }
+}
+
+Checkpointer::~Checkpointer() {
+  if (writer_.joinable()) writer_.join();
+}
 
 base::StatusOr<bool> Checkpointer::agree(bool ok) {
   at::Tensor flag = at::tensor({ok ? 0.0 : 1.0}, at::kDouble);
@@ -111,9 +153,8 @@ base::StatusOr<bool> Checkpointer::agree(bool ok) {
   return flag.item<double>() == 0.0;
 }
 
-base::Status Checkpointer::write_rank_file(sharding::Engine& engine, const std::string& path,
-                                           int64_t* size, uint32_t* crc) {
-  std::vector<sharding::StateSlice> slices = engine.state_slices(/*owned_only=*/true);
+base::Status Checkpointer::write_rank_file(const std::vector<sharding::StateSlice>& slices,
+                                           const std::string& path, int64_t* size, uint32_t* crc) {
   std::vector<DatasetSpec> specs;
   for (const sharding::StateSlice& s : slices) {
     const std::string dtype = dtype_name(s.data.scalar_type());
@@ -122,6 +163,7 @@ base::Status Checkpointer::write_rank_file(sharding::Engine& engine, const std::
                      s.full_shape, 0});
   }
   RETURN_IF_ERROR(create_rank_file(path, specs));
+  if (test_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(test_delay_ms_));
   ASSIGN_OR_RETURN(std::unique_ptr<FileWriter> w, io_.open(path, /*truncate=*/false));
   std::vector<ChecksummedRegion> regions;
   for (size_t i = 0; i < slices.size(); ++i) {
@@ -146,7 +188,7 @@ base::Status Checkpointer::write_rank_file(sharding::Engine& engine, const std::
   return base::Status::Ok();
 }
 
-base::Status Checkpointer::commit_on_root(sharding::Engine& engine, int64_t step,
+base::Status Checkpointer::commit_on_root(const sharding::EngineScalars& sc, int64_t step,
                                           const std::vector<double>& digests) {
   const std::string tmp = root_ + "/" + step_dir_name(step) + ".tmp";
   CheckpointIndex index;
@@ -156,7 +198,6 @@ base::Status Checkpointer::commit_on_root(sharding::Engine& engine, int64_t step
   index.zero_stage = options_.zero_stage;
   index.dtype = options_.dtype;
   index.seed = options_.seed;
-  const sharding::EngineScalars sc = engine.scalars();
   index.adam_step = sc.adam_step;
   index.loss_scale = sc.loss_scale;
   index.good_steps = sc.good_steps;
@@ -185,12 +226,10 @@ base::Status Checkpointer::commit_on_root(sharding::Engine& engine, int64_t step
   return apply_retention(root_, options_.config.keep);
 }
 
-base::StatusOr<std::string> Checkpointer::save(sharding::Engine& engine, int64_t step) {
-  const bool root = comm_.rank() == 0;
-  const std::string dir = root_ + "/" + step_dir_name(step);
-  const std::string tmp = dir + ".tmp";
+base::Status Checkpointer::prepare_dir(int64_t step) {
+  const std::string tmp = root_ + "/" + step_dir_name(step) + ".tmp";
   base::Status local;
-  if (root) {
+  if (comm_.rank() == 0) {
     local = base::remove_tree(tmp);
     if (local.ok()) local = base::make_dirs(tmp);
   }
@@ -199,16 +238,16 @@ base::StatusOr<std::string> Checkpointer::save(sharding::Engine& engine, int64_t
     return local.ok() ? base::Status::IOError("checkpoint " + tmp + ": rank 0 could not create it")
                       : local;
   }
+  return base::Status::Ok();
+}
 
-  int64_t size = 0;
-  uint32_t crc = 0;
-  try {
-    local = write_rank_file(engine, tmp + "/" + rank_file_name(comm_.rank()), &size, &crc);
-  } catch (const std::exception& e) {
-    local = torch_error(e, "writing checkpoint " + tmp);
-  }
-  at::Tensor mine = at::tensor({local.ok() ? 0.0 : 1.0, static_cast<double>(size),
-                                static_cast<double>(crc)}, at::kDouble);
+base::StatusOr<std::string> Checkpointer::commit_all(const Pending& p) {
+  const bool root = comm_.rank() == 0;
+  const std::string dir = root_ + "/" + step_dir_name(p.step);
+  const std::string tmp = dir + ".tmp";
+  base::Status local = p.status;
+  at::Tensor mine = at::tensor({local.ok() ? 0.0 : 1.0, static_cast<double>(p.size),
+                                static_cast<double>(p.crc)}, at::kDouble);
   at::Tensor all = at::empty({3 * comm_.size()}, at::kDouble);
   RETURN_IF_ERROR(comm_.all_gather(mine, all)->wait());
   const std::vector<double> digests(all.data_ptr<double>(), all.data_ptr<double>() + all.numel());
@@ -219,14 +258,14 @@ base::StatusOr<std::string> Checkpointer::save(sharding::Engine& engine, int64_t
   if (!failed.empty()) {
     // Nothing was committed: only this attempt's directory goes.
     if (root) (void)base::remove_tree(tmp);
-    const std::string what = "checkpoint at step " + std::to_string(step) + " not written (rank(s) " +
+    const std::string what = "checkpoint at step " + std::to_string(p.step) + " not written (rank(s) " +
                              failed + " failed; earlier checkpoints are intact)";
     return local.ok() ? base::Status::IOError(what) : local.with_context(what);
   }
 
   if (root) {
     try {
-      local = commit_on_root(engine, step, digests);
+      local = commit_on_root(p.scalars, p.step, digests);
     } catch (const std::exception& e) {
       local = torch_error(e, "committing checkpoint " + tmp);
     }
@@ -239,6 +278,71 @@ base::StatusOr<std::string> Checkpointer::save(sharding::Engine& engine, int64_t
     return root ? local : base::Status::IOError("checkpoint " + dir + ": rank 0 could not commit it");
   }
   return dir;
+}
+
+base::StatusOr<std::string> Checkpointer::save(sharding::Engine& engine, int64_t step) {
+  RETURN_IF_ERROR(finish_pending().status());
+  RETURN_IF_ERROR(prepare_dir(step));
+  Pending p;
+  p.step = step;
+  p.scalars = engine.scalars();
+  try {
+    p.status = write_rank_file(engine.state_slices(/*owned_only=*/true),
+                               root_ + "/" + step_dir_name(step) + ".tmp/" + rank_file_name(comm_.rank()),
+                               &p.size, &p.crc);
+  } catch (const std::exception& e) {
+    p.status = torch_error(e, "writing checkpoint " + root_ + "/" + step_dir_name(step) + ".tmp");
+  }
+  return commit_all(p);
+}
+
+base::StatusOr<std::vector<SavedCheckpoint>> Checkpointer::start_save(sharding::Engine& engine,
+                                                                      int64_t step) {
+  std::vector<SavedCheckpoint> committed;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!options_.config.async) {
+    ASSIGN_OR_RETURN(std::string dir, save(engine, step));
+    committed.push_back({step, std::move(dir), seconds_since(t0)});
+    return committed;
+  }
+  ASSIGN_OR_RETURN(std::optional<SavedCheckpoint> previous, finish_pending());
+  if (previous) committed.push_back(std::move(*previous));
+  const auto t1 = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(prepare_dir(step));
+  Pending p;
+  p.step = step;
+  p.scalars = engine.scalars();
+  std::vector<sharding::StateSlice> copy;
+  try {
+    copy = snapshot(engine.state_slices(/*owned_only=*/true), host_copy_);
+  } catch (const std::exception& e) {
+    p.status = torch_error(e, "copying state for checkpoint at step " + std::to_string(step));
+  }
+  p.stall_s = seconds_since(t1);
+  pending_ = std::move(p);
+  if (!pending_->status.ok()) return committed;  // reported by the agreement in finish_pending()
+  const std::string path =
+      root_ + "/" + step_dir_name(step) + ".tmp/" + rank_file_name(comm_.rank());
+  // The thread owns `copy`; it touches only files under step-N.tmp/, no collectives.
+  writer_ = std::thread([this, path, copy = std::move(copy)]() {
+    Pending& out = *pending_;
+    try {
+      out.status = write_rank_file(copy, path, &out.size, &out.crc);
+    } catch (const std::exception& e) {
+      out.status = torch_error(e, "writing checkpoint " + path);
+    }
+  });
+  return committed;
+}
+
+base::StatusOr<std::optional<SavedCheckpoint>> Checkpointer::finish_pending() {
+  if (!pending_) return std::optional<SavedCheckpoint>();
+  const auto t0 = std::chrono::steady_clock::now();
+  if (writer_.joinable()) writer_.join();
+  Pending p = std::move(*pending_);
+  pending_.reset();
+  ASSIGN_OR_RETURN(std::string dir, commit_all(p));
+  return std::optional<SavedCheckpoint>(SavedCheckpoint{p.step, std::move(dir), p.stall_s + seconds_since(t0)});
 }
 
 base::StatusOr<std::optional<std::string>> Checkpointer::resolve_resume(const std::string& resume) {

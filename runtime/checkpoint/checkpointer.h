@@ -6,9 +6,20 @@
 // gather, host memory bounded by `buffer_bytes`), the ranks agree on success, and rank 0 writes
 // the index and commits. Load: each rank reads, for every slice it holds, the overlapping pieces
 // of whatever files hold them, so any world size or stage can resume any checkpoint.
+//
+// With checkpoint.async the save is split: start_save() copies every owned slice to host memory
+// (pinned on CUDA), hands the copy to a background thread that writes the rank file, and returns;
+// the collective half (agreement, index, rename, latest) runs on the main thread at the next
+// start_save() or finish_pending(), in the same order on every rank. The copy costs host memory
+// equal to the rank's owned state until the write ends.
+//
+// Test-only: DSTRAIN_TEST_CHECKPOINT_DELAY_MS, when set, makes each rank sleep that long after
+// creating its rank file and before writing its data, so tests can act while step-N.tmp/ exists.
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "base/config.h"
 #include "base/status.h"
@@ -29,15 +40,31 @@ struct CheckpointOptions {
   int64_t buffer_bytes = int64_t{64} << 20;  // host staging per rank while saving and loading
 };
 
+// A committed checkpoint, and how long training waited for it on this rank.
+struct SavedCheckpoint {
+  int64_t step = 0;
+  std::string dir;
+  double stall_s = 0.0;
+};
+
 class Checkpointer {
  public:
   // `io` carries every byte written (tests inject faults through it); it must outlive this.
-  Checkpointer(CheckpointOptions options, sharding::Communicator& comm, CheckpointIo& io)
-      : options_(std::move(options)), comm_(comm), io_(io) {}
+  Checkpointer(CheckpointOptions options, sharding::Communicator& comm, CheckpointIo& io);
+  // Waits for a background write but commits nothing: an unfinished save stays step-N.tmp/.
+  ~Checkpointer();
+  Checkpointer(const Checkpointer&) = delete;
+  Checkpointer& operator=(const Checkpointer&) = delete;
 
   // Saves the engine's state after optimizer step `step` and commits it; returns its directory.
   // On failure on any rank, nothing committed changes and every rank returns an error.
+  // Synchronous whatever checkpoint.async says (a save in flight is finished first).
   base::StatusOr<std::string> save(sharding::Engine& engine, int64_t step);
+  // The training loop's entry: with checkpoint.async, finishes the save in flight and starts this
+  // one in the background; otherwise save(). Returns the checkpoints this call committed.
+  base::StatusOr<std::vector<SavedCheckpoint>> start_save(sharding::Engine& engine, int64_t step);
+  // Commits the background save in flight, if any; call at the end of training.
+  base::StatusOr<std::optional<SavedCheckpoint>> finish_pending();
   // Decides what `--resume` (auto | never | PATH) means: the checkpoint directory to load, or
   // nullopt to start fresh. Rank 0 verifies checksums and tells the others. PATH that is not a
   // sound checkpoint is kBadInput naming the problem; auto skips corrupt ones with a warning.
@@ -48,9 +75,24 @@ class Checkpointer {
   const std::string& root() const { return root_; }
 
  private:
-  base::Status write_rank_file(sharding::Engine& engine, const std::string& path, int64_t* size,
-                               uint32_t* crc);
-  base::Status commit_on_root(sharding::Engine& engine, int64_t step, const std::vector<double>& digests);
+  // A save between its local write and its commit.
+  struct Pending {
+    int64_t step = 0;
+    sharding::EngineScalars scalars;
+    base::Status status;  // of the local write
+    int64_t size = 0;     // of the rank file
+    uint32_t crc = 0;
+    double stall_s = 0.0;
+  };
+
+  // Rank 0 empties and creates step-N.tmp/; every rank learns whether it could.
+  base::Status prepare_dir(int64_t step);
+  base::Status write_rank_file(const std::vector<sharding::StateSlice>& slices,
+                               const std::string& path, int64_t* size, uint32_t* crc);
+  // Agreement on every rank's write, then rank 0 commits; returns the directory.
+  base::StatusOr<std::string> commit_all(const Pending& p);
+  base::Status commit_on_root(const sharding::EngineScalars& scalars, int64_t step,
+                              const std::vector<double>& digests);
   // True on every rank when `ok` holds on every rank (one all-reduce of a failure flag).
   base::StatusOr<bool> agree(bool ok);
 
@@ -58,6 +100,12 @@ class Checkpointer {
   sharding::Communicator& comm_;
   CheckpointIo& io_;
   std::string root_ = options_.run_dir + "/checkpoints";
+  int64_t test_delay_ms_ = 0;
+  // The background write and what it reports; `pending_` is read only after joining `writer_`.
+  std::thread writer_;
+  std::optional<Pending> pending_;
+  // The host copy an asynchronous save writes from, kept for the next one (see snapshot()).
+  std::vector<at::Tensor> host_copy_;
 };
 
 }  // namespace dstrain::runtime::checkpoint

@@ -75,3 +75,34 @@ for g in (1, 2):
                 print(l.strip())
 PY
 cat "$OUT/bench.jsonl"
+
+# Collectives on 2 GPUs: dstrain's NCCL communicator against torch.distributed (NCCL), fp32, the
+# same sizes, iterations and bus-bandwidth formulas. comm.jsonl: one line per op and size with
+# both bus bandwidths and ratio = dstrain / torch (issue 3's goal: >= 0.95 from 64 MiB up).
+if [ "$ngpu" -ge 2 ]; then
+  comm_args="--sizes-mib 1 4 16 64 256 1024 --iters 20"
+  timeout 240 $MPIRUN -np 2 $BIN bench comm --device cuda $comm_args > "$OUT/comm_dstrain.log" 2>&1
+  echo "comm dstrain rc=$?" | tee -a "$OUT/summary.txt"
+  timeout 240 torchrun --nproc_per_node 2 tests/bench/torch_comm_bench.py $comm_args \
+    > "$OUT/comm_torch.log" 2>&1
+  echo "comm torch rc=$?" | tee -a "$OUT/summary.txt"
+  python3 - "$OUT" <<'PY' > "$OUT/comm.jsonl"
+import json, sys, os
+out = sys.argv[1]
+def rows(name):
+    p = os.path.join(out, name)
+    if not os.path.exists(p):
+        return {}
+    last = None
+    for l in open(p):
+        if l.startswith('{"bench"'):
+            last = json.loads(l)
+    return {(r["op"], r["mib"]): r["busbw_gbps"] for r in last["results"]} if last else {}
+ours, torch = rows("comm_dstrain.log"), rows("comm_torch.log")
+for key in sorted(set(ours) | set(torch), key=lambda k: (k[0], k[1])):
+    a, b = ours.get(key), torch.get(key)
+    print(json.dumps({"op": key[0], "mib": key[1], "dstrain_busbw_gbps": a, "torch_busbw_gbps": b,
+                      "ratio": a / b if a and b else None}))
+PY
+  cat "$OUT/comm.jsonl"
+fi

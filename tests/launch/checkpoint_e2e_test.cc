@@ -1,19 +1,26 @@
 // Checkpoints end to end, under mpirun: resume bit-identically at the same world size, resume at
 // other world sizes and stages, fall back past a corrupt checkpoint, refuse an explicit corrupt
-// one with exit 3, and let plain h5py read a named tensor through the index.
+// one with exit 3, survive a rank killed mid-save, save asynchronously to the same bytes, and let
+// plain h5py read a named tensor through the index.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -54,6 +61,46 @@ std::vector<double> losses(const fs::path& run_dir) {
     if (j.contains("loss")) out.push_back(j["loss"].get<double>());
   }
   return out;
+}
+
+// The losses logged after the last resume event.
+std::vector<double> losses_since_resume(const fs::path& run_dir) {
+  std::vector<double> out;
+  for (const auto& j : metrics(run_dir)) {
+    if (j.value("event", "") == "resume") out.clear();
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string latest_of(const fs::path& run_dir) {
+  std::string latest;
+  std::ifstream(run_dir / "checkpoints" / "latest") >> latest;
+  return latest;
+}
+
+// The pid of the dstrain process of `rank` whose command line names `run_dir` (Open MPI tells
+// each process its rank through OMPI_COMM_WORLD_RANK); -1 if none.
+pid_t find_rank(const std::string& run_dir, int rank) {
+  const std::string want = "OMPI_COMM_WORLD_RANK=" + std::to_string(rank);
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string pid = entry.path().filename();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmdline = read_file(entry.path() / "cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.find(DSTRAIN_BINARY) != 0 || cmdline.find(run_dir) == std::string::npos) continue;
+    std::string environ = read_file(entry.path() / "environ");
+    std::replace(environ.begin(), environ.end(), '\0', '\n');
+    if (("\n" + environ).find("\n" + want + "\n") != std::string::npos) return std::stoi(pid);
+  }
+  return -1;
 }
 
 // A full fp32 tensor read back through index.json: pieces in offset order, raw bytes at their
@@ -250,6 +297,78 @@ TEST_F(CheckpointE2e, UnfinishedWriteIsIgnoredAndCleanedUp) {
   std::string latest;
   std::ifstream(out / "checkpoints" / "latest") >> latest;
   EXPECT_EQ(latest, "step-00000020");
+}
+
+TEST_F(CheckpointE2e, RankKilledWhileSavingLeavesLatestOnThePreviousCheckpoint) {
+  // Every step checkpoints; the test-only delay holds each save open with step-N.tmp/ on disk.
+  const fs::path out = suite_ / "killed";
+  fs::create_directories(out);
+  const std::string command = dstrain(2, args(out, "--set checkpoint.every=1")) + " > " +
+                              (suite_ / "killed.log").string() + " 2>&1";
+  const pid_t job = fork();
+  ASSERT_GE(job, 0);
+  if (job == 0) {
+    setenv("DSTRAIN_TEST_CHECKPOINT_DELAY_MS", "2500", 1);
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const fs::path committed = ckpt(out, 2);
+  const fs::path writing = ckpt(out, 3).string() + ".tmp";
+  pid_t victim = -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (latest_of(out) == "step-00000002" && fs::exists(writing)) {
+      victim = find_rank(out.string(), 1);
+      if (victim > 0) break;
+    }
+    if (waitpid(job, nullptr, WNOHANG) == job) FAIL() << "the run ended early:\n" << read_file(suite_ / "killed.log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GT(victim, 0) << "step-00000003.tmp never appeared beside latest = step-00000002\n"
+                       << read_file(suite_ / "killed.log");
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(job, &status, 0), job);
+  EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_file(suite_ / "killed.log");
+  EXPECT_EQ(latest_of(out), "step-00000002");
+  EXPECT_TRUE(fs::exists(committed / "index.json"));
+  EXPECT_FALSE(fs::exists(ckpt(out, 3)));
+
+  RunResult r = run(dstrain(2, args(out)));  // --resume auto, no delay
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resumed from " + committed.string() + " at step 2"), std::string::npos)
+      << r.output;
+  const std::vector<double> all = losses(ref());
+  EXPECT_EQ(losses_since_resume(out), std::vector<double>(all.begin() + 2, all.end()));
+  EXPECT_EQ(latest_of(out), "step-00000020");
+}
+
+TEST_F(CheckpointE2e, AsyncSaveWritesTheSameCheckpointsAsSync) {
+  const fs::path out = suite_ / "async";
+  RunResult r = run(dstrain(2, args(out, "--set checkpoint.async=true")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(losses(out), losses(ref()));
+  EXPECT_EQ(latest_of(out), "step-00000020");
+  std::vector<int> events;
+  for (const auto& j : metrics(out)) {
+    if (j.value("event", "") != "checkpoint") continue;
+    events.push_back(j["step"].get<int>());
+    EXPECT_GE(j["stall_s"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(events, (std::vector<int>{10, 20}));
+  for (int step : {10, 20}) {
+    RunResult inspect = run(std::string(DSTRAIN_BINARY) + " inspect --checkpoint " + ckpt(out, step).string());
+    EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
+    for (const auto& [kind, name] : tensor_names(ckpt(ref(), step))) {
+      EXPECT_EQ(read_tensor(ckpt(out, step), kind, name), read_tensor(ckpt(ref(), step), kind, name))
+          << step << " " << kind << "/" << name;
+    }
+  }
+  // And it resumes like any other checkpoint.
+  const fs::path resumed = suite_ / "async_resumed";
+  r = run(dstrain(2, args(resumed, "--set checkpoint.async=true --resume " + ckpt(out, 10).string())));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(losses(resumed), reference_tail());
 }
 
 TEST_F(CheckpointE2e, H5pyReadsANamedTensorThroughTheIndex) {

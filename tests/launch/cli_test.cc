@@ -82,6 +82,27 @@ TEST(Cli, PlanPrepareBench) {
   EXPECT_EQ(bench->bench_what, "comm");
   EXPECT_EQ(bench->bench_sizes_mib, (std::vector<int64_t>{1, 2}));
   EXPECT_EQ(bench->bench_iters, 3);
+  EXPECT_EQ(bench->bench_device, "auto");
+}
+
+TEST(Cli, BenchDeviceIsAutoCpuOrCuda) {
+  for (const char* device : {"auto", "cpu", "cuda"}) {
+    auto cmd = parse({"bench", "comm", "--device", device});
+    ASSERT_TRUE(cmd.ok()) << device << ": " << cmd.status().message();
+    EXPECT_EQ(cmd->bench_device, device);
+    EXPECT_TRUE(cmd->bench_sizes_mib.empty()) << "the default sizes depend on the device";
+  }
+  for (auto args : std::vector<std::vector<const char*>>{
+           {"bench", "comm", "--device", "tpu"}, {"bench", "comm", "--device"},
+           {"bench", "comm", "--sizes-mib", "0"}, {"bench", "comm", "--sizes-mib", "4", "-1"},
+           {"bench", "comm", "--iters", "0"}}) {
+    auto cmd = parse(args);
+    ASSERT_FALSE(cmd.ok()) << args.back();
+    EXPECT_EQ(base::exit_code(cmd.status()), 2);
+  }
+  auto bad = parse({"bench", "comm", "--device", "tpu"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("'tpu'"), std::string::npos);
 }
 
 TEST(Cli, ExportTakesCheckpointFormatAndOut) {

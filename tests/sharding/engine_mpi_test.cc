@@ -1,15 +1,21 @@
 // The equality proof for the ZeRO engine: on every rank, a single-process stage-0 engine over
 // MPI_COMM_SELF trains on the whole global batch; the engine under test trains on this rank's
 // slice over MPI_COMM_WORLD at stage 0..3 with a different accumulation. In fp32 on CPU the
-// per-step losses, gradient norms and final parameters must agree to rounding.
+// per-step losses, gradient norms and final parameters must agree to rounding. Activation
+// checkpointing must not change them at all: each policy is compared with "none" on the same
+// ranks, and its saved activation memory is measured with a counting CPU allocator.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -20,7 +26,9 @@
 #include "base/config.h"
 #include "runtime/model/init.h"
 #include "runtime/model/llama.h"
+#include "runtime/model/lora.h"
 #include "runtime/model/rope.h"
+#include "sharding/activation_checkpointing.h"
 #include "sharding/engine.h"
 #include "sharding/gathered_storage.h"
 #include "sharding/mpi_communicator.h"
@@ -96,7 +104,9 @@ struct HostBatch {
   int64_t targets = 0;
 };
 
-HostBatch make_micro_batch(const base::ModelConfig& cfg, int64_t step, int64_t first, int64_t count) {
+// keyed: training batch with per-sample randomness keys (LoRA dropout), as the trainer builds.
+HostBatch make_micro_batch(const base::ModelConfig& cfg, int64_t step, int64_t first, int64_t count,
+                           bool keyed = false) {
   at::Tensor input = at::empty({count, kSeqLen}, at::kLong);
   at::Tensor target = at::empty({count, kSeqLen}, at::kLong);
   HostBatch hb;
@@ -113,6 +123,15 @@ HostBatch make_micro_batch(const base::ModelConfig& cfg, int64_t step, int64_t f
   hb.mb.input_ids = input;
   hb.mb.target_ids = target;
   hb.mb.ctx = runtime::make_step_context(cfg, positions, at::kFloat);
+  if (keyed) {
+    std::vector<int64_t> keys;
+    for (int64_t b = 0; b < count; ++b) {
+      keys.push_back(static_cast<int64_t>(mix((static_cast<uint64_t>(step) << 32) ^
+                                              static_cast<uint64_t>(first + b)) >> 1));
+    }
+    hb.mb.ctx.sample_keys = at::tensor(keys, at::kLong);
+    hb.mb.ctx.training = true;
+  }
   return hb;
 }
 
@@ -122,14 +141,27 @@ double sum_over(Communicator& comm, double value) {
   return t.item<double>();
 }
 
+// lora_dropout >= 0: LoRA on every projection with that dropout.
 std::unique_ptr<Engine> make_engine(const base::ModelConfig& cfg, int64_t stage, Communicator& comm,
-                                    int64_t prefetch_depth = 1) {
+                                    int64_t prefetch_depth = 1,
+                                    const std::string& activation_checkpointing = "none",
+                                    double lora_dropout = -1) {
   EngineOptions options = engine_options(stage);
   options.zero.prefetch_depth = prefetch_depth;
+  options.activation_checkpointing = activation_checkpointing;
   auto init = [](const base::Unit& unit, at::TensorList out) {
     return runtime::init_unit_params(unit, out, kSeed);
   };
-  auto engine = Engine::create(runtime::build_llama(cfg), options, comm, init);
+  base::UnitList units = runtime::build_llama(cfg);
+  if (lora_dropout >= 0) {
+    base::LoraConfig lora;
+    lora.rank = 4;
+    lora.dropout = lora_dropout;
+    lora.targets = {"all-linear"};
+    base::Status st = runtime::apply_lora(units, lora);
+    EXPECT_TRUE(st.ok()) << st.to_string();
+  }
+  auto engine = Engine::create(std::move(units), options, comm, init);
   EXPECT_TRUE(engine.ok()) << engine.status().to_string();
   return engine.ok() ? std::move(engine).value() : nullptr;
 }
@@ -145,13 +177,13 @@ struct Trajectory {
 // Trains `engine` for kSteps on samples [first, first + count) of each step's global batch, in
 // micro-batches of `micro`, the loss normalised by the global target count (as the trainer does).
 Trajectory train(Engine& engine, Communicator& comm, const base::ModelConfig& cfg, int64_t first,
-                 int64_t count, int64_t micro) {
+                 int64_t count, int64_t micro, bool keyed = false) {
   Trajectory tr;
   for (int64_t step = 0; step < kSteps; ++step) {
     std::vector<HostBatch> batches;
     double local_targets = 0;
     for (int64_t i = 0; i < count; i += micro) {
-      batches.push_back(make_micro_batch(cfg, step, first + i, std::min(micro, count - i)));
+      batches.push_back(make_micro_batch(cfg, step, first + i, std::min(micro, count - i), keyed));
       local_targets += static_cast<double>(batches.back().targets);
     }
     const double global_targets = sum_over(comm, local_targets);
@@ -337,6 +369,211 @@ TEST(EngineSharding, OptimizerStateIsOneWorldthPerRank) {
     EXPECT_EQ(static_cast<int64_t>(sum_over(**comm, static_cast<double>(local))), total);
     // Stages 1 and 2 keep the full parameters between steps, stage 3 only shards.
     EXPECT_EQ(sharded->local_parameter_numel(), stage == 3 ? 0 : total / 3) << "stage " << stage;
+  }
+}
+
+// Activation checkpointing recomputes the same operations on the same inputs: on the same
+// ranks, every policy must reproduce "none" (CPU kernels are deterministic, so to rounding at
+// most; the relative difference is printed).
+constexpr double kCheckpointTolerance = 1e-6;
+
+struct CheckpointCase {
+  int64_t stage;
+  bool tie;
+  std::string policy;
+  double lora_dropout;  // < 0: no LoRA
+};
+
+void expect_same_training(const Trajectory& ref, const Trajectory& got, const std::string& what) {
+  ASSERT_EQ(static_cast<int64_t>(ref.losses.size()), kSteps) << what;
+  ASSERT_EQ(static_cast<int64_t>(got.losses.size()), kSteps) << what;
+  double worst = 0;
+  for (int64_t s = 0; s < kSteps; ++s) {
+    EXPECT_NEAR(got.losses[s], ref.losses[s], kCheckpointTolerance * std::abs(ref.losses[s]))
+        << what << " step " << s;
+    EXPECT_NEAR(got.grad_norms[s], ref.grad_norms[s], kCheckpointTolerance * ref.grad_norms[s])
+        << what << " step " << s;
+    worst = std::max(worst, std::abs(got.losses[s] - ref.losses[s]) / std::abs(ref.losses[s]));
+  }
+  const double params = max_relative_diff(ref.params, got.params);
+  EXPECT_LT(params, kCheckpointTolerance) << what;
+  if (world_rank() == 0) {
+    std::printf("[checkpointing] %s: max relative loss diff %.3g, parameter diff %.3g\n",
+                what.c_str(), worst, params);
+  }
+}
+
+class CheckpointingEquality : public ::testing::TestWithParam<CheckpointCase> {};
+
+TEST_P(CheckpointingEquality, MatchesNoCheckpointing) {
+  const CheckpointCase c = GetParam();
+  const base::ModelConfig cfg = tiny_model(c.tie);
+  auto comm = MpiCommunicator::create(MPI_COMM_WORLD);
+  ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+  const int world = (*comm)->size();
+  ASSERT_EQ(kGlobalBatch % world, 0);
+  const int64_t per_rank = kGlobalBatch / world;
+  const int64_t first = world_rank() * per_rank;
+  const bool keyed = c.lora_dropout > 0;
+  std::unique_ptr<Engine> plain = make_engine(cfg, c.stage, **comm, 1, "none", c.lora_dropout);
+  ASSERT_NE(plain, nullptr);
+  const Trajectory ref = train(*plain, **comm, cfg, first, per_rank, /*micro=*/2, keyed);
+  plain.reset();
+  std::unique_ptr<Engine> ckpt = make_engine(cfg, c.stage, **comm, 1, c.policy, c.lora_dropout);
+  ASSERT_NE(ckpt, nullptr);
+  const Trajectory got = train(*ckpt, **comm, cfg, first, per_rank, /*micro=*/2, keyed);
+  expect_same_training(ref, got, "stage " + std::to_string(c.stage) + " " + c.policy);
+  if (c.stage == 3) EXPECT_EQ(got.parameter_numel_after_step, 0);
+  if (keyed) {
+    // The dropout masks matter, so a recompute that drew different ones would be caught.
+    std::unique_ptr<Engine> unkeyed = make_engine(cfg, c.stage, **comm, 1, c.policy, c.lora_dropout);
+    ASSERT_NE(unkeyed, nullptr);
+    const Trajectory off = train(*unkeyed, **comm, cfg, first, per_rank, /*micro=*/2, false);
+    ASSERT_EQ(static_cast<int64_t>(off.losses.size()), kSteps);
+    EXPECT_GT(std::abs(off.losses.back() - ref.losses.back()), 1e-4 * std::abs(ref.losses.back()));
+  }
+}
+
+std::string checkpoint_case_name(const ::testing::TestParamInfo<CheckpointCase>& info) {
+  std::string policy = info.param.policy;
+  policy[0] = static_cast<char>(std::toupper(policy[0]));
+  return "Stage" + std::to_string(info.param.stage) + (info.param.tie ? "Tied" : "Untied") + policy +
+         (info.param.lora_dropout > 0 ? "LoraDropout" : "");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Policies, CheckpointingEquality,
+    ::testing::Values(CheckpointCase{0, false, "full", -1}, CheckpointCase{0, true, "selective", -1},
+                      CheckpointCase{1, true, "full", -1}, CheckpointCase{2, false, "full", -1},
+                      CheckpointCase{3, false, "full", -1}, CheckpointCase{3, true, "full", -1},
+                      CheckpointCase{3, true, "selective", -1},
+                      CheckpointCase{0, false, "full", 0.3}, CheckpointCase{3, true, "full", 0.3}),
+    checkpoint_case_name);
+
+TEST(CheckpointingPlan, PoliciesPickUnitsByName) {
+  base::ModelConfig cfg = tiny_model(/*tie=*/false);
+  cfg.num_layers = 5;
+  const base::UnitList units = runtime::build_llama(cfg);  // embed, layers.0-4, head
+  auto none = recompute_plan(units, "none");
+  auto full = recompute_plan(units, "full");
+  auto selective = recompute_plan(units, "selective");
+  ASSERT_TRUE(none.ok() && full.ok() && selective.ok());
+  EXPECT_EQ(*none, std::vector<bool>(7, false));
+  EXPECT_EQ(*full, (std::vector<bool>{true, true, true, true, true, true, false}));
+  EXPECT_EQ(*selective, (std::vector<bool>{false, true, false, true, false, true, false}));
+  auto bad = recompute_plan(units, "everything");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), base::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("train.activation_checkpointing"), std::string::npos);
+}
+
+// Counts the bytes of live CPU tensors allocated through it, and their peak, delegating the
+// memory itself to the allocator it replaces.
+class CountingAllocator final : public c10::Allocator {
+ public:
+  explicit CountingAllocator(c10::Allocator* base) : base_(base) {}
+  c10::DataPtr allocate(size_t n) override {
+    auto* ctx = new Allocation{base_->allocate(n), this, static_cast<int64_t>(n)};
+    const int64_t live = live_.fetch_add(ctx->bytes) + ctx->bytes;
+    int64_t peak = peak_.load();
+    while (live > peak && !peak_.compare_exchange_weak(peak, live)) {
+    }
+    return c10::DataPtr(ctx->inner.get(), ctx, &CountingAllocator::deallocate, ctx->inner.device());
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+  void reset_peak() { peak_.store(live_.load()); }
+  int64_t live() const { return live_.load(); }
+  int64_t peak() const { return peak_.load(); }
+
+ private:
+  struct Allocation {
+    c10::DataPtr inner;
+    CountingAllocator* owner;
+    int64_t bytes;
+  };
+  static void deallocate(void* p) {
+    auto* a = static_cast<Allocation*>(p);
+    a->owner->live_ -= a->bytes;
+    delete a;
+  }
+  c10::Allocator* base_;
+  std::atomic<int64_t> live_{0};
+  std::atomic<int64_t> peak_{0};
+};
+
+// Installs the counting allocator for the scope. It lives as long as the process: tensors it
+// allocated (optimizer state made lazily, cached values) may outlive the scope.
+class CountingScope {
+ public:
+  // Above LibTorch's own registration, and equal to engine_memory_mpi_test.cc's, so that
+  // either test can install its allocator after the other has run.
+  static constexpr uint8_t kPriority = 200;
+  CountingScope() : previous_(c10::GetCPUAllocator()) {
+    static CountingAllocator* counting = new CountingAllocator(c10::GetDefaultCPUAllocator());
+    counting_ = counting;
+    c10::SetCPUAllocator(counting_, kPriority);
+  }
+  ~CountingScope() { c10::SetCPUAllocator(previous_, kPriority); }
+  CountingScope(const CountingScope&) = delete;
+  CountingScope& operator=(const CountingScope&) = delete;
+  CountingAllocator& counting() { return *counting_; }
+
+ private:
+  c10::Allocator* previous_;
+  CountingAllocator* counting_;
+};
+
+// Peak bytes of CPU memory allocated during one forward_backward over long sequences, beyond
+// what was live when it started: the activations the graphs save, plus the transient peak.
+int64_t forward_backward_peak_bytes(int64_t stage, const std::string& policy) {
+  base::ModelConfig cfg = tiny_model(/*tie=*/false);
+  cfg.hidden_size = 64;
+  cfg.intermediate_size = 128;
+  cfg.num_layers = 6;
+  cfg.max_position_embeddings = 4096;
+  constexpr int64_t kLongSeq = 1024;
+  constexpr int64_t kBatch = 2;
+  auto comm = MpiCommunicator::create(MPI_COMM_WORLD);
+  EXPECT_TRUE(comm.ok()) << comm.status().to_string();
+  if (!comm.ok()) return -1;
+  std::unique_ptr<Engine> engine = make_engine(cfg, stage, **comm, 1, policy);
+  if (!engine) return -1;
+  MicroBatch mb;
+  mb.input_ids = at::randint(cfg.vocab_size, {kBatch, kLongSeq}, at::kLong);
+  mb.target_ids = at::randint(cfg.vocab_size, {kBatch, kLongSeq}, at::kLong);
+  at::Tensor positions =
+      at::arange(kLongSeq, at::kLong).unsqueeze(0).expand({kBatch, kLongSeq}).contiguous();
+  mb.ctx = runtime::make_step_context(cfg, positions, at::kFloat);
+  // A first pass so that lazily made state (stage-2/3 gradient buffers) is not counted.
+  EXPECT_TRUE(engine->forward_backward(mb, 1e-3, /*last_micro_batch=*/true).ok());
+  EXPECT_TRUE(engine->step(1e-3).ok());
+  CountingScope scope;
+  const int64_t before = scope.counting().live();
+  scope.counting().reset_peak();
+  auto ce = engine->forward_backward(mb, 1e-3, /*last_micro_batch=*/true);
+  EXPECT_TRUE(ce.ok()) << ce.status().to_string();
+  const int64_t peak = scope.counting().peak() - before;
+  EXPECT_TRUE(engine->step(1e-3).ok());
+  return peak;
+}
+
+TEST(CheckpointingMemory, FullSavesMostActivationMemory) {
+  for (int64_t stage : {0, 3}) {
+    const int64_t none = forward_backward_peak_bytes(stage, "none");
+    const int64_t selective = forward_backward_peak_bytes(stage, "selective");
+    const int64_t full = forward_backward_peak_bytes(stage, "full");
+    if (world_rank() == 0) {
+      std::printf("[checkpointing] stage %lld, 6 layers, batch 2 x 1024 tokens, hidden 64: peak "
+                  "forward/backward bytes none %lld, selective %lld, full %lld\n",
+                  static_cast<long long>(stage), static_cast<long long>(none),
+                  static_cast<long long>(selective), static_cast<long long>(full));
+    }
+    ASSERT_GT(none, 0);
+    EXPECT_LT(selective, none) << "stage " << stage;
+    EXPECT_LT(full, selective) << "stage " << stage;
+    EXPECT_LT(full * 2, none) << "stage " << stage;
   }
 }
 

@@ -1,6 +1,7 @@
 // The checkpointer across ranks: a save at one stage loads bitwise into engines of every stage,
 // a write that fails on one rank (ENOSPC injected) fails on all and leaves the earlier checkpoint
-// and `latest` as they were, and retention keeps checkpoint.keep of them.
+// and `latest` as they were, and retention keeps checkpoint.keep of them. An asynchronous save
+// holds the state of its step although training changes the engine before it is committed.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <sys/stat.h>
@@ -178,6 +179,54 @@ TEST_F(CheckpointerMpi, FullDiskOnOneRankFailsEveryRankAndKeepsTheEarlierCheckpo
   EXPECT_NE(::stat((run_dir_ + "/checkpoints/step-00000002").c_str(), &sb), 0);
   EXPECT_EQ(latest(), "step-00000001");
   EXPECT_TRUE(verify_checkpoint(run_dir_ + "/checkpoints/step-00000001").ok());
+}
+
+TEST_F(CheckpointerMpi, AsyncSaveHoldsItsStepAndCommitsAtTheNextCall) {
+  auto engine = make_engine(*comm_, 3, 1);
+  ASSERT_TRUE(engine);
+  fill_moments(*engine);
+  engine->set_scalars({4.0, 1.0, 0});
+  const auto expect = full_state(*engine, *comm_);
+  CheckpointOptions o = options(3);
+  o.config.async = true;
+  Checkpointer ck(o, *comm_, posix_);
+  auto first = ck.start_save(*engine, 4);
+  ASSERT_TRUE(first.ok()) << first.status().to_string();
+  EXPECT_TRUE(first->empty());
+  // Training goes on: the engine changes while the write is in flight.
+  for (sharding::StateSlice& s : engine->state_slices(true)) s.data.add_(1.0);
+  engine->set_scalars({5.0, 1.0, 0});
+  EXPECT_EQ(latest(), "") << "nothing is committed before the next call";
+  auto done = ck.finish_pending();
+  ASSERT_TRUE(done.ok()) << done.status().to_string();
+  ASSERT_TRUE(done->has_value());
+  EXPECT_EQ((*done)->step, 4);
+  EXPECT_EQ((*done)->dir, run_dir_ + "/checkpoints/step-00000004");
+  EXPECT_EQ(latest(), "step-00000004");
+  auto none = ck.finish_pending();
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+
+  auto loaded = make_engine(*comm_, 1, 99);
+  ASSERT_TRUE(loaded);
+  Checkpointer reader(options(1), *comm_, posix_);
+  auto step = reader.load(*loaded, run_dir_ + "/checkpoints/step-00000004");
+  ASSERT_TRUE(step.ok()) << step.status().to_string();
+  EXPECT_EQ(loaded->scalars().adam_step, 4.0);
+  const auto got = full_state(*loaded, *comm_);
+  for (const auto& [key, t] : expect) EXPECT_TRUE(at::equal(got.at(key), t)) << key;
+
+  // A failed background write surfaces at the commit, on every rank, and keeps step 4.
+  FaultInjectionIo full(posix_, 2000);
+  const bool faulty = comm_->rank() == 0;
+  Checkpointer bad(o, *comm_, faulty ? static_cast<CheckpointIo&>(full) : posix_);
+  ASSERT_TRUE(bad.start_save(*engine, 5).ok());
+  auto failed = bad.finish_pending();
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("earlier checkpoints are intact"), std::string::npos);
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_EQ(latest(), "step-00000004");
+  EXPECT_TRUE(verify_checkpoint(run_dir_ + "/checkpoints/step-00000004").ok());
 }
 
 TEST_F(CheckpointerMpi, RetentionKeepsTheNewest) {

@@ -1,0 +1,30 @@
+#include "sharding/activation_checkpointing.h"
+
+namespace dstrain::sharding {
+
+namespace {
+bool is_decoder_layer(const base::Unit& unit) { return unit.name().rfind("layers.", 0) == 0; }
+}  // namespace
+
+base::StatusOr<std::vector<bool>> recompute_plan(const base::UnitList& units,
+                                                 const std::string& policy) {
+  const size_t n = units.size();
+  std::vector<bool> plan(n, false);
+  if (policy == "none") return plan;
+  if (policy == "full") {
+    for (size_t u = 0; u + 1 < n; ++u) plan[u] = true;
+    return plan;
+  }
+  if (policy == "selective") {
+    int64_t layer = 0;
+    for (size_t u = 0; u + 1 < n; ++u) {
+      if (!is_decoder_layer(*units[u])) continue;
+      plan[u] = layer++ % 2 == 0;
+    }
+    return plan;
+  }
+  return base::Status::InvalidArgument("train.activation_checkpointing \"" + policy +
+                                       "\" is not one of none, full, selective");
+}
+
+}  // namespace dstrain::sharding

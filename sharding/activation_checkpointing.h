@@ -1,0 +1,24 @@
+#pragma once
+// Which units the engine recomputes in backward (train.activation_checkpointing). A recomputed
+// unit runs its forward under no-grad keeping only its input; backward re-runs it with grad
+// enabled just before its gradient is taken (DESIGN.md). The plan is a pure function of the unit
+// names, so it is the same on every rank.
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "base/unit.h"
+
+namespace dstrain::sharding {
+
+// One flag per unit: true = recompute in backward.
+//   "none":      nothing.
+//   "full":      every unit but the last (the head's backward starts as soon as its forward
+//                ends, so recomputing it would save nothing).
+//   "selective": every other decoder layer ("layers.N" units), starting with the first: about
+//                half the activation memory of the layers for a third more layer forward work.
+// kInvalidArgument naming train.activation_checkpointing for any other policy.
+base::StatusOr<std::vector<bool>> recompute_plan(const base::UnitList& units,
+                                                 const std::string& policy);
+
+}  // namespace dstrain::sharding

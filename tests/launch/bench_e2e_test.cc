@@ -1,0 +1,80 @@
+// `dstrain bench comm` end to end on the CPU: two ranks under mpirun measure the MPI
+// communicator; the last line of rank 0's output is JSON with every collective at every size.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+
+namespace {
+
+using nlohmann::json;
+
+struct RunResult {
+  int exit_code = -1;
+  std::string output;  // stdout only; stderr goes to the test's log
+};
+
+RunResult run(const std::string& command) {
+  RunResult r;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+RunResult dstrain(int ranks, const std::string& args) {
+  return run(std::string(DSTRAIN_MPIRUN) + " -np " + std::to_string(ranks) + " " + DSTRAIN_BINARY +
+             " " + args);
+}
+
+std::string last_line(const std::string& text) {
+  std::istringstream in(text);
+  std::string last;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) last = line;
+  }
+  return last;
+}
+
+TEST(BenchComm, CpuReportsEveryCollectiveAtEverySize) {
+  const RunResult r = dstrain(2, "bench comm --device cpu --sizes-mib 1 4 --iters 3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json out = json::parse(last_line(r.output), nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(out.is_discarded()) << "last line is not JSON:\n" << r.output;
+  EXPECT_EQ(out["bench"], "comm");
+  EXPECT_EQ(out["backend"], "mpi");
+  EXPECT_EQ(out["device"], "cpu");
+  EXPECT_EQ(out["world_size"], 2);
+  ASSERT_TRUE(out["results"].is_array());
+  std::map<std::string, std::set<int64_t>> seen;  // op -> sizes in MiB
+  for (const json& row : out["results"]) {
+    const std::string op = row["op"].get<std::string>();
+    const int64_t mib = row["mib"].get<int64_t>();
+    const double busbw = row["busbw_gbps"].get<double>();
+    EXPECT_TRUE(std::isfinite(busbw) && busbw > 0) << op << " " << mib << " MiB: " << busbw;
+    EXPECT_GT(row["time_s"].get<double>(), 0) << op;
+    EXPECT_EQ(row["bytes"].get<double>(), static_cast<double>(mib << 20)) << op;
+    seen[op].insert(mib);
+  }
+  const std::set<int64_t> sizes = {1, 4};
+  EXPECT_EQ(seen, (std::map<std::string, std::set<int64_t>>{
+                      {"all_gather", sizes}, {"reduce_scatter", sizes}, {"all_reduce", sizes}}));
+}
+
+TEST(BenchComm, UnknownDeviceIsAUsageError) {
+  const RunResult r = dstrain(1, "bench comm --device tpu");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+}  // namespace
