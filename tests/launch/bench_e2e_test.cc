@@ -1,6 +1,8 @@
 // `dstrain bench comm` end to end on the CPU: two ranks under mpirun measure the MPI
 // communicator; the last line of rank 0's output is JSON with every collective at every size.
 #include <gtest/gtest.h>
+
+#include "tests/launch/e2e_util.h"
 #include <sys/wait.h>
 
 #include <array>
@@ -14,28 +16,14 @@
 
 namespace {
 
+using dstrain::e2e::RunResult;
+using dstrain::e2e::run;
+
 using nlohmann::json;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string output;  // stdout only; stderr goes to the test's log
-};
-
-RunResult run(const std::string& command) {
-  RunResult r;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
+// stdout only: the benchmark's last line there is its JSON; stderr goes to the test's log.
 RunResult dstrain(int ranks, const std::string& args) {
-  return run(std::string(DSTRAIN_MPIRUN) + " -np " + std::to_string(ranks) + " " + DSTRAIN_BINARY +
-             " " + args);
+  return run(dstrain::e2e::dstrain(ranks, args), /*with_stderr=*/false);
 }
 
 std::string last_line(const std::string& text) {

@@ -4,6 +4,8 @@
 // plain h5py read a named tensor through the index.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include "tests/launch/e2e_util.h"
 #include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/wait.h>
@@ -25,28 +27,11 @@
 
 namespace {
 
+using dstrain::e2e::RunResult;
+using dstrain::e2e::run;
+using dstrain::e2e::dstrain;
+
 namespace fs = std::filesystem;
-
-struct RunResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult run(const std::string& command) {
-  RunResult r;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-std::string dstrain(int ranks, const std::string& args) {
-  return std::string(DSTRAIN_MPIRUN) + " -np " + std::to_string(ranks) + " " + DSTRAIN_BINARY + " " + args;
-}
 
 std::vector<nlohmann::json> metrics(const fs::path& run_dir) {
   std::vector<nlohmann::json> lines;

@@ -3,6 +3,8 @@
 // export code: dstrain's own evaluation loss (logged by the training run on the same parameters
 // the checkpoint holds), the checkpoint's tensors read with h5py, and PEFT's own adapter forward.
 #include <gtest/gtest.h>
+
+#include "tests/launch/e2e_util.h"
 #include <nlohmann/json.hpp>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,29 +20,12 @@
 
 namespace {
 
+using dstrain::e2e::RunResult;
+using dstrain::e2e::run;
+using dstrain::e2e::dstrain;
+
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-struct RunResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult run(const std::string& command) {
-  RunResult r;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-std::string dstrain(int ranks, const std::string& args) {
-  return std::string(DSTRAIN_MPIRUN) + " -np " + std::to_string(ranks) + " " + DSTRAIN_BINARY + " " + args;
-}
 
 RunResult dstrain_export(const fs::path& ckpt, const std::string& format, const fs::path& out,
                          const std::string& extra = "") {

@@ -17,6 +17,7 @@
 #include "runtime/model/llama.h"
 #include "runtime/model/rope.h"
 #include "sharding/engine.h"
+#include "tests/sharding/counting_cpu_allocator.h"
 #include "sharding/mpi_communicator.h"
 
 namespace dstrain::sharding {
@@ -26,65 +27,8 @@ constexpr int64_t kSeqLen = 16;
 constexpr int64_t kBatch = 2;
 constexpr int64_t kSeed = 99;
 
-// Live and peak bytes of every CPU allocation made while installed. The counters are shared
-// with each allocation's deleter, so tensors may outlive the allocator's installation.
-struct ByteCounters {
-  std::atomic<int64_t> live{0};
-  std::atomic<int64_t> peak{0};
-};
-
-class CountingCpuAllocator final : public c10::Allocator {
- public:
-  CountingCpuAllocator()
-      : base_(c10::GetDefaultCPUAllocator()), counters_(std::make_shared<ByteCounters>()) {}
-
-  c10::DataPtr allocate(size_t n) override {
-    c10::DataPtr inner = base_->allocate(n);
-    void* data = inner.get();
-    const c10::Device device = inner.device();
-    const int64_t live =
-        counters_->live.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n);
-    int64_t peak = counters_->peak.load();
-    while (live > peak && !counters_->peak.compare_exchange_weak(peak, live)) {
-    }
-    auto* ctx = new Allocation{std::move(inner), static_cast<int64_t>(n), counters_};
-    return {data, ctx, &CountingCpuAllocator::free_allocation, device};
-  }
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
-
-  int64_t live() const { return counters_->live.load(); }
-  int64_t peak() const { return counters_->peak.load(); }
-  // Starts a new peak from the bytes live now.
-  void reset_peak() { counters_->peak.store(counters_->live.load()); }
-
- private:
-  struct Allocation {
-    c10::DataPtr inner;  // frees through the default allocator's deleter
-    int64_t bytes;
-    std::shared_ptr<ByteCounters> counters;
-  };
-  static void free_allocation(void* ctx) {
-    auto* a = static_cast<Allocation*>(ctx);
-    a->counters->live.fetch_sub(a->bytes);
-    delete a;
-  }
-
-  c10::Allocator* base_;
-  std::shared_ptr<ByteCounters> counters_;
-};
-
-// Installs `counting` as LibTorch's CPU allocator for the scope, then puts the default back.
-class AllocatorScope {
- public:
-  // Above the priority LibTorch registers its own CPU allocator with.
-  static constexpr uint8_t kPriority = 200;
-  explicit AllocatorScope(c10::Allocator* counting) { c10::SetCPUAllocator(counting, kPriority); }
-  ~AllocatorScope() { c10::SetCPUAllocator(c10::GetDefaultCPUAllocator(), kPriority); }
-  AllocatorScope(const AllocatorScope&) = delete;
-  AllocatorScope& operator=(const AllocatorScope&) = delete;
-};
+using testing::AllocatorScope;
+using testing::CountingCpuAllocator;
 
 // Large enough that per-buffer padding to a multiple of the world size is noise.
 base::ModelConfig model_config() {

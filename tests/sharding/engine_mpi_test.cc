@@ -30,6 +30,7 @@
 #include "runtime/model/rope.h"
 #include "sharding/activation_checkpointing.h"
 #include "sharding/engine.h"
+#include "tests/sharding/counting_cpu_allocator.h"
 #include "sharding/gathered_storage.h"
 #include "sharding/mpi_communicator.h"
 
@@ -467,64 +468,6 @@ TEST(CheckpointingPlan, PoliciesPickUnitsByName) {
   EXPECT_NE(bad.status().message().find("train.activation_checkpointing"), std::string::npos);
 }
 
-// Counts the bytes of live CPU tensors allocated through it, and their peak, delegating the
-// memory itself to the allocator it replaces.
-class CountingAllocator final : public c10::Allocator {
- public:
-  explicit CountingAllocator(c10::Allocator* base) : base_(base) {}
-  c10::DataPtr allocate(size_t n) override {
-    auto* ctx = new Allocation{base_->allocate(n), this, static_cast<int64_t>(n)};
-    const int64_t live = live_.fetch_add(ctx->bytes) + ctx->bytes;
-    int64_t peak = peak_.load();
-    while (live > peak && !peak_.compare_exchange_weak(peak, live)) {
-    }
-    return c10::DataPtr(ctx->inner.get(), ctx, &CountingAllocator::deallocate, ctx->inner.device());
-  }
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
-  void reset_peak() { peak_.store(live_.load()); }
-  int64_t live() const { return live_.load(); }
-  int64_t peak() const { return peak_.load(); }
-
- private:
-  struct Allocation {
-    c10::DataPtr inner;
-    CountingAllocator* owner;
-    int64_t bytes;
-  };
-  static void deallocate(void* p) {
-    auto* a = static_cast<Allocation*>(p);
-    a->owner->live_ -= a->bytes;
-    delete a;
-  }
-  c10::Allocator* base_;
-  std::atomic<int64_t> live_{0};
-  std::atomic<int64_t> peak_{0};
-};
-
-// Installs the counting allocator for the scope. It lives as long as the process: tensors it
-// allocated (optimizer state made lazily, cached values) may outlive the scope.
-class CountingScope {
- public:
-  // Above LibTorch's own registration, and equal to engine_memory_mpi_test.cc's, so that
-  // either test can install its allocator after the other has run.
-  static constexpr uint8_t kPriority = 200;
-  CountingScope() : previous_(c10::GetCPUAllocator()) {
-    static CountingAllocator* counting = new CountingAllocator(c10::GetDefaultCPUAllocator());
-    counting_ = counting;
-    c10::SetCPUAllocator(counting_, kPriority);
-  }
-  ~CountingScope() { c10::SetCPUAllocator(previous_, kPriority); }
-  CountingScope(const CountingScope&) = delete;
-  CountingScope& operator=(const CountingScope&) = delete;
-  CountingAllocator& counting() { return *counting_; }
-
- private:
-  c10::Allocator* previous_;
-  CountingAllocator* counting_;
-};
-
 // Peak bytes of CPU memory allocated during one forward_backward over long sequences, beyond
 // what was live when it started: the activations the graphs save, plus the transient peak.
 int64_t forward_backward_peak_bytes(int64_t stage, const std::string& policy) {
@@ -549,12 +492,14 @@ int64_t forward_backward_peak_bytes(int64_t stage, const std::string& policy) {
   // A first pass so that lazily made state (stage-2/3 gradient buffers) is not counted.
   EXPECT_TRUE(engine->forward_backward(mb, 1e-3, /*last_micro_batch=*/true).ok());
   EXPECT_TRUE(engine->step(1e-3).ok());
-  CountingScope scope;
-  const int64_t before = scope.counting().live();
-  scope.counting().reset_peak();
+  // Lives as long as the process: tensors it allocated may outlive the scope.
+  static testing::CountingCpuAllocator* counting = new testing::CountingCpuAllocator();
+  testing::AllocatorScope scope(counting);
+  const int64_t before = counting->live();
+  counting->reset_peak();
   auto ce = engine->forward_backward(mb, 1e-3, /*last_micro_batch=*/true);
   EXPECT_TRUE(ce.ok()) << ce.status().to_string();
-  const int64_t peak = scope.counting().peak() - before;
+  const int64_t peak = counting->peak() - before;
   EXPECT_TRUE(engine->step(1e-3).ok());
   return peak;
 }
