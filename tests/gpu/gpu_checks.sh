@@ -30,6 +30,12 @@ run eq_gpu_np1_s0 1 $small --set run.device=cuda
 if [ "$ngpu" -ge 2 ]; then
   run eq_gpu_np2_s0 2 $small --set run.device=cuda
   run eq_gpu_np2_s3 2 $small --set run.device=cuda --set zero.stage=3
+  run eq_gpu_np2_s3_full 2 $small --set run.device=cuda --set zero.stage=3 \
+    --set train.activation_checkpointing=full
+  # LoRA at stage 3 with keyed dropout, saved asynchronously from pinned memory, then resumed.
+  run lora_gpu_np2_s3 2 $small --set run.device=cuda --set zero.stage=3 --set lora.enabled=true \
+    --set lora.targets=all-linear --set lora.dropout=0.1 --set checkpoint.enabled=true \
+    --set checkpoint.async=true --set checkpoint.every=4
 fi
 python3 - "$OUT" <<'PY' > "$OUT/equality.json"
 import json, sys, os
@@ -39,7 +45,7 @@ def losses(n):
     return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l] if os.path.exists(p) else None
 ref = losses("eq_gpu_np1_s0")
 res = {"reference": "eq_gpu_np1_s0", "losses": ref}
-for n in ["eq_cpu_np1_s0", "eq_gpu_np2_s0", "eq_gpu_np2_s3"]:
+for n in ["eq_cpu_np1_s0", "eq_gpu_np2_s0", "eq_gpu_np2_s3", "eq_gpu_np2_s3_full"]:
     l = losses(n)
     res[n] = None if (l is None or ref is None) else max(abs(a - b) / abs(b) for a, b in zip(l, ref))
 print(json.dumps(res))
