@@ -23,7 +23,6 @@ base::Status reject_unavailable(const base::Config& cfg) {
   };
   if (cfg.offload.optimizer != "none") return refuse("offload.optimizer", "\"" + cfg.offload.optimizer + "\"");
   if (cfg.offload.params != "none") return refuse("offload.params", "\"" + cfg.offload.params + "\"");
-  if (cfg.zero.reduce_dtype != "fp32") return refuse("zero.reduce_dtype", "\"" + cfg.zero.reduce_dtype + "\"");
   return base::Status::Ok();
 }
 

@@ -405,20 +405,27 @@ base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::
 
 base::Status Engine::start_reduction(int u) {
   UnitState& st = *state_[u];
+  // zero.reduce_dtype: gradients travel (and are summed across ranks) in this dtype; the
+  // accumulators stay fp32.
+  const at::ScalarType wire = options_.zero.reduce_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   for (int k = 0; k < kNumBufferKinds; ++k) {
     Buffer& b = st.buffers[k];
     if (!b.present() || !b.trainable) continue;
     auto pending = std::make_unique<PendingReduction>();
+    Buffer* bp = &b;
     if (options_.zero.stage >= 2) {
       if (!b.mb_grad.defined()) b.mb_grad = at::zeros({b.layout.padded_numel}, b.grad.options());
-      at::Tensor in = std::move(b.mb_grad);
-      at::Tensor out = at::empty({b.shard.numel()}, b.grad.options());
+      at::Tensor in = std::move(b.mb_grad).to(wire);
+      at::Tensor out = at::empty({b.shard.numel()}, b.grad.options().dtype(wire));
       pending->work = comm_.reduce_scatter(in, out, ReduceOp::kSum);
-      Buffer* bp = &b;
       // `in` is kept alive by the lambda until the collective has finished.
       pending->done = [bp, in, out]() { bp->grad.add_(out); };
-    } else {
+    } else if (wire == at::kFloat) {
       pending->work = comm_.all_reduce(b.grad, ReduceOp::kSum);
+    } else {
+      at::Tensor sum = b.grad.to(wire);
+      pending->work = comm_.all_reduce(sum, ReduceOp::kSum);
+      pending->done = [bp, sum]() { bp->grad.copy_(sum); };
     }
     pending_.push_back(std::move(pending));
   }
