@@ -415,7 +415,9 @@ base::Status Engine::start_reduction(int u) {
     Buffer* bp = &b;
     if (options_.zero.stage >= 2) {
       if (!b.mb_grad.defined()) b.mb_grad = at::zeros({b.layout.padded_numel}, b.grad.options());
-      at::Tensor in = std::move(b.mb_grad).to(wire);
+      // Taking the tensor leaves mb_grad empty, so the next micro-batch starts a new one.
+      at::Tensor in = std::move(b.mb_grad);
+      if (wire != in.scalar_type()) in = in.to(wire);
       at::Tensor out = at::empty({b.shard.numel()}, b.grad.options().dtype(wire));
       pending->work = comm_.reduce_scatter(in, out, ReduceOp::kSum);
       // `in` is kept alive by the lambda until the collective has finished.
