@@ -18,6 +18,8 @@ constexpr const char* kUsage =
     "       dstrain export  --checkpoint DIR --format hf|peft --out DIR [--dtype fp32|bf16|fp16]\n"
     "                       [--max-shard-size 5GB] [--merge true|false] [--force]\n"
     "       dstrain bench   comm [--device auto|cpu|cuda] [--sizes-mib N...] [--iters N]\n"
+    "       dstrain bench   aio [--file PATH] [--file-mib N] [--block-kib N...] [--queue-depth N...]\n"
+    "       dstrain bench   adam [--params N] [--threads N] [--iters N]\n"
     "       dstrain --help | --version\n"
     "Run under MPI for several ranks: mpirun -np 32 dstrain --config lora.toml\n";
 
@@ -79,7 +81,13 @@ po::options_description bench_options() {
        "auto: NCCL on GPUs when visible, else MPI on the CPU; cpu; cuda")
       ("sizes-mib", po::value<std::vector<int64_t>>()->multitoken(),
        "message sizes in MiB (default 1 4 16 64 on the CPU, 1 4 ... 1024 on GPUs)")
-      ("iters", po::value<int>()->default_value(10), "timed iterations per size");
+      ("iters", po::value<int>()->default_value(10), "timed iterations per size")
+      ("file", po::value<std::string>(), "aio: the file to measure (created, then removed)")
+      ("file-mib", po::value<int64_t>(), "aio: its size in MiB (default 1024)")
+      ("block-kib", po::value<std::vector<int64_t>>()->multitoken(), "aio: block sizes in KiB")
+      ("queue-depth", po::value<std::vector<int64_t>>()->multitoken(), "aio: queue depths")
+      ("params", po::value<int64_t>(), "adam: parameters updated per iteration (default 64000000)")
+      ("threads", po::value<int>(), "adam: threads of dstrain's CPU AdamW (default: all)");
   return d;
 }
 
@@ -121,10 +129,10 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
     args.erase(args.begin());
   }
   if (cmd.kind == CommandKind::kBench) {
-    if (args.empty() || args[0].rfind("-", 0) == 0) return usage_error("bench: name what to measure (comm)");
+    if (args.empty() || args[0].rfind("-", 0) == 0) return usage_error("bench: name what to measure (comm, aio, adam)");
     cmd.bench_what = args[0];
     args.erase(args.begin());
-    if (cmd.bench_what != "comm") return usage_error("bench: unknown benchmark '" + cmd.bench_what + "'");
+    if (cmd.bench_what != "comm" && cmd.bench_what != "aio" && cmd.bench_what != "adam") return usage_error("bench: unknown benchmark '" + cmd.bench_what + "'");
   }
 
   po::options_description desc;
@@ -164,6 +172,12 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
   if (vm.count("sizes-mib")) cmd.bench_sizes_mib = vm["sizes-mib"].as<std::vector<int64_t>>();
   if (vm.count("iters")) cmd.bench_iters = vm["iters"].as<int>();
   if (vm.count("device")) cmd.bench_device = vm["device"].as<std::string>();
+  if (vm.count("file")) cmd.bench_file = vm["file"].as<std::string>();
+  if (vm.count("file-mib")) cmd.bench_file_mib = vm["file-mib"].as<int64_t>();
+  if (vm.count("block-kib")) cmd.bench_block_kib = vm["block-kib"].as<std::vector<int64_t>>();
+  if (vm.count("queue-depth")) cmd.bench_queue_depths = vm["queue-depth"].as<std::vector<int64_t>>();
+  if (vm.count("params")) cmd.bench_params = vm["params"].as<int64_t>();
+  if (vm.count("threads")) cmd.bench_threads = vm["threads"].as<int>();
   if (vm.count("checkpoint")) cmd.checkpoint_dir = vm["checkpoint"].as<std::string>();
   if (vm.count("out")) cmd.out_dir = vm["out"].as<std::string>();
   if (vm.count("dtype")) cmd.export_dtype = vm["dtype"].as<std::string>();
@@ -210,6 +224,20 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
       return usage_error("bench: --sizes-mib takes sizes from 1 to 1048576, got " + std::to_string(mib));
     }
   }
+  if (cmd.bench_file_mib < 1) return usage_error("bench aio: --file-mib must be >= 1");
+  for (int64_t kib : cmd.bench_block_kib) {
+    if (kib < 4 || kib % 4 != 0 || kib > 65536) {
+      return usage_error("bench aio: --block-kib takes multiples of 4 from 4 to 65536, got " +
+                         std::to_string(kib));
+    }
+  }
+  for (int64_t qd : cmd.bench_queue_depths) {
+    if (qd < 1 || qd > 4096) {
+      return usage_error("bench aio: --queue-depth takes 1 to 4096, got " + std::to_string(qd));
+    }
+  }
+  if (cmd.bench_params < 1) return usage_error("bench adam: --params must be >= 1");
+  if (cmd.bench_threads < 0) return usage_error("bench adam: --threads must be >= 0");
   return cmd;
 }
 

@@ -31,10 +31,18 @@ struct Command {
   bool merge = true;                   // hf of a LoRA run: fold the adapters into the base
   bool force = false;                  // replace a non-empty --out
   // bench
-  std::string bench_what;              // comm
+  std::string bench_what;              // comm | aio | adam
   std::vector<int64_t> bench_sizes_mib;
   int bench_iters = 10;
   std::string bench_device = "auto";  // auto | cpu | cuda, as run.device (launch/device.h)
+  // bench aio
+  std::string bench_file = "dstrain-bench-aio.dat";  // created, measured, removed
+  int64_t bench_file_mib = 1024;
+  std::vector<int64_t> bench_block_kib;  // empty: the benchmark's defaults
+  std::vector<int64_t> bench_queue_depths;
+  // bench adam
+  int64_t bench_params = 64'000'000;
+  int bench_threads = 0;  // 0: every hardware thread
   std::string help_text;               // filled for kHelp
 };
 

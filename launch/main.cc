@@ -37,6 +37,10 @@ int main(int argc, char** argv) {
     case launch::CommandKind::kPrepare: return report(launch::run_prepare(cmd), 0, true);
     case launch::CommandKind::kInspect: return report(launch::run_inspect(cmd), 0, true);
     case launch::CommandKind::kExport: return report(launch::run_export(cmd), 0, true);
+    case launch::CommandKind::kBench:
+      if (cmd.bench_what == "aio") return report(launch::run_bench_aio(cmd), 0, true);
+      if (cmd.bench_what == "adam") return report(launch::run_bench_adam(cmd), 0, true);
+      break;
     default: break;
   }
   auto world = launch::World::init(&argc, &argv);

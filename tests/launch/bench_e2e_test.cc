@@ -1,9 +1,11 @@
 // `dstrain bench comm` end to end on the CPU: two ranks under mpirun measure the MPI
 // communicator; the last line of rank 0's output is JSON with every collective at every size.
+// `dstrain bench aio` on a small file, judged the same way.
 #include <gtest/gtest.h>
 
 #include "tests/launch/e2e_util.h"
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cmath>
@@ -63,6 +65,45 @@ TEST(BenchComm, CpuReportsEveryCollectiveAtEverySize) {
 TEST(BenchComm, UnknownDeviceIsAUsageError) {
   const RunResult r = dstrain(1, "bench comm --device tpu");
   EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+// `dstrain bench aio` on a small file: one block size, one queue depth. The file is its own
+// (created, measured, removed); an existing file is refused and left alone.
+std::string aio_file() { return "/tmp/dstrain-bench-aio-e2e-" + std::to_string(getpid()) + ".dat"; }
+
+bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+TEST(BenchAio, ReportsWriteAndReadBandwidthAndRemovesItsFile) {
+  const std::string file = aio_file();
+  const RunResult r = dstrain(1, "bench aio --file " + file +
+                                     " --file-mib 16 --block-kib 1024 --queue-depth 4 --iters 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json out = json::parse(last_line(r.output), nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(out.is_discarded()) << "last line is not JSON:\n" << r.output;
+  EXPECT_EQ(out["bench"], "aio");
+  EXPECT_EQ(out["file_mib"], 16);
+  ASSERT_EQ(out["results"].size(), 1u) << out.dump();
+  const json& row = out["results"][0];
+  EXPECT_EQ(row["block_kib"], 1024);
+  EXPECT_EQ(row["queue_depth"], 4);
+  EXPECT_EQ(row["bytes"].get<double>(), 16.0 * (1 << 20));
+  for (const char* key : {"write_gbps", "read_gbps"}) {
+    const double gbps = row[key].get<double>();
+    EXPECT_TRUE(std::isfinite(gbps) && gbps > 0) << key << ": " << gbps;
+  }
+  EXPECT_FALSE(exists(file));
+}
+
+TEST(BenchAio, RefusesAFileThatExists) {
+  const std::string file = aio_file();
+  FILE* f = std::fopen(file.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs("keep me", f);
+  std::fclose(f);
+  const RunResult r = dstrain(1, "bench aio --file " + file + " --file-mib 4 --iters 1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(exists(file));
+  std::remove(file.c_str());
 }
 
 }  // namespace
