@@ -10,7 +10,11 @@
 
 namespace dstrain::runtime::checkpoint {
 
-// One open file. Not thread-safe; owned by the thread that writes the file.
+// What direct I/O asks of a request: file offset, length and memory address all multiples of it.
+inline constexpr int64_t kDirectIoAlignment = 4096;
+
+// One open file. Not thread-safe: one thread at a time calls it (a write pipeline hands it from
+// thread to thread, one call after another).
 class FileWriter {
  public:
   virtual ~FileWriter() = default;
@@ -24,12 +28,19 @@ class CheckpointIo {
   virtual ~CheckpointIo() = default;
   // Opens `path` for writing; `truncate` creates it or empties it, otherwise it must exist.
   virtual base::StatusOr<std::unique_ptr<FileWriter>> open(const std::string& path, bool truncate) = 0;
+  // Opens the existing `path` for large writes that should bypass the page cache: the parts of a
+  // write that are aligned to kDirectIoAlignment (offset, length and memory) go straight to the
+  // disk where the file system allows, the rest through the page cache. Same bytes either way.
+  virtual base::StatusOr<std::unique_ptr<FileWriter>> open_direct(const std::string& path) {
+    return open(path, /*truncate=*/false);
+  }
 };
 
-// The real thing: pwrite + fsync.
+// The real thing: pwrite + fsync; open_direct adds an O_DIRECT descriptor for aligned writes.
 class PosixIo : public CheckpointIo {
  public:
   base::StatusOr<std::unique_ptr<FileWriter>> open(const std::string& path, bool truncate) override;
+  base::StatusOr<std::unique_ptr<FileWriter>> open_direct(const std::string& path) override;
 };
 
 // Passes writes to `base` until `budget_bytes` have been written in total (over every file it
@@ -38,6 +49,7 @@ class FaultInjectionIo : public CheckpointIo {
  public:
   FaultInjectionIo(CheckpointIo& base, int64_t budget_bytes) : base_(base), budget_(budget_bytes) {}
   base::StatusOr<std::unique_ptr<FileWriter>> open(const std::string& path, bool truncate) override;
+  base::StatusOr<std::unique_ptr<FileWriter>> open_direct(const std::string& path) override;
   int64_t written() const { return written_; }
 
  private:
@@ -45,6 +57,26 @@ class FaultInjectionIo : public CheckpointIo {
   CheckpointIo& base_;
   int64_t budget_;
   int64_t written_ = 0;
+};
+
+// Host memory aligned for direct I/O, owned; its contents start undefined.
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  // IOError when the memory cannot be had.
+  static base::StatusOr<AlignedBuffer> allocate(size_t bytes);
+  ~AlignedBuffer();
+  AlignedBuffer(AlignedBuffer&& o) noexcept;
+  AlignedBuffer& operator=(AlignedBuffer&& o) noexcept;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  char* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  AlignedBuffer(char* data, size_t size) : data_(data), size_(size) {}
+  char* data_ = nullptr;
+  size_t size_ = 0;
 };
 
 // Writes `text` to `path` through `io` and fsyncs it.

@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "runtime/checkpoint/block_reader.h"
 #include "runtime/checkpoint/checksum.h"
 #include "runtime/checkpoint/file_io.h"
 
@@ -23,7 +24,37 @@ int64_t shape_numel(const std::vector<int64_t>& shape) {
   return n;
 }
 
+json file_json(const FileEntry& f) {
+  json j = {{"name", f.name}, {"size", f.size}, {"crc32", f.crc32}};
+  if (f.block_bytes > 0) {
+    j["block_bytes"] = f.block_bytes;
+    j["block_crc32"] = f.block_crc32;
+  }
+  return j;
+}
+
+// The host memory verify_file() reads through (both slots).
+constexpr int64_t kVerifyBufferBytes = int64_t{64} << 20;
+
+// Version 1: the whole file through the page cache, one crc.
+base::Status verify_whole_file(const std::string& path, const FileEntry& f) {
+  ASSIGN_OR_RETURN(FileDigest d, file_digest(path));
+  if (d.size != f.size) {
+    return base::Status::BadInput(path + ": size " + std::to_string(d.size) + " bytes, index says " +
+                                  std::to_string(f.size) + " (truncated or overwritten)");
+  }
+  if (d.crc != f.crc32) {
+    return base::Status::BadInput(path + ": checksum mismatch (crc32 " + std::to_string(d.crc) +
+                                  ", index says " + std::to_string(f.crc32) + ")");
+  }
+  return base::Status::Ok();
+}
+
 }  // namespace
+
+int64_t block_count(const FileEntry& f) {
+  return f.block_bytes > 0 ? (f.size + f.block_bytes - 1) / f.block_bytes : 0;
+}
 
 int64_t dtype_bytes(const std::string& dtype) {
   if (dtype == "fp32") return 4;
@@ -33,9 +64,7 @@ int64_t dtype_bytes(const std::string& dtype) {
 
 std::string index_to_json(const CheckpointIndex& index) {
   json files = json::array();
-  for (const FileEntry& f : index.files) {
-    files.push_back({{"name", f.name}, {"size", f.size}, {"crc32", f.crc32}});
-  }
+  for (const FileEntry& f : index.files) files.push_back(file_json(f));
   json tensors = json::object();
   for (const auto& [kind, by_name] : index.tensors) {
     json k = json::object();
@@ -70,9 +99,10 @@ base::StatusOr<CheckpointIndex> parse_index(const std::string& text, const std::
       return base::Status::BadInput(source + ": not a dstrain checkpoint index");
     }
     index.format_version = j.at("format_version").get<int>();
-    if (index.format_version != kFormatVersion) {
+    if (index.format_version < kOldestFormatVersion || index.format_version > kFormatVersion) {
       return base::Status::BadInput(source + ": format_version " + std::to_string(index.format_version) +
                                     " is not supported (this dstrain reads " +
+                                    std::to_string(kOldestFormatVersion) + " to " +
                                     std::to_string(kFormatVersion) + ")");
     }
     index.dstrain_version = j.at("dstrain_version").get<std::string>();
@@ -87,8 +117,12 @@ base::StatusOr<CheckpointIndex> parse_index(const std::string& text, const std::
     index.good_steps = s.at("good_steps").get<int64_t>();
     index.config_toml = j.at("config").get<std::string>();
     for (const json& f : j.at("files")) {
-      index.files.push_back({f.at("name").get<std::string>(), f.at("size").get<int64_t>(),
-                             f.at("crc32").get<uint32_t>()});
+      FileEntry e{f.at("name").get<std::string>(), f.at("size").get<int64_t>(), f.at("crc32").get<uint32_t>()};
+      if (index.format_version >= kBlockChecksumsSince) {
+        e.block_bytes = f.at("block_bytes").get<int64_t>();
+        e.block_crc32 = f.at("block_crc32").get<std::vector<uint32_t>>();
+      }
+      index.files.push_back(std::move(e));
     }
     for (const auto& [kind, by_name] : j.at("tensors").items()) {
       for (const auto& [name, t] : by_name.items()) {
@@ -121,6 +155,23 @@ base::Status validate_index(const CheckpointIndex& index, const std::string& sou
     }
     if (f.size < 0) return bad(f.name + ": negative size");
     if (!file_size.emplace(f.name, f.size).second) return bad(f.name + ": listed twice");
+    if (index.format_version < kBlockChecksumsSince) {
+      if (f.block_bytes != 0 || !f.block_crc32.empty()) {
+        return bad(f.name + ": block checksums need format_version " + std::to_string(kBlockChecksumsSince));
+      }
+      continue;
+    }
+    if (f.block_bytes <= 0 || f.block_bytes % kDirectIoAlignment != 0) {
+      return bad(f.name + ": block_bytes " + std::to_string(f.block_bytes) + " is not a positive multiple of " +
+                 std::to_string(kDirectIoAlignment));
+    }
+    if (static_cast<int64_t>(f.block_crc32.size()) != block_count(f)) {
+      return bad(f.name + ": " + std::to_string(f.block_crc32.size()) + " block checksums, " +
+                 std::to_string(f.size) + " bytes need " + std::to_string(block_count(f)));
+    }
+    if (fold_block_crc32s(f.block_crc32, f.block_bytes, f.size) != f.crc32) {
+      return bad(f.name + ": the block checksums do not add up to the file's crc32");
+    }
   }
   const std::set<std::string> kinds = {"param", "exp_avg", "exp_avg_sq"};
   for (const auto& [kind, by_name] : index.tensors) {
@@ -163,19 +214,22 @@ base::StatusOr<CheckpointIndex> read_index(const std::string& dir) {
   return parse_index(text, path);
 }
 
-base::Status verify_files(const std::string& dir, const CheckpointIndex& index) {
-  for (const FileEntry& f : index.files) {
-    const std::string path = dir + "/" + f.name;
-    ASSIGN_OR_RETURN(FileDigest d, file_digest(path));
-    if (d.size != f.size) {
-      return base::Status::BadInput(path + ": size " + std::to_string(d.size) + " bytes, index says " +
-                                    std::to_string(f.size) + " (truncated or overwritten)");
-    }
-    if (d.crc != f.crc32) {
-      return base::Status::BadInput(path + ": checksum mismatch (crc32 " + std::to_string(d.crc) +
-                                    ", index says " + std::to_string(f.crc32) + ")");
-    }
+base::Status verify_file(const std::string& dir, const FileEntry& f) {
+  const std::string path = dir + "/" + f.name;
+  if (f.block_bytes <= 0) return verify_whole_file(path, f);
+  const std::vector<FileEntry> files = {f};
+  const int64_t slot = read_slot_bytes(files, kVerifyBufferBytes);
+  AlignedBuffer slots[2];
+  for (AlignedBuffer& b : slots) {
+    ASSIGN_OR_RETURN(b, AlignedBuffer::allocate(static_cast<size_t>(slot)));
   }
+  const ReadSlots view{{slots[0].data(), slots[1].data()}, slot};
+  return read_blocks(dir, files, {{0, 0, f.size}}, view, [](const ReadWindow&) { return base::Status::Ok(); })
+      .status();
+}
+
+base::Status verify_files(const std::string& dir, const CheckpointIndex& index) {
+  for (const FileEntry& f : index.files) RETURN_IF_ERROR(verify_file(dir, f));
   return base::Status::Ok();
 }
 

@@ -10,13 +10,24 @@
 
 namespace dstrain::runtime::checkpoint {
 
-inline constexpr int kFormatVersion = 1;
+// Version 2 adds per-block checksums, so a load verifies exactly the bytes it reads; version 1
+// (whole-file checksums only) is still read.
+inline constexpr int kFormatVersion = 2;
+inline constexpr int kOldestFormatVersion = 1;
+inline constexpr int kBlockChecksumsSince = 2;
 inline constexpr const char* kIndexFile = "index.json";
+// The block a version-2 writer checksums: large enough that the list stays short (a 1 GB file
+// has 256), small enough that a resharded load reads little beyond the ranges it needs.
+inline constexpr int64_t kDefaultBlockBytes = int64_t{4} << 20;
 
 struct FileEntry {
   std::string name;  // relative to the checkpoint directory, e.g. "rank-00001.h5"
   int64_t size = 0;
   uint32_t crc32 = 0;  // zlib crc32 of the whole file
+  // Version 2: the crc32 of each `block_bytes` block of the file, the last one possibly shorter.
+  // Version 1: block_bytes = 0 and no blocks.
+  int64_t block_bytes = 0;
+  std::vector<uint32_t> block_crc32;
 };
 
 // A contiguous run of a tensor's flattened elements stored in one HDF5 dataset.
@@ -59,7 +70,12 @@ base::StatusOr<CheckpointIndex> parse_index(const std::string& text, const std::
 base::Status validate_index(const CheckpointIndex& index, const std::string& source);
 // Reads <dir>/index.json.
 base::StatusOr<CheckpointIndex> read_index(const std::string& dir);
-// Every listed file exists with the recorded size and crc32; kBadInput naming the first bad file.
+// Number of blocks a file of `size` bytes has (0 for a version-1 entry).
+int64_t block_count(const FileEntry& file);
+// Every listed file exists with the recorded size and checksums; kBadInput naming the first bad
+// file (and, in version 2, the block and its byte range).
 base::Status verify_files(const std::string& dir, const CheckpointIndex& index);
+// The same for one file of the index: version 2 reads it once with direct I/O, block by block.
+base::Status verify_file(const std::string& dir, const FileEntry& file);
 
 }  // namespace dstrain::runtime::checkpoint

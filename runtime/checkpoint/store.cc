@@ -93,16 +93,25 @@ base::Status commit(CheckpointIo& io, const std::string& root, int64_t step,
   return sync_dir(root);
 }
 
-base::Status apply_retention(const std::string& root, int64_t keep) {
+base::Status delete_old_checkpoints(const std::string& root, int64_t keep) {
   ASSIGN_OR_RETURN(std::vector<int64_t> steps, committed_steps(root));
   for (size_t i = static_cast<size_t>(std::max<int64_t>(1, keep)); i < steps.size(); ++i) {
     RETURN_IF_ERROR(base::remove_tree(root + "/" + step_dir_name(steps[i])));
   }
+  return base::Status::Ok();
+}
+
+base::Status delete_unfinished(const std::string& root) {
   ASSIGN_OR_RETURN(std::vector<std::string> names, list_dir(root));
   for (const std::string& n : names) {
     if (parse_step_name(n, ".tmp") >= 0) RETURN_IF_ERROR(base::remove_tree(root + "/" + n));
   }
   return base::Status::Ok();
+}
+
+base::Status apply_retention(const std::string& root, int64_t keep) {
+  RETURN_IF_ERROR(delete_old_checkpoints(root, keep));
+  return delete_unfinished(root);
 }
 
 base::Status verify_checkpoint(const std::string& dir) {
@@ -111,26 +120,31 @@ base::Status verify_checkpoint(const std::string& dir) {
 }
 
 base::StatusOr<std::optional<std::string>> find_resumable(
-    const std::string& root, const std::function<void(const std::string&)>& warn) {
-  ASSIGN_OR_RETURN(std::vector<int64_t> steps, committed_steps(root));
-  // The rename of step-N.tmp is the commit point; `latest` is updated just after it, so the
-  // newest complete directory is at least as new as the one `latest` names.
-  std::vector<std::string> order;
-  for (int64_t s : steps) order.push_back(step_dir_name(s));
+    const std::vector<std::string>& dirs, const std::function<void(const std::string&)>& warn,
+    const std::function<ResumeAttempt(const std::string&)>& attempt) {
   std::string skipped;
-  for (const std::string& name : order) {
-    const std::string dir = root + "/" + name;
-    base::Status st = verify_checkpoint(dir);
-    if (st.ok()) {
+  bool changed = false;
+  for (const std::string& dir : dirs) {
+    const ResumeAttempt a = attempt(dir);
+    if (a.status.ok()) {
       if (!skipped.empty()) warn(skipped + "; resuming from " + dir);
       return std::optional<std::string>(dir);
     }
-    if (st.code() != base::StatusCode::kBadInput) return st;
+    if (!a.corrupt) return a.status;
+    changed = changed || a.changed_state;
     if (!skipped.empty()) warn(skipped);
-    skipped = "checkpoint " + dir + " is corrupt (" + st.message() + ")";
+    skipped = "checkpoint " + dir + " is corrupt (" + a.status.message() + ")";
   }
-  if (!skipped.empty()) warn(skipped + "; no usable checkpoint left, starting from scratch");
-  return std::optional<std::string>();
+  if (skipped.empty()) return std::optional<std::string>();
+  if (!changed) {
+    warn(skipped + "; no usable checkpoint left, starting from scratch");
+    return std::optional<std::string>();
+  }
+  warn(skipped);
+  return base::Status::BadInput(
+      "no usable checkpoint left, and the failed load had already overwritten part of the model "
+      "and optimizer state, so this run cannot start from scratch either: rerun with --resume "
+      "never to start afresh");
 }
 
 }  // namespace dstrain::runtime::checkpoint

@@ -26,16 +26,31 @@ base::StatusOr<std::optional<std::string>> read_latest(const std::string& root);
 // renames the directory, fsyncs root, then replaces `latest` by write-temp + rename.
 base::Status commit(CheckpointIo& io, const std::string& root, int64_t step,
                     const std::string& index_json);
-// Deletes complete checkpoints beyond the `keep` newest (never the newest) and leftover *.tmp
-// directories of writes that never committed.
+// Deletes complete checkpoints beyond the `keep` newest (never the newest).
+base::Status delete_old_checkpoints(const std::string& root, int64_t keep);
+// Deletes leftover *.tmp directories of writes that never committed.
+base::Status delete_unfinished(const std::string& root);
+// Both.
 base::Status apply_retention(const std::string& root, int64_t keep);
 
-// What --resume auto picks: the newest complete checkpoint (what `latest` names) that
-// verifies (index valid, file sizes and checksums match). Each checkpoint skipped is reported
-// through `warn` naming it and why. nullopt when none is usable.
-base::StatusOr<std::optional<std::string>> find_resumable(
-    const std::string& root, const std::function<void(const std::string&)>& warn);
 // Index + every file checked: kBadInput naming the problem.
 base::Status verify_checkpoint(const std::string& dir);
+
+// What one attempt to resume from a checkpoint came to; the same on every rank when the attempt
+// is collective.
+struct ResumeAttempt {
+  base::Status status;         // Ok: the run continues from this checkpoint
+  bool corrupt = false;        // damaged (bad index, missing or truncated file, bad checksum)
+  bool changed_state = false;  // the attempt had written into the state before it failed
+};
+
+// What --resume auto picks: the first of `dirs` (complete checkpoints, newest first) that
+// `attempt` loads. Each corrupt one is skipped with a warning through `warn` naming it and why;
+// any other failure stops the walk. nullopt when none is usable and no attempt changed the
+// state (the run starts afresh); kBadInput when none is usable after one did, since the state is
+// then neither a checkpoint's nor a fresh one (checkpoints are verified while they load).
+base::StatusOr<std::optional<std::string>> find_resumable(
+    const std::vector<std::string>& dirs, const std::function<void(const std::string&)>& warn,
+    const std::function<ResumeAttempt(const std::string&)>& attempt);
 
 }  // namespace dstrain::runtime::checkpoint

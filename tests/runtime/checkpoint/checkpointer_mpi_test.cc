@@ -2,10 +2,16 @@
 // a write that fails on one rank (ENOSPC injected) fails on all and leaves the earlier checkpoint
 // and `latest` as they were, and retention keeps checkpoint.keep of them. An asynchronous save
 // holds the state of its step although training changes the engine before it is committed.
+// Loads verify what they read: a bad block found during a resharded load is named on every rank
+// with its byte range, and --resume auto falls back from there to the previous checkpoint; a
+// short file is caught before anything is loaded; version-1 checkpoints still load.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include <ATen/ATen.h>
 
@@ -16,6 +22,7 @@
 
 #include "base/fs.h"
 #include "runtime/checkpoint/checkpointer.h"
+#include "runtime/checkpoint/rank_file.h"
 #include "runtime/checkpoint/store.h"
 #include "runtime/model/init.h"
 #include "runtime/model/llama.h"
@@ -104,7 +111,35 @@ class CheckpointerMpi : public ::testing::Test {
     o.dtype = "fp32";
     o.zero_stage = stage;
     o.buffer_bytes = 1000;  // several chunks per tensor
+    o.block_bytes = 4096;   // many blocks per rank file, one per read window
     return o;
+  }
+  std::string ckpt(int64_t step) { return checkpoints_dir(run_dir_) + "/" + step_dir_name(step); }
+  // Rank 0 changes one byte of `file` in the middle; every rank returns after it. The offset.
+  int64_t damage_middle(const std::string& file) {
+    struct stat st {};
+    EXPECT_EQ(::stat(file.c_str(), &st), 0) << file;
+    const int64_t at = static_cast<int64_t>(st.st_size) / 2;
+    if (comm_->rank() == 0) {
+      std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(at);
+      const char c = static_cast<char>(f.get());
+      f.seekp(at);
+      f.put(static_cast<char>(c ^ 0x5a));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    return at;
+  }
+  // Saves `engine` at steps 1 (moments filled, as `*first` says) and 2 (everything + 1).
+  void save_two(sharding::Engine& engine, std::map<std::string, at::Tensor>* first) {
+    fill_moments(engine);
+    engine.set_scalars({1.0, 1.0, 0});
+    Checkpointer ck(options(3, /*keep=*/3), *comm_, posix_);
+    ASSERT_TRUE(ck.save(engine, 1).ok());
+    *first = full_state(engine, *comm_);
+    for (sharding::StateSlice& s : engine.state_slices(true)) s.data.add_(1.0);
+    engine.set_scalars({2.0, 1.0, 0});
+    ASSERT_TRUE(ck.save(engine, 2).ok());
   }
   std::string latest() {
     auto l = read_latest(checkpoints_dir(run_dir_));
@@ -134,12 +169,11 @@ TEST_F(CheckpointerMpi, SavedStateLoadsBitwiseAtEveryStage) {
     auto loaded = make_engine(*comm_, stage, /*seed=*/99);  // different initial values
     ASSERT_TRUE(loaded);
     Checkpointer reader(options(stage), *comm_, posix_);
-    auto pick = reader.resolve_resume("auto");
+    auto pick = reader.resume(*loaded, "auto");
     ASSERT_TRUE(pick.ok()) << pick.status().to_string();
     ASSERT_TRUE(pick->has_value());
-    auto step = reader.load(*loaded, **pick);
-    ASSERT_TRUE(step.ok()) << step.status().to_string();
-    EXPECT_EQ(*step, 7);
+    EXPECT_EQ((*pick)->dir, *dir);
+    EXPECT_EQ((*pick)->step, 7);
     EXPECT_EQ(loaded->scalars().adam_step, 7.0);
     EXPECT_EQ(loaded->scalars().loss_scale, 512.0);
     EXPECT_EQ(loaded->scalars().good_steps, 3);
@@ -234,6 +268,8 @@ TEST_F(CheckpointerMpi, RetentionKeepsTheNewest) {
   ASSERT_TRUE(engine);
   Checkpointer ck(options(1, /*keep=*/2), *comm_, posix_);
   for (int64_t s : {1, 2, 3}) ASSERT_TRUE(ck.save(*engine, s).ok());
+  ck.wait_for_pruning();  // rank 0 deletes in the background
+  MPI_Barrier(MPI_COMM_WORLD);
   auto steps = committed_steps(checkpoints_dir(run_dir_));
   ASSERT_TRUE(steps.ok());
   EXPECT_EQ(*steps, (std::vector<int64_t>{3, 2}));
@@ -241,17 +277,134 @@ TEST_F(CheckpointerMpi, RetentionKeepsTheNewest) {
 }
 
 TEST_F(CheckpointerMpi, ExplicitPathThatIsNotACheckpointIsBadInput) {
+  auto engine = make_engine(*comm_, 3, 1);
+  ASSERT_TRUE(engine);
   Checkpointer ck(options(3), *comm_, posix_);
-  auto pick = ck.resolve_resume(run_dir_ + "/nope");
+  auto pick = ck.resume(*engine, run_dir_ + "/nope");
   ASSERT_FALSE(pick.ok());
   EXPECT_EQ(pick.status().code(), base::StatusCode::kBadInput);
   if (comm_->rank() == 0) {
     EXPECT_NE(pick.status().message().find(run_dir_ + "/nope/index.json"), std::string::npos)
         << pick.status().message();
   }
-  auto never = ck.resolve_resume("never");
+  auto never = ck.resume(*engine, "never");
   ASSERT_TRUE(never.ok());
   EXPECT_FALSE(never->has_value());
+}
+
+TEST_F(CheckpointerMpi, ABadBlockFoundDuringAReshardedLoadIsNamedAndAutoFallsBack) {
+  auto engine = make_engine(*comm_, 3, 1);
+  ASSERT_TRUE(engine);
+  std::map<std::string, at::Tensor> first;
+  save_two(*engine, &first);
+  const std::string bad = ckpt(2) + "/" + rank_file_name(1);
+  const int64_t at = damage_middle(bad);
+  const int64_t block = at / 4096;
+  const std::string named = bad + ": checksum mismatch in block " + std::to_string(block) + " (bytes " +
+                            std::to_string(block * 4096) + ".." + std::to_string(block * 4096 + 4096) + ")";
+
+  // Stage 1: every rank holds whole parameters, so both read from both files.
+  auto loaded = make_engine(*comm_, 1, 99);
+  ASSERT_TRUE(loaded);
+  Checkpointer reader(options(1), *comm_, posix_);
+  auto explicit_pick = reader.resume(*loaded, ckpt(2));
+  ASSERT_FALSE(explicit_pick.ok());
+  EXPECT_EQ(explicit_pick.status().code(), base::StatusCode::kBadInput);
+  // Every rank reports what the rank that found it saw.
+  EXPECT_NE(explicit_pick.status().message().find("--resume " + ckpt(2) + ": " + named), std::string::npos)
+      << explicit_pick.status().message();
+
+  auto pick = reader.resume(*loaded, "auto");
+  ASSERT_TRUE(pick.ok()) << pick.status().to_string();
+  ASSERT_TRUE(pick->has_value());
+  EXPECT_EQ((*pick)->dir, ckpt(1));
+  EXPECT_EQ((*pick)->step, 1);
+  EXPECT_EQ(loaded->scalars().adam_step, 1.0);
+  const auto got = full_state(*loaded, *comm_);
+  for (const auto& [key, t] : first) EXPECT_TRUE(at::equal(got.at(key), t)) << key;
+
+  // With nothing older left the state is neither the checkpoint's nor fresh: no silent restart.
+  if (comm_->rank() == 0) ASSERT_TRUE(base::remove_tree(ckpt(1)).ok());
+  MPI_Barrier(MPI_COMM_WORLD);
+  auto none = reader.resume(*loaded, "auto");
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), base::StatusCode::kBadInput);
+  EXPECT_NE(none.status().message().find("--resume never"), std::string::npos) << none.status().message();
+}
+
+TEST_F(CheckpointerMpi, AShortFileIsFoundBeforeAnythingIsLoaded) {
+  auto engine = make_engine(*comm_, 3, 1);
+  ASSERT_TRUE(engine);
+  std::map<std::string, at::Tensor> first;
+  save_two(*engine, &first);
+  const std::string cut = ckpt(2) + "/" + rank_file_name(0);
+  if (comm_->rank() == 0) ASSERT_EQ(::truncate(cut.c_str(), 5000), 0);
+  MPI_Barrier(MPI_COMM_WORLD);
+
+  auto loaded = make_engine(*comm_, 3, 99);
+  ASSERT_TRUE(loaded);
+  const auto fresh = full_state(*loaded, *comm_);
+  Checkpointer reader(options(3), *comm_, posix_);
+  auto explicit_pick = reader.resume(*loaded, ckpt(2));
+  ASSERT_FALSE(explicit_pick.ok());
+  EXPECT_NE(explicit_pick.status().message().find(cut + ": size 5000 bytes"), std::string::npos)
+      << explicit_pick.status().message();
+  EXPECT_NE(explicit_pick.status().message().find("truncated"), std::string::npos);
+  auto pick = reader.resume(*loaded, "auto");
+  ASSERT_TRUE(pick.ok()) << pick.status().to_string();
+  ASSERT_TRUE(pick->has_value());
+  EXPECT_EQ((*pick)->dir, ckpt(1));
+  const auto got = full_state(*loaded, *comm_);
+  for (const auto& [key, t] : first) EXPECT_TRUE(at::equal(got.at(key), t)) << key;
+
+  // Caught before any byte was copied, so with nothing else left the run may start afresh.
+  auto other = make_engine(*comm_, 3, 99);
+  ASSERT_TRUE(other);
+  if (comm_->rank() == 0) ASSERT_TRUE(base::remove_tree(ckpt(1)).ok());
+  MPI_Barrier(MPI_COMM_WORLD);
+  auto none = reader.resume(*other, "auto");
+  ASSERT_TRUE(none.ok()) << none.status().to_string();
+  EXPECT_FALSE(none->has_value());
+  const auto untouched = full_state(*other, *comm_);
+  for (const auto& [key, t] : fresh) EXPECT_TRUE(at::equal(untouched.at(key), t)) << key;
+}
+
+TEST_F(CheckpointerMpi, VersionOneCheckpointsStillLoadAndVerify) {
+  auto engine = make_engine(*comm_, 3, 1);
+  ASSERT_TRUE(engine);
+  fill_moments(*engine);
+  engine->set_scalars({3.0, 1.0, 0});
+  Checkpointer ck(options(3), *comm_, posix_);
+  ASSERT_TRUE(ck.save(*engine, 3).ok());
+  const auto expect = full_state(*engine, *comm_);
+  // What a version-1 writer left: whole-file checksums only.
+  if (comm_->rank() == 0) {
+    const std::string path = ckpt(3) + "/index.json";
+    nlohmann::json index = nlohmann::json::parse(std::ifstream(path));
+    index["format_version"] = 1;
+    for (auto& f : index["files"]) {
+      f.erase("block_bytes");
+      f.erase("block_crc32");
+    }
+    std::ofstream(path) << index.dump(1);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  auto loaded = make_engine(*comm_, 2, 99);
+  ASSERT_TRUE(loaded);
+  Checkpointer reader(options(2), *comm_, posix_);
+  auto step = reader.load(*loaded, ckpt(3));
+  ASSERT_TRUE(step.ok()) << step.status().to_string();
+  EXPECT_EQ(*step, 3);
+  const auto got = full_state(*loaded, *comm_);
+  for (const auto& [key, t] : expect) EXPECT_TRUE(at::equal(got.at(key), t)) << key;
+
+  const std::string bad = ckpt(3) + "/" + rank_file_name(1);
+  damage_middle(bad);
+  auto failed = reader.load(*loaded, ckpt(3));
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), base::StatusCode::kBadInput);
+  EXPECT_NE(failed.status().message().find(bad + ": checksum mismatch (crc32"), std::string::npos)
+      << failed.status().message();
 }
 
 }  // namespace

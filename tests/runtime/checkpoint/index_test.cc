@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "runtime/checkpoint/checksum.h"
+
 namespace dstrain::runtime::checkpoint {
 namespace {
 
@@ -17,7 +19,8 @@ CheckpointIndex sample_index() {
   x.loss_scale = 0.1 + 0.2;  // not representable in short decimal: must round-trip exactly
   x.good_steps = 5;
   x.config_toml = "[run]\ndir = \"runs/x\"\n";
-  x.files = {{"rank-00000.h5", 4096, 123}, {"rank-00001.h5", 4096, 4000000000u}};
+  // One 4096-byte block each: a single block's crc is the file's.
+  x.files = {{"rank-00000.h5", 4096, 123, 4096, {123}}, {"rank-00001.h5", 4096, 4000000000u, 4096, {4000000000u}}};
   TensorEntry w;
   w.shape = {4, 8};
   w.dtype = "fp32";
@@ -47,6 +50,9 @@ TEST(Index, RoundTripsEveryField) {
   EXPECT_EQ(y->config_toml, x.config_toml);
   ASSERT_EQ(y->files.size(), 2u);
   EXPECT_EQ(y->files[1].crc32, 4000000000u);
+  EXPECT_EQ(y->format_version, kFormatVersion);
+  EXPECT_EQ(y->files[1].block_bytes, 4096);
+  EXPECT_EQ(y->files[1].block_crc32, (std::vector<uint32_t>{4000000000u}));
   const TensorEntry& w = y->tensors.at("param").at("w");
   EXPECT_EQ(w.shape, (std::vector<int64_t>{4, 8}));
   ASSERT_EQ(w.pieces.size(), 2u);
@@ -84,6 +90,38 @@ TEST(Index, ValidationNamesTheIndexAndTheProblem) {
   x = sample_index();
   x.tensors["momentum"] = x.tensors["param"];
   expect_bad(x, "unknown state kind");
+}
+
+TEST(Index, BlockChecksumsMustDescribeTheFile) {
+  CheckpointIndex x = sample_index();
+  x.files[0].size = 3 * 4096 + 1;  // four blocks, the last of one byte
+  x.files[0].block_crc32 = {1, 2, 3};
+  x.tensors["param"]["w"].pieces[0].byte_offset = 0;
+  expect_bad(x, "rank-00000.h5: 3 block checksums, 12289 bytes need 4");
+
+  x.files[0].block_crc32 = {1, 2, 3, 4};
+  expect_bad(x, "rank-00000.h5: the block checksums do not add up to the file's crc32");
+  x.files[0].crc32 = fold_block_crc32s(x.files[0].block_crc32, 4096, x.files[0].size);
+  EXPECT_TRUE(validate_index(x, "index.json").ok());
+
+  x.files[0].block_bytes = 1000;
+  expect_bad(x, "block_bytes 1000 is not a positive multiple of 4096");
+
+  // Version 1 has whole-file checksums only, and still parses.
+  x = sample_index();
+  x.format_version = 1;
+  expect_bad(x, "block checksums need format_version 2");
+  for (FileEntry& f : x.files) {
+    f.block_bytes = 0;
+    f.block_crc32.clear();
+  }
+  const std::string v1 = index_to_json(x);
+  EXPECT_EQ(v1.find("block_crc32"), std::string::npos);
+  auto y = parse_index(v1, "/x/index.json");
+  ASSERT_TRUE(y.ok()) << y.status().to_string();
+  EXPECT_EQ(y->format_version, 1);
+  EXPECT_EQ(y->files[0].crc32, 123u);
+  EXPECT_EQ(block_count(y->files[0]), 0);
 }
 
 TEST(Index, MalformedOrForeignJsonIsBadInput) {
