@@ -13,7 +13,12 @@ namespace dstrain::runtime::hf {
 // Largest JSON text read: bounds memory before parsing an untrusted file.
 inline constexpr uint64_t kMaxJsonBytes = 100ull * 1000 * 1000;
 
+// Deepest nesting of arrays and objects accepted. Real files nest 2 to 4 levels; the limit keeps
+// nlohmann's recursive functions (dump, copy, compare) from overflowing the stack on a hostile file.
+inline constexpr int kMaxJsonDepth = 64;
+
 // Parses `text`; errors are kBadInput and start with `origin` (a file name, or "file: header").
+// Text nested deeper than kMaxJsonDepth is refused before parsing.
 base::StatusOr<nlohmann::json> parse_json_strict(const std::string& text,
                                                  const std::string& origin);
 

@@ -123,7 +123,10 @@ base::StatusOr<TensorInfo> parse_entry(const std::string& name, const json& valu
   for (const json& d : *shape) {
     if (!d.is_number_unsigned() ||
         d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return bad("shape " + shape->dump() + " has an entry that is not a non-negative integer");
+      // Names the one entry: the whole list may be megabytes long.
+      return bad("shape entry " + std::to_string(t.shape.size()) + " is " +
+                 (d.is_number() ? d.dump() : std::string("a JSON ") + d.type_name()) +
+                 ", not a non-negative integer");
     }
     t.shape.push_back(static_cast<int64_t>(d.get<uint64_t>()));
   }
@@ -218,6 +221,10 @@ base::StatusOr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   unsigned char prefix[kLengthPrefixBytes];
   RETURN_IF_ERROR(pread_full(f.fd_.get(), path, prefix, kLengthPrefixBytes, 0));
   const uint64_t header_len = decode_u64_le(prefix);
+  if (header_len < 2) {
+    return base::Status::BadInput(path + ": header length " + std::to_string(header_len) +
+                                  ", too short for a JSON object");
+  }
   if (header_len > kMaxHeaderBytes || header_len > f.file_size_ - kLengthPrefixBytes) {
     return base::Status::BadInput(
         path + ": header length " + std::to_string(header_len) + " exceeds " +

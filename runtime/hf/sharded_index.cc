@@ -44,8 +44,10 @@ base::StatusOr<std::optional<uint64_t>> parse_total_size(const json& root,
       return std::optional<uint64_t>(static_cast<uint64_t>(v));
     }
   }
-  return base::Status::BadInput(path + ": \"metadata.total_size\" is " + total->dump() +
-                                ", expected a non-negative integer");
+  return base::Status::BadInput(
+      path + ": \"metadata.total_size\" is " +
+      (total->is_number() ? total->dump() : std::string("a JSON ") + total->type_name()) +
+      ", expected a non-negative integer");
 }
 
 }  // namespace

@@ -26,5 +26,15 @@ TEST(ShippedConfigs, LoraIsTheUsageLinesLoraRun) {
   EXPECT_EQ(cfg->zero.stage, 3);
 }
 
+TEST(ShippedConfigs, TinyLoraFineTunesTheTinyExport) {
+  expect_loads("tiny-lora.toml");
+  auto cfg = load_config(std::string(DSTRAIN_SOURCE_DIR) + "/configs/tiny-lora.toml", {});
+  ASSERT_TRUE(cfg.ok());
+  EXPECT_TRUE(cfg->lora.enabled);
+  // Relative to the working directory, where its header's export command writes it.
+  EXPECT_EQ(cfg->model.hf_dir, "runs/tiny-hf");
+  EXPECT_EQ(cfg->run.device, "cpu");
+}
+
 }  // namespace
 }  // namespace dstrain::launch
