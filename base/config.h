@@ -88,6 +88,7 @@ struct OffloadConfig {
   std::string optimizer = "none";   // none | cpu | nvme
   std::string params = "none";      // none | cpu | nvme
   std::string nvme_dir;
+  double host_budget_gib = 0.0;     // optimizer = nvme: state of the first units kept in host memory
 };
 
 struct LoraConfig {
@@ -97,6 +98,7 @@ struct LoraConfig {
   double dropout = 0.0;
   std::vector<std::string> targets = {"q", "v"};  // q k v o gate up down | all-linear
   bool rslora = false;
+  std::string base_sharding = "auto";  // auto | replicated | sharded (zero.stage 3)
 };
 
 struct CheckpointConfig {

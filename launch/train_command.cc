@@ -21,8 +21,7 @@ base::Status reject_unavailable(const base::Config& cfg) {
     return base::Status::InvalidArgument(cfg.source + ": " + key + " = " + value +
                                          ": not available in this version of dstrain");
   };
-  if (cfg.offload.optimizer != "none") return refuse("offload.optimizer", "\"" + cfg.offload.optimizer + "\"");
-  if (cfg.offload.params != "none") return refuse("offload.params", "\"" + cfg.offload.params + "\"");
+  if (cfg.offload.params == "nvme") return refuse("offload.params", "\"nvme\"");
   return base::Status::Ok();
 }
 

@@ -1,5 +1,6 @@
 #include "runtime/device_memory.h"
 
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 
 namespace dstrain::runtime {
@@ -8,6 +9,11 @@ int64_t device_memory_peak_bytes(const at::Device& device) {
   if (!device.is_cuda()) return 0;
   const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
   return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+}
+
+int64_t device_memory_total_bytes(const at::Device& device) {
+  if (!device.is_cuda()) return 0;
+  return static_cast<int64_t>(at::cuda::getDeviceProperties(device.index())->totalGlobalMem);
 }
 
 }  // namespace dstrain::runtime

@@ -7,5 +7,7 @@
 namespace dstrain::runtime {
 
 int64_t device_memory_peak_bytes(const at::Device& device);
+// Total memory of the device; 0 on the CPU.
+int64_t device_memory_total_bytes(const at::Device& device);
 
 }  // namespace dstrain::runtime

@@ -1,5 +1,7 @@
 #include "runtime/trainer.h"
 
+#include <ATen/Parallel.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +20,21 @@
 
 namespace dstrain::runtime {
 namespace {
+
+// lora.base_sharding: "auto" keeps the frozen base whole on every rank when it takes at most a
+// quarter of the device's memory (always on the CPU), so stage 3 gathers only what trains.
+bool replicate_frozen_base(const std::string& mode, const base::UnitList& units,
+                           at::ScalarType dtype, const at::Device& device) {
+  if (mode != "auto") return mode == "replicated";
+  int64_t frozen = 0;
+  for (const auto& unit : units) {
+    for (const base::ParamSpec& p : unit->schema()) {
+      if (!p.trainable && p.tied_to.empty()) frozen += p.numel();
+    }
+  }
+  const int64_t total = device_memory_total_bytes(device);
+  return total == 0 || frozen * static_cast<int64_t>(c10::elementSize(dtype)) <= total / 4;
+}
 
 at::ScalarType dtype_of(const std::string& name) {
   if (name == "bf16") return at::kBFloat16;
@@ -70,13 +87,17 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   options.loss_scale_init = cfg.train.loss_scale_init;
   options.loss_scale_window = cfg.train.loss_scale_window;
   options.activation_checkpointing = cfg.train.activation_checkpointing;
+  options.offload = cfg.offload;
+  options.offload_threads = at::get_num_threads();  // the rank's intra-op threads
   const int64_t seed = cfg.run.seed;
   auto init = [seed](const base::Unit& unit, at::TensorList out) {
     return init_unit_params(unit, out, seed);
   };
   base::UnitList units = build_llama(cfg.model);
   if (cfg.lora.enabled) RETURN_IF_ERROR(apply_lora(units, cfg.lora));
+  options.replicate_frozen = replicate_frozen_base(cfg.lora.base_sharding, units, t->compute_dtype_, device);
   sharding::Communicator& engine_comm = run.engine_comm != nullptr ? *run.engine_comm : comm;
+  t->engine_comm_ = &engine_comm;
   ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(std::move(units), options, engine_comm, init));
   if (t->is_root()) {
     ASSIGN_OR_RETURN(t->metrics_, MetricsWriter::open(cfg.run.dir + "/metrics.jsonl"));
@@ -139,7 +160,10 @@ base::StatusOr<double> Trainer::evaluate() {
 base::Status Trainer::save_checkpoint(int64_t step, Progress& progress, TrainSummary& summary) {
   std::vector<checkpoint::SavedCheckpoint> committed;
   if (step >= 0) {
+    // Offloaded to NVMe, the state is paged in for the save (which copies or writes it at once).
+    RETURN_IF_ERROR(engine_->page_in_state());
     ASSIGN_OR_RETURN(committed, checkpointer_->start_save(*engine_, step));
+    RETURN_IF_ERROR(engine_->page_out_state(/*write_back=*/false));
   } else {
     ASSIGN_OR_RETURN(std::optional<checkpoint::SavedCheckpoint> last, checkpointer_->finish_pending());
     if (last) committed.push_back(std::move(*last));
@@ -159,10 +183,16 @@ base::Status Trainer::save_checkpoint(int64_t step, Progress& progress, TrainSum
 base::StatusOr<TrainSummary> Trainer::run() {
   TrainSummary summary;
   const base::TrainConfig& tc = cfg_.train;
-  ASSIGN_OR_RETURN(std::optional<std::string> resume_dir, checkpointer_->resolve_resume(resume_));
-  if (resume_dir) {
-    const auto load_start = std::chrono::steady_clock::now();
-    ASSIGN_OR_RETURN(summary.start_step, checkpointer_->load(*engine_, *resume_dir));
+  // Picks, loads and verifies in one pass; a corrupt checkpoint is skipped from inside the load,
+  // so what it returns is the checkpoint actually loaded. load_s starts once every rank is here,
+  // so it times the load rather than the ranks' head start.
+  RETURN_IF_ERROR(comm_.barrier());
+  const auto load_start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(std::optional<checkpoint::LoadedCheckpoint> loaded, checkpointer_->resume(*engine_, resume_));
+  std::optional<std::string> resume_dir;
+  if (loaded) {
+    resume_dir = loaded->dir;
+    summary.start_step = loaded->step;
     const double load_s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     summary.resumed_from = *resume_dir;
@@ -173,6 +203,7 @@ base::StatusOr<TrainSummary> Trainer::run() {
     }
   } else if (!cfg_.model.hf_dir.empty()) {
     // A fresh run from a Hugging Face checkpoint: each rank reads only the ranges it keeps.
+    RETURN_IF_ERROR(engine_->page_in_state());
     RETURN_IF_ERROR(hf_model::load_hf_weights(cfg_.model.hf_dir, *engine_));
   }
   Progress progress(summary.start_step, tc.steps, cfg_.log.progress_bar);
@@ -208,6 +239,8 @@ base::StatusOr<TrainSummary> Trainer::run() {
     }
     ASSIGN_OR_RETURN(std::vector<double> counts, sum_over_ranks(comm_, {local_targets}));
     const double global_targets = std::max(1.0, counts[0]);
+    // Waits before this point are the trainer's own (same communicator on the CPU): not counted.
+    RETURN_IF_ERROR(engine_comm_->take_wait_seconds().status());
 
     double local_ce = 0.0;
     for (size_t i = 0; i < mbs.size(); ++i) {
@@ -216,10 +249,11 @@ base::StatusOr<TrainSummary> Trainer::run() {
       local_ce += ce;
     }
     ASSIGN_OR_RETURN(sharding::StepResult result, engine_->step(lr));
+    ASSIGN_OR_RETURN(double comm_wait, engine_comm_->take_wait_seconds());
     ASSIGN_OR_RETURN(std::vector<double> ce_total, sum_over_ranks(comm_, {local_ce}));
-    // Peaks over all ranks: host RSS and device memory in one collective.
+    // Peaks over all ranks in one collective: host RSS, device memory, unhidden communication.
     at::Tensor peaks = at::tensor({static_cast<double>(host_rss_peak_bytes()),
-                                   static_cast<double>(device_memory_peak_bytes(device_))},
+                                   static_cast<double>(device_memory_peak_bytes(device_)), comm_wait},
                                   at::kDouble);
     RETURN_IF_ERROR(sharding::all_reduce_now(comm_, peaks, sharding::ReduceOp::kMax));
     const double loss = ce_total[0] / global_targets;
@@ -242,7 +276,8 @@ base::StatusOr<TrainSummary> Trainer::run() {
                              {"step_time_s", step_time},
                              {"skipped_steps", summary.skipped_steps},
                              {"gpu_mem_peak_bytes", static_cast<int64_t>(peaks[1].item<double>())},
-                             {"host_rss_peak_bytes", static_cast<int64_t>(peaks[0].item<double>())}};
+                             {"host_rss_peak_bytes", static_cast<int64_t>(peaks[0].item<double>())},
+                             {"comm_wait_s", peaks[2].item<double>()}};
       if (cfg_.train.dtype == "fp16") line["loss_scale"] = result.loss_scale;
       RETURN_IF_ERROR(metrics_->write(line));
       if ((step + 1) % cfg_.log.every == 0 || step + 1 == tc.steps) {

@@ -66,6 +66,7 @@ class Trainer {
 
   base::Config cfg_;
   sharding::Communicator& comm_;
+  sharding::Communicator* engine_comm_ = nullptr;  // the engine's collectives (comm_ on the CPU)
   at::Device device_;
   at::ScalarType compute_dtype_ = at::kFloat;
   Dataset train_;

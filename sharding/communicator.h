@@ -36,6 +36,11 @@ class Communicator {
   virtual std::unique_ptr<Work> reduce_scatter(at::Tensor full, at::Tensor shard, ReduceOp op) = 0;
   virtual std::unique_ptr<Work> broadcast(at::Tensor t, int root) = 0;
   virtual base::Status barrier() = 0;
+  // Seconds the caller's compute spent held by Work::wait() since the last call: host time
+  // blocked in wait() (MPI), or GPU time during which the caller's stream stood still at a wait
+  // (NCCL, timed with CUDA events; the call blocks until those waits are over). What
+  // communication failed to hide behind compute.
+  virtual base::StatusOr<double> take_wait_seconds() = 0;
 };
 
 // Blocking convenience: issue and wait.

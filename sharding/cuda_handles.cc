@@ -63,11 +63,18 @@ void CudaStream::reset() {
 
 base::Status CudaStream::synchronize() const { return CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
-base::StatusOr<CudaEvent> CudaEvent::create(int device) {
+base::StatusOr<CudaEvent> CudaEvent::create(int device, bool timing) {
   ASSIGN_OR_RETURN(CudaDeviceScope scope, CudaDeviceScope::enter(device));
   cudaEvent_t e = nullptr;
-  RETURN_IF_ERROR(CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)));
+  RETURN_IF_ERROR(CUDA_CHECK(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming)));
   return CudaEvent(e);
+}
+
+base::StatusOr<float> CudaEvent::elapsed_ms(const CudaEvent& start, const CudaEvent& end) {
+  RETURN_IF_ERROR(end.synchronize());
+  float ms = 0;
+  RETURN_IF_ERROR(CUDA_CHECK(cudaEventElapsedTime(&ms, start.event_, end.event_)));
+  return ms;
 }
 
 CudaEvent::CudaEvent(CudaEvent&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}

@@ -52,10 +52,13 @@ class CudaStream {
   int device_ = -1;
 };
 
-// An event without timing (cudaEventDisableTiming): the cheap kind, used only for ordering.
+// An event without timing (cudaEventDisableTiming), the cheap kind used only for ordering, or
+// with timing where `timing` asks for it.
 class CudaEvent {
  public:
-  static base::StatusOr<CudaEvent> create(int device);
+  static base::StatusOr<CudaEvent> create(int device, bool timing = false);
+  // Milliseconds between two recorded timing events; blocks until `end` has happened.
+  static base::StatusOr<float> elapsed_ms(const CudaEvent& start, const CudaEvent& end);
   CudaEvent() = default;
   ~CudaEvent();
   CudaEvent(CudaEvent&& other) noexcept;

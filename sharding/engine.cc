@@ -5,10 +5,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 
+#include "base/fs.h"
+
 #include "sharding/activation_checkpointing.h"
+#include "offload/pinned_host_allocator.h"
+#include "offload/uring_io_engine.h"
 #include "sharding/gathered_storage.h"
+#include "sharding/host_tensor.h"
 
 namespace dstrain::sharding {
 
@@ -20,8 +26,10 @@ enum class Engine::GatherState { kReleased, kGathering, kGathered };
 struct Engine::Buffer {
   FlatLayout layout;
   SplitPlan split;
-  ShardRange shard;      // this rank's range (the whole buffer at stage 0)
+  ShardRange shard;      // this rank's range of the state it holds (the whole buffer at stage 0
+                         // and for frozen buffers kept whole)
   bool trainable = false;
+  bool gathers = false;  // stage 3: `full` comes and goes (false: it is always there)
   at::Tensor full;       // compute dtype, [padded_numel]: what forward reads. Under stage 3 its
                          // memory exists only between a gather and the release after use; the
                          // tensor (and its storage object, which saved graphs reference) is permanent.
@@ -35,6 +43,11 @@ struct Engine::Buffer {
   at::Tensor mb_grad;    // stages 2, 3: this micro-batch's whole-buffer gradient until reduce-scatter
   GatherState state = GatherState::kGathered;
   std::unique_ptr<Work> gather;  // the all-gather into `full` while kGathering
+  at::Tensor upload;             // offload.params: the device copy of `shard_param` being gathered
+  at::Tensor updated;            // stages 1, 2 with the host optimizer: the updated shard, on the
+                                 // device in the compute dtype, until the all-gather
+  int nvme_shard = -1;           // offload.optimizer = nvme: its record in the state file; master
+                                 // and moments exist only while paged in
 
   bool present() const { return !layout.empty(); }
   // The slice of `grad` that matches `master`.
@@ -136,6 +149,12 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
   const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(options_.device);
   step_count_ = at::zeros({}, f32);
   loss_scale_ = options_.dynamic_loss_scale ? options_.loss_scale_init : 1.0;
+  if (optimizer_on_host() || params_on_host()) {
+    ASSIGN_OR_RETURN(std::unique_ptr<offload::HostAllocator> alloc,
+                     offload::make_host_allocator(options_.device.is_cuda()));
+    host_allocator_ = std::move(alloc);
+  }
+  int64_t max_shard = 0;  // sizes the host optimizer's staging
 
   // Where each named parameter lives, for resolving tied references.
   struct Owner { int unit; BufferKind kind; int entry; };
@@ -156,7 +175,11 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
       if (!b.present()) continue;
       b.split = split_plan(b.layout);
       b.trainable = b.layout.kind != BufferKind::kFrozen;
-      b.shard = stage == 0 ? ShardRange{0, b.layout.padded_numel} : shard_range(b.layout, comm_.rank());
+      // A frozen buffer has no optimizer state to shard: below stage 3, or replicated at stage 3,
+      // every rank holds all of it.
+      const bool whole = stage == 0 || (!b.trainable && (stage < 3 || options_.replicate_frozen));
+      b.gathers = stage == 3 && !whole;
+      b.shard = whole ? ShardRange{0, b.layout.padded_numel} : shard_range(b.layout, comm_.rank());
 
       at::Tensor flat = at::zeros({b.layout.padded_numel}, at::kFloat);
       for (int e = 0; e < static_cast<int>(b.layout.entries.size()); ++e) {
@@ -165,24 +188,35 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
         owners[entry.name] = {u, static_cast<BufferKind>(k), e};
       }
       flat = flat.to(f32);
-      if (stage == 3) {
-        init_stage3_buffer(b, flat);
+      if (b.trainable) max_shard = std::max(max_shard, b.shard.numel());
+      if (b.gathers) {
+        RETURN_IF_ERROR(init_stage3_buffer(b, flat));
         continue;
       }
       if (!b.trainable) {
         b.full = flat.to(options_.compute_dtype);  // frozen: compute dtype only, no master
         continue;
       }
-      if (options_.compute_dtype == at::kFloat) {
+      const at::Tensor mine = flat.narrow(0, b.shard.begin, b.shard.numel());
+      b.grad = stage == 2 ? at::zeros({b.shard.numel()}, f32) : at::zeros({b.layout.padded_numel}, f32);
+      if (optimizer_on_nvme()) {
+        b.full = flat.to(options_.compute_dtype);
+        RETURN_IF_ERROR(store_initial_nvme_state(b, mine));
+        continue;
+      }
+      if (optimizer_on_host()) {
+        b.full = flat.to(options_.compute_dtype);
+        ASSIGN_OR_RETURN(b.master, optimizer_tensor(b.shard.numel()));
+        b.master.copy_(mine);
+      } else if (options_.compute_dtype == at::kFloat) {
         b.full = flat;
         b.master = stage == 0 ? b.full : b.full.narrow(0, b.shard.begin, b.shard.numel());
       } else {
         b.full = flat.to(options_.compute_dtype);
-        b.master = flat.narrow(0, b.shard.begin, b.shard.numel()).clone();
+        b.master = mine.clone();
       }
-      b.exp_avg = at::zeros_like(b.master);
-      b.exp_avg_sq = at::zeros_like(b.master);
-      b.grad = stage == 2 ? at::zeros({b.shard.numel()}, f32) : at::zeros({b.layout.padded_numel}, f32);
+      ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.master.numel()));
+      ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.master.numel()));
     }
     for (Buffer& b : st->buffers) {
       if (b.present()) st->uses.push_back(&b);
@@ -209,39 +243,117 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
     for (const Buffer& b : state_[u - 1]->buffers) trainable = trainable || (b.present() && b.trainable);
     trainable_before_[u] = trainable_before_[u - 1] || trainable;
   }
+  if (optimizer_on_host()) {
+    ASSIGN_OR_RETURN(host_optimizer_, HostOptimizer::create(host_allocator_, max_shard,
+                                                            options_.compute_dtype,
+                                                            options_.offload_threads));
+  }
   return base::Status::Ok();
 }
 
-void Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
+base::StatusOr<at::Tensor> Engine::optimizer_tensor(int64_t numel) {
+  if (optimizer_on_host()) return host_tensor(host_allocator_, numel, at::kFloat);
+  return at::zeros({numel}, at::TensorOptions().dtype(at::kFloat).device(options_.device));
+}
+
+base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
   const at::Tensor mine = flat.narrow(0, b.shard.begin, b.shard.numel());
   b.full = at::empty({b.layout.padded_numel}, flat.options().dtype(options_.compute_dtype));
   release_storage(b.full);
   b.state = GatherState::kReleased;
-  b.shard_param = mine.to(options_.compute_dtype, /*non_blocking=*/false, /*copy=*/true);
-  if (!b.trainable) return;  // frozen: the compute-dtype shard only, no master
-  b.master = options_.compute_dtype == at::kFloat ? b.shard_param : mine.clone();
-  b.exp_avg = at::zeros_like(b.master);
-  b.exp_avg_sq = at::zeros_like(b.master);
-  b.grad = at::zeros({b.shard.numel()}, b.master.options());
+  if (params_on_host()) {
+    ASSIGN_OR_RETURN(b.shard_param, host_tensor(host_allocator_, b.shard.numel(), options_.compute_dtype));
+    b.shard_param.copy_(mine);
+  } else {
+    b.shard_param = mine.to(options_.compute_dtype, /*non_blocking=*/false, /*copy=*/true);
+  }
+  if (!b.trainable) return base::Status::Ok();  // frozen: the compute-dtype shard only, no master
+  b.grad = at::zeros({b.shard.numel()}, flat.options());
+  if (optimizer_on_nvme()) return store_initial_nvme_state(b, mine);
+  // The master may alias the shard only where both live: fp32, and on the same side.
+  if (options_.compute_dtype == at::kFloat && optimizer_on_host() == params_on_host()) {
+    b.master = b.shard_param;
+  } else {
+    ASSIGN_OR_RETURN(b.master, optimizer_tensor(b.shard.numel()));
+    b.master.copy_(mine);
+  }
+  ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.shard.numel()));
+  ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.shard.numel()));
+  return base::Status::Ok();
+}
+
+base::Status Engine::store_initial_nvme_state(Buffer& b, const at::Tensor& mine) {
+  if (!nvme_state_) RETURN_IF_ERROR(create_nvme_state());
+  b.nvme_shard = nvme_shard_of_[next_trainable_++];
+  if (b.nvme_shard < 0) {  // within offload.host_budget_gib: host memory, as offload.optimizer = cpu
+    ASSIGN_OR_RETURN(b.master, optimizer_tensor(b.shard.numel()));
+    b.master.copy_(mine);
+    ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.shard.numel()));
+    ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.shard.numel()));
+    return base::Status::Ok();
+  }
+  const at::Tensor master = mine.to(at::kCPU, at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  const at::Tensor zeros = at::zeros_like(master);
+  return nvme_state_->write(b.nvme_shard, {master, zeros, zeros});
+}
+
+base::Status Engine::create_nvme_state() {
+  // Every trainable shard in the order init_storage meets them: the first ones stay in host
+  // memory while offload.host_budget_gib lasts (fp32 master and two moments: 12 bytes each).
+  std::vector<int64_t> numels;
+  double budget = options_.offload.host_budget_gib * (1 << 30);
+  for (const auto& unit : units_) {
+    for (int k = 0; k < kNumBufferKinds; ++k) {
+      const FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), comm_.size());
+      if (layout.empty() || layout.kind == BufferKind::kFrozen) continue;
+      const int64_t n = options_.zero.stage == 0 ? layout.padded_numel
+                                                 : shard_range(layout, comm_.rank()).numel();
+      const double bytes = 12.0 * static_cast<double>(n);
+      if (bytes <= budget) {
+        budget -= bytes;
+        nvme_shard_of_.push_back(-1);
+      } else {
+        nvme_shard_of_.push_back(static_cast<int>(numels.size()));
+        numels.push_back(n);
+      }
+    }
+  }
+  RETURN_IF_ERROR(base::make_dirs(options_.offload.nvme_dir).with_context("offload.nvme_dir"));
+  char name[32];
+  std::snprintf(name, sizeof(name), "/optimizer-rank%05d.bin", comm_.rank());
+  offload::IoOptions io_options;
+  auto io = offload::make_uring_io_engine(io_options);
+  if (!io.ok()) return io.status().with_context("offload.optimizer = nvme");
+  ASSIGN_OR_RETURN(nvme_state_, NvmeStateFile::create(options_.offload.nvme_dir + name, numels,
+                                                      host_allocator_, /*slots=*/4, std::move(*io)));
+  return base::Status::Ok();
 }
 
 base::Status Engine::transition(Buffer& b, GatherState to) {
-  if (b.state == to) return base::Status::Ok();
+  if (!b.gathers || b.state == to) return base::Status::Ok();
   switch (to) {
     case GatherState::kGathering:
       if (b.state == GatherState::kGathered) return base::Status::Ok();  // nothing to fetch
       // Fresh memory for the same storage object; the gather writes it through a raw pointer.
       allocate_storage(b.full, static_cast<size_t>(b.full.numel() * b.full.element_size()));
-      b.gather = comm_.all_gather(b.shard_param, b.full);
+      if (params_on_host()) {
+        // Pinned memory: the upload is queued on the current stream, which the gather follows.
+        b.upload = b.shard_param.to(options_.device, /*non_blocking=*/true);
+        b.gather = comm_.all_gather(b.upload, b.full);
+      } else {
+        b.gather = comm_.all_gather(b.shard_param, b.full);
+      }
       break;
     case GatherState::kGathered:
       if (b.state == GatherState::kReleased) RETURN_IF_ERROR(transition(b, GatherState::kGathering));
       RETURN_IF_ERROR(b.gather->wait());
       b.gather.reset();
+      b.upload.reset();
       break;
     case GatherState::kReleased:
       if (b.gather) RETURN_IF_ERROR(b.gather->wait());  // the collective still writes into it
       b.gather.reset();
+      b.upload.reset();
       release_storage(b.full);
       break;
   }
@@ -434,13 +546,14 @@ base::Status Engine::start_reduction(int u) {
   return base::Status::Ok();
 }
 
-base::Status Engine::finish_reductions() {
+base::Status Engine::finish_reductions(size_t keep) {
   base::Status first;
-  for (auto& w : pending_) {
-    base::Status st = w->wait();
+  const size_t done = pending_.size() > keep ? pending_.size() - keep : 0;
+  for (size_t i = 0; i < done; ++i) {
+    base::Status st = pending_[i]->wait();
     if (first.ok() && !st.ok()) first = st;
   }
-  pending_.clear();
+  pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
   return first;
 }
 
@@ -466,6 +579,9 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
       RETURN_IF_ERROR(gather(u));
       at::Tensor grad_in;
       RETURN_IF_ERROR(backward_unit(u, runs, grad, mb.ctx, &grad_in, reduce_now));
+      // Fold in the reductions of earlier units as backward goes on, so each unit's gradient
+      // buffers are freed soon after its reduce-scatter rather than at the end of the step.
+      if (options_.zero.stage >= 2) RETURN_IF_ERROR(finish_reductions(kReductionsInFlight));
       RETURN_IF_ERROR(release(u, issued, u - 1));
       grad = grad_in;
     }
@@ -504,28 +620,13 @@ base::StatusOr<StepResult> Engine::step(double lr) {
     if (!result.skipped) {
       const double clip = options_.optim.grad_clip;
       const double clip_coef = (clip > 0 && norm > clip) ? clip / (norm + 1e-6) : 1.0;
-      // _fused_adamw_ divides each gradient by grad_scale: unscaling and clipping in one pass.
-      at::Tensor grad_scale = at::full({}, loss_scale_ / clip_coef, step_count_.options());
-      step_count_ += 1;  // _fused_adamw_ reads the step; the caller advances it
-      const int64_t stage = options_.zero.stage;
-      for (int kind : {static_cast<int>(BufferKind::kDecay), static_cast<int>(BufferKind::kNoDecay)}) {
-        std::vector<at::Tensor> params, grads, m, v, steps;
-        for (auto& st : state_) {
-          Buffer& b = st->buffers[kind];
-          if (!b.present()) continue;
-          params.push_back(b.master);
-          grads.push_back(b.master_grad(stage));
-          m.push_back(b.exp_avg);
-          v.push_back(b.exp_avg_sq);
-          steps.push_back(step_count_);
-        }
-        if (params.empty()) continue;
-        const double wd = kind == static_cast<int>(BufferKind::kDecay) ? options_.optim.weight_decay : 0.0;
-        at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr,
-                          options_.optim.beta1, options_.optim.beta2, wd, options_.optim.eps,
-                          /*amsgrad=*/false, /*maximize=*/false, grad_scale, /*found_inf=*/{});
+      // Both optimizers divide each gradient by grad_scale: unscaling and clipping in one pass.
+      step_count_ += 1;  // the optimizers read the step; the caller advances it
+      if (host_optimizer_) {
+        RETURN_IF_ERROR(host_step(lr, loss_scale_ / clip_coef));
+      } else {
+        RETURN_IF_ERROR(device_step(lr, loss_scale_ / clip_coef));
       }
-      RETURN_IF_ERROR(refresh_compute_params());
     }
     if (options_.dynamic_loss_scale) {
       if (result.skipped) {
@@ -547,7 +648,69 @@ base::StatusOr<StepResult> Engine::step(double lr) {
   return result;
 }
 
-base::Status Engine::refresh_compute_params() {
+base::Status Engine::device_step(double lr, double grad_scale_value) {
+  // _fused_adamw_ divides each gradient by grad_scale: unscaling and clipping in one pass.
+  at::Tensor grad_scale = at::full({}, grad_scale_value, step_count_.options());
+  const int64_t stage = options_.zero.stage;
+  for (int kind : {static_cast<int>(BufferKind::kDecay), static_cast<int>(BufferKind::kNoDecay)}) {
+    std::vector<at::Tensor> params, grads, m, v, steps;
+    for (auto& st : state_) {
+      Buffer& b = st->buffers[kind];
+      if (!b.present()) continue;
+      params.push_back(b.master);
+      grads.push_back(b.master_grad(stage));
+      m.push_back(b.exp_avg);
+      v.push_back(b.exp_avg_sq);
+      steps.push_back(step_count_);
+    }
+    if (params.empty()) continue;
+    const double wd = kind == static_cast<int>(BufferKind::kDecay) ? options_.optim.weight_decay : 0.0;
+    at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr,
+                      options_.optim.beta1, options_.optim.beta2, wd, options_.optim.eps,
+                      /*amsgrad=*/false, /*maximize=*/false, grad_scale, /*found_inf=*/{});
+  }
+  return refresh_compute_params();
+}
+
+base::Status Engine::host_step(double lr, double grad_scale) {
+  const int64_t stage = options_.zero.stage;
+  offload::AdamWHyper hyper;
+  hyper.lr = lr;
+  hyper.beta1 = options_.optim.beta1;
+  hyper.beta2 = options_.optim.beta2;
+  hyper.eps = options_.optim.eps;
+  hyper.step = static_cast<int64_t>(step_count_.item<double>());
+  hyper.grad_scale = grad_scale;
+  // Unit order, so the pipeline's first download starts with the first unit.
+  std::vector<HostShard> shards;
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (!b.present() || !b.trainable) continue;
+      HostShard s;
+      s.grad = b.master_grad(stage);
+      s.master = b.master;  // undefined under nvme: the optimizer pages it in
+      s.exp_avg = b.exp_avg;
+      s.exp_avg_sq = b.exp_avg_sq;
+      s.nvme_shard = b.nvme_shard;
+      // The update writes the compute-dtype parameters where the next forward needs them:
+      // the shard (stage 3), the whole buffer (stage 0), or a device shard to all-gather.
+      if (stage == 3) {
+        s.out = b.shard_param;
+      } else if (stage == 0) {
+        s.out = b.full;
+      } else {
+        b.updated = at::empty({b.shard.numel()}, b.full.options());
+        s.out = b.updated;
+      }
+      s.weight_decay = b.layout.kind == BufferKind::kDecay ? options_.optim.weight_decay : 0.0;
+      shards.push_back(std::move(s));
+    }
+  }
+  RETURN_IF_ERROR(host_optimizer_->step(shards, hyper, nvme_state_.get()));
+  return refresh_compute_params(/*after_host_step=*/true);
+}
+
+base::Status Engine::refresh_compute_params(bool after_host_step) {
   const int64_t stage = options_.zero.stage;
   std::vector<std::unique_ptr<Work>> gathers;
   std::vector<at::Tensor> keep_alive;
@@ -555,16 +718,19 @@ base::Status Engine::refresh_compute_params() {
     for (Buffer& b : st->buffers) {
       if (!b.present() || !b.trainable) continue;
       if (stage == 0) {
-        if (!b.master.is_same(b.full)) b.full.copy_(b.master);
+        if (!after_host_step && !b.master.is_same(b.full)) b.full.copy_(b.master);
         continue;
       }
       if (stage == 3) {
-        // The next forward gathers from the compute-dtype shard.
-        if (!b.master.is_same(b.shard_param)) b.shard_param.copy_(b.master);
+        // The next forward gathers from the compute-dtype shard (which the host optimizer has
+        // written already).
+        if (!after_host_step && !b.master.is_same(b.shard_param)) b.shard_param.copy_(b.master);
         continue;
       }
-      // The shard may alias `full` (fp32), and a gather's input must not overlap its output.
-      at::Tensor shard = b.master.to(b.full.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+      // The shard may alias `full` (fp32), and a gather's input must not overlap its output. A
+      // host master goes up to the device here.
+      at::Tensor shard = after_host_step ? std::move(b.updated)
+                                         : b.master.to(b.full.options(), /*non_blocking=*/false, /*copy=*/true);
       keep_alive.push_back(shard);
       gathers.push_back(comm_.all_gather(shard, b.full));
     }
@@ -586,18 +752,21 @@ base::StatusOr<double> Engine::eval_loss_sum(const MicroBatch& mb) {
 
 base::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> Engine::full_parameters() {
   std::vector<std::pair<std::string, at::Tensor>> out;
+  RETURN_IF_ERROR(page_in_state());  // the fp32 masters, wherever they live
   try {
     for (auto& st : state_) {
       for (Buffer& b : st->buffers) {
         if (!b.present()) continue;
         at::Tensor full;
-        if (options_.zero.stage == 0 || (!b.trainable && options_.zero.stage < 3)) {
+        if (options_.zero.stage == 0 || (!b.trainable && !b.gathers)) {
           full = b.trainable ? b.master : b.full;
         } else {
           // Frozen buffers under stage 3 exist only as compute-dtype shards.
-          const at::Tensor& mine = b.trainable ? b.master : b.shard_param;
+          // On the device, wherever the offload tiers keep it.
+          const at::Tensor mine = (b.trainable ? b.master : b.shard_param)
+                                      .to(options_.device, /*non_blocking=*/false, /*copy=*/true);
           full = at::empty({b.layout.padded_numel}, mine.options());
-          RETURN_IF_ERROR(comm_.all_gather(mine.contiguous().clone(), full)->wait());
+          RETURN_IF_ERROR(comm_.all_gather(mine, full)->wait());
         }
         full = full.to(at::kFloat).cpu();
         for (const FlatEntry& e : b.layout.entries) {
@@ -608,6 +777,7 @@ base::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> Engine::full_par
   } catch (const std::exception& e) {
     return torch_error(e, "gathering parameters");
   }
+  RETURN_IF_ERROR(page_out_state(/*write_back=*/false));
   return out;
 }
 
@@ -643,14 +813,14 @@ std::vector<StateSlice> Engine::state_slices(bool owned_only) {
       if (!b.present()) continue;
       // The elements of the buffer this rank's tensors hold, and where `base` starts in it.
       const ShardRange range = owned_only ? shard_range(b.layout, comm_.rank()) : b.shard;
-      const bool whole = stage == 0 || (!b.trainable && stage < 3);  // tensors span the buffer
+      const bool whole = stage == 0 || (!b.trainable && !b.gathers);  // tensors span the buffer
       const int64_t base_offset = whole ? 0 : b.shard.begin;
       std::vector<std::pair<StateKind, at::Tensor>> tensors;
       if (b.trainable) {
         tensors = {{StateKind::kParam, b.master}, {StateKind::kExpAvg, b.exp_avg},
                    {StateKind::kExpAvgSq, b.exp_avg_sq}};
       } else {
-        tensors = {{StateKind::kParam, stage == 3 ? b.shard_param : b.full}};
+        tensors = {{StateKind::kParam, b.gathers ? b.shard_param : b.full}};
       }
       for (const FlatEntry& e : b.layout.entries) {
         const EntrySlice piece = entry_slice(e, range);
@@ -677,10 +847,40 @@ void Engine::set_scalars(const EngineScalars& s) {
 
 base::Status Engine::finish_load() {
   try {
-    return refresh_compute_params();
+    RETURN_IF_ERROR(refresh_compute_params());
   } catch (const std::exception& e) {
     return torch_error(e, "loading state");
   }
+  return page_out_state(/*write_back=*/true);
+}
+
+base::Status Engine::page_in_state() {
+  if (!nvme_state_) return base::Status::Ok();
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (b.nvme_shard < 0 || b.master.defined()) continue;
+      const int64_t n = nvme_state_->numel(b.nvme_shard);
+      b.master = at::empty({n}, at::kFloat);
+      b.exp_avg = at::empty({n}, at::kFloat);
+      b.exp_avg_sq = at::empty({n}, at::kFloat);
+      RETURN_IF_ERROR(nvme_state_->read(b.nvme_shard, {b.master, b.exp_avg, b.exp_avg_sq}));
+    }
+  }
+  return base::Status::Ok();
+}
+
+base::Status Engine::page_out_state(bool write_back) {
+  if (!nvme_state_) return base::Status::Ok();
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (b.nvme_shard < 0 || !b.master.defined()) continue;
+      if (write_back) {
+        RETURN_IF_ERROR(nvme_state_->write(b.nvme_shard, {b.master, b.exp_avg, b.exp_avg_sq}));
+      }
+      b.master = b.exp_avg = b.exp_avg_sq = at::Tensor();
+    }
+  }
+  return base::Status::Ok();
 }
 
 int64_t Engine::optimizer_state_numel() const {

@@ -25,6 +25,8 @@
 #include "base/unit.h"
 #include "sharding/communicator.h"
 #include "sharding/flat_layout.h"
+#include "sharding/host_optimizer.h"
+#include "sharding/nvme_state.h"
 
 namespace dstrain::sharding {
 
@@ -40,6 +42,14 @@ struct EngineOptions {
   double loss_scale_init = 65536.0;
   int64_t loss_scale_window = 1000;
   std::string activation_checkpointing = "none";  // none | full | selective
+  // offload.optimizer = cpu keeps fp32 masters and AdamW moments in host memory (pinned on GPU
+  // machines) and updates them with the CPU AdamW; offload.params = cpu (stage 3) keeps the
+  // parameter shards there too, uploaded before each gather.
+  base::OffloadConfig offload;
+  int offload_threads = 0;  // CPU AdamW threads; 0: all
+  // Stage 3: frozen buffers (a LoRA base) stay whole on every rank, never gathered or released,
+  // so a LoRA step moves only the adapters' bytes (lora.base_sharding).
+  bool replicate_frozen = false;
 };
 
 struct MicroBatch {
@@ -110,8 +120,14 @@ class Engine {
   EngineScalars scalars() const;
   void set_scalars(const EngineScalars& s);
   // After writing loaded values through state_slices(false): refresh the compute parameters
-  // from the masters (collective at stages 1 and 2: call on every rank).
+  // from the masters (collective at stages 1 and 2: call on every rank). Under
+  // offload.optimizer = nvme it also writes the paged-in state back and drops it.
   base::Status finish_load();
+  // offload.optimizer = nvme keeps the optimizer state in a file: page_in_state() reads all of
+  // this rank's into host memory, so state_slices() can show it, until page_out_state() drops it
+  // (writing it back first when `write_back`). No-ops for the other tiers.
+  base::Status page_in_state();
+  base::Status page_out_state(bool write_back);
   // Elements of full (gathered) parameter storage this rank holds right now.
   int64_t local_parameter_numel() const;
 
@@ -122,7 +138,7 @@ class Engine {
   enum class GatherState;
   Engine(base::UnitList units, const EngineOptions& options, Communicator& comm);
   base::Status init_storage(const ParamInitFn& init);
-  void init_stage3_buffer(Buffer& b, const at::Tensor& flat);
+  base::Status init_stage3_buffer(Buffer& b, const at::Tensor& flat);
   // Stage 3: the one place where a buffer's full storage is allocated, gathered or released.
   base::Status transition(Buffer& b, GatherState to);
   // Stage 3 (no-ops below): issue the gathers of unit u's buffers (tied owners' included), wait
@@ -143,9 +159,29 @@ class Engine {
   base::Status backward_unit(int unit, std::vector<UnitRun>& runs, const at::Tensor& grad_out,
                              const base::StepContext& ctx, at::Tensor* grad_in, bool reduce_now);
   base::Status start_reduction(int unit);
-  base::Status finish_reductions();
+  // Waits for the reductions in flight (all but the newest `keep`) and folds them in. Under NCCL
+  // a wait only orders the compute stream after the collective, so this never blocks the host.
+  base::Status finish_reductions(size_t keep = 0);
+  // Stages 2 and 3: gradient reductions (one per trainable buffer) left in flight while backward
+  // goes on: a few units' worth, enough to overlap, few enough to bound the memory.
+  static constexpr size_t kReductionsInFlight = 4;
   base::StatusOr<double> grad_norm_squared();
-  base::Status refresh_compute_params();
+  // After the host optimizer (which writes stage-3 shards itself) or after a load.
+  base::Status refresh_compute_params(bool after_host_step = false);
+  // AdamW with gradients divided by grad_scale: fused on the device, or on host-resident state
+  // (offload.optimizer = cpu). Both refresh the compute parameters.
+  base::Status device_step(double lr, double grad_scale);
+  base::Status host_step(double lr, double grad_scale);
+  // fp32 optimizer state of `numel` elements: host memory when offloaded, else the device.
+  base::StatusOr<at::Tensor> optimizer_tensor(int64_t numel);
+  bool optimizer_on_host() const { return options_.offload.optimizer != "none"; }
+  bool optimizer_on_nvme() const { return options_.offload.optimizer == "nvme"; }
+  // Creates the NVMe state file sized for every trainable shard (offload.optimizer = nvme).
+  base::Status create_nvme_state();
+  // Places the next trainable buffer's optimizer state: its record of the state file, holding
+  // `mine` (its initial master shard) and zero moments, or host memory within the budget.
+  base::Status store_initial_nvme_state(Buffer& b, const at::Tensor& mine);
+  bool params_on_host() const { return options_.offload.params != "none"; }
   int64_t count_parameters(bool trainable_only) const;
 
   base::UnitList units_;
@@ -155,6 +191,11 @@ class Engine {
   std::vector<bool> trainable_before_;  // per unit: does any earlier unit have trainable params?
   std::vector<bool> recompute_;         // per unit: activation checkpointing recomputes it
   std::vector<std::unique_ptr<Work>> pending_;  // gradient reductions in flight
+  std::shared_ptr<offload::HostAllocator> host_allocator_;  // offload tiers only
+  std::unique_ptr<HostOptimizer> host_optimizer_;
+  std::unique_ptr<NvmeStateFile> nvme_state_;  // offload.optimizer = nvme
+  std::vector<int> nvme_shard_of_;  // per trainable buffer in init order: record, or -1 (host)
+  int next_trainable_ = 0;
   at::Tensor step_count_;                        // AdamW step (float scalar, as _fused_adamw_ wants)
   double loss_scale_ = 1.0;
   int64_t good_steps_ = 0;

@@ -1,5 +1,6 @@
 #include "sharding/mpi_communicator.h"
 
+#include <chrono>
 #include <exception>
 #include <future>
 #include <limits>
@@ -74,11 +75,19 @@ struct MpiCommunicator::Task {
 namespace {
 class FutureWork final : public Work {
  public:
-  explicit FutureWork(std::future<base::Status> f) : f_(std::move(f)) {}
-  base::Status wait() override { return f_.get(); }
+  FutureWork(std::future<base::Status> f, std::shared_ptr<std::atomic<int64_t>> waited_ns)
+      : f_(std::move(f)), waited_ns_(std::move(waited_ns)) {}
+  base::Status wait() override {
+    const auto start = std::chrono::steady_clock::now();
+    base::Status st = f_.get();
+    *waited_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::steady_clock::now() - start).count();
+    return st;
+  }
 
  private:
   std::future<base::Status> f_;
+  std::shared_ptr<std::atomic<int64_t>> waited_ns_;
 };
 }  // namespace
 
@@ -155,7 +164,7 @@ std::unique_ptr<Work> MpiCommunicator::enqueue(std::string what, std::function<b
     queue_.push_back(std::move(task));
   }
   cv_.notify_one();
-  return std::make_unique<FutureWork>(std::move(f));
+  return std::make_unique<FutureWork>(std::move(f), waited_ns_);
 }
 
 std::unique_ptr<Work> MpiCommunicator::all_reduce(at::Tensor t, ReduceOp op) {
@@ -218,6 +227,10 @@ std::unique_ptr<Work> MpiCommunicator::broadcast(at::Tensor t, int root) {
 
 base::Status MpiCommunicator::barrier() {
   return enqueue("barrier", [this]() { return MPI_CHECK(MPI_Barrier(comm_)); })->wait();
+}
+
+base::StatusOr<double> MpiCommunicator::take_wait_seconds() {
+  return static_cast<double>(waited_ns_->exchange(0)) * 1e-9;
 }
 
 }  // namespace dstrain::sharding

@@ -4,6 +4,7 @@
 // collectives in issue order with blocking calls; the training thread keeps computing meanwhile.
 #include <mpi.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -34,6 +35,7 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<Work> reduce_scatter(at::Tensor full, at::Tensor shard, ReduceOp op) override;
   std::unique_ptr<Work> broadcast(at::Tensor t, int root) override;
   base::Status barrier() override;
+  base::StatusOr<double> take_wait_seconds() override;
 
  private:
   struct Task;
@@ -50,6 +52,8 @@ class MpiCommunicator final : public Communicator {
   std::deque<std::shared_ptr<Task>> queue_;
   bool stopping_ = false;
   std::thread thread_;
+  // Nanoseconds callers spent blocked in wait(); shared with Works that may outlive us.
+  std::shared_ptr<std::atomic<int64_t>> waited_ns_ = std::make_shared<std::atomic<int64_t>>(0);
 };
 
 }  // namespace dstrain::sharding

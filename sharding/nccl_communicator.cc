@@ -63,14 +63,23 @@ class ReadyWork final : public Work {
 // with the communicator's in-flight list, so a Work may outlive the communicator.
 class NcclWork final : public Work {
  public:
-  NcclWork(std::shared_ptr<const CudaEvent> done, int device, std::string what)
-      : done_(std::move(done)), device_(device), what_(std::move(what)) {}
-  // Orders the caller's current stream (of the communicator's device) after the operation.
+  NcclWork(std::shared_ptr<const CudaEvent> done, int device, std::string what,
+           std::shared_ptr<NcclCommunicator::WaitLog> log)
+      : done_(std::move(done)), device_(device), what_(std::move(what)), log_(std::move(log)) {}
+  // Orders the caller's current stream (of the communicator's device) after the operation,
+  // between two timing events: the time between them is how long the stream stood still.
   base::Status wait() override {
-    base::Status st = torch_guarded([this] {
+    base::Status st = torch_guarded([this]() -> base::Status {
       const cudaStream_t current =
           at::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
-      return done_->make_wait(current);
+      ASSIGN_OR_RETURN(CudaEvent before, CudaEvent::create(device_, /*timing=*/true));
+      ASSIGN_OR_RETURN(CudaEvent after, CudaEvent::create(device_, /*timing=*/true));
+      RETURN_IF_ERROR(before.record(current));
+      RETURN_IF_ERROR(done_->make_wait(current));
+      RETURN_IF_ERROR(after.record(current));
+      std::lock_guard<std::mutex> lock(log_->mu);
+      log_->waits.emplace_back(std::move(before), std::move(after));
+      return base::Status::Ok();
     });
     return st.with_context(what_);
   }
@@ -79,6 +88,7 @@ class NcclWork final : public Work {
   std::shared_ptr<const CudaEvent> done_;
   int device_;
   std::string what_;
+  std::shared_ptr<NcclCommunicator::WaitLog> log_;
 };
 
 }  // namespace
@@ -303,7 +313,7 @@ std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, const char* what,
     // Held until the device is done, so the caching allocator cannot reuse the memory early
     // even if the caller drops its references now.
     l.in_flight.push_back({done, std::move(tensors)});
-    work = std::make_unique<NcclWork>(std::move(done), device_, tag);
+    work = std::make_unique<NcclWork>(std::move(done), device_, tag, wait_log_);
     return base::Status::Ok();
   });
   if (!st.ok()) return std::make_unique<ReadyWork>(st.with_context(tag));
@@ -406,6 +416,20 @@ base::StatusOr<std::string> nccl_version_string() {
   const int minor = code >= 10000 ? code / 100 % 100 : code / 100 % 10;
   const int patch = code % 100;
   return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
+}
+
+base::StatusOr<double> NcclCommunicator::take_wait_seconds() {
+  std::vector<std::pair<CudaEvent, CudaEvent>> waits;
+  {
+    std::lock_guard<std::mutex> lock(wait_log_->mu);
+    waits.swap(wait_log_->waits);
+  }
+  double ms = 0;
+  for (const auto& [before, after] : waits) {
+    ASSIGN_OR_RETURN(float span, CudaEvent::elapsed_ms(before, after));
+    ms += span;
+  }
+  return ms * 1e-3;
 }
 
 }  // namespace dstrain::sharding

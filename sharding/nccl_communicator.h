@@ -29,6 +29,8 @@
 #include <nccl.h>
 
 #include <array>
+#include <mutex>
+#include <utility>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -99,6 +101,13 @@ class NcclCommunicator final : public Communicator {
   // host synchronisation of every lane: when it returns, all collectives this rank issued so far
   // are complete.
   base::Status barrier() override;
+  base::StatusOr<double> take_wait_seconds() override;
+
+  // Timing events around each Work::wait() on the caller's stream, not yet read.
+  struct WaitLog {
+    std::mutex mu;
+    std::vector<std::pair<CudaEvent, CudaEvent>> waits;
+  };
 
   // Polls every communicator for an asynchronous error; host-only and non-blocking, so a
   // watchdog can call it between steps and abort() on an error or a timeout.
@@ -144,6 +153,7 @@ class NcclCommunicator final : public Communicator {
   bool aborted_ = false;
   uint64_t sequence_ = 0;  // operations issued, for error messages
   std::array<Lane, kLanes> lanes_;
+  std::shared_ptr<WaitLog> wait_log_ = std::make_shared<WaitLog>();  // shared with Works
 };
 
 }  // namespace dstrain::sharding

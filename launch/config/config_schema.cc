@@ -123,8 +123,12 @@ std::vector<KeySpec> build_schema() {
       choice(DSTRAIN_KEY(offload.optimizer), offload_modes,
              "where optimizer state lives between steps"),
       choice(DSTRAIN_KEY(offload.params), offload_modes,
-             "where parameter shards live between uses; not none requires zero.stage = 3"),
+             "where parameter shards live between uses; not none requires zero.stage = 3 and an "
+             "offloaded optimizer"),
       text(DSTRAIN_KEY(offload.nvme_dir), "directory for nvme offload files; required by nvme"),
+      number(DSTRAIN_KEY(offload.host_budget_gib), at_least(0),
+             "optimizer = nvme: GiB of host memory per rank for optimizer state; units that fit "
+             "stay in host memory, the rest go to NVMe"),
 
       flag(DSTRAIN_KEY(lora.enabled), "train low-rank adapters instead of all weights"),
       number(DSTRAIN_KEY(lora.rank), at_least(1), "rank r of each adapter"),
@@ -134,6 +138,9 @@ std::vector<KeySpec> build_schema() {
       choice(DSTRAIN_KEY(lora.targets), {"q", "k", "v", "o", "gate", "up", "down", "all-linear"},
              "projections that get adapters; not empty when lora.enabled"),
       flag(DSTRAIN_KEY(lora.rslora), "rank-stabilised scaling alpha / sqrt(r)"),
+      choice(DSTRAIN_KEY(lora.base_sharding), {"auto", "replicated", "sharded"},
+             "zero.stage 3: frozen base weights whole on every rank (no gathers) or sharded like "
+             "the rest; auto: replicated when they take at most a quarter of device memory"),
 
       flag(DSTRAIN_KEY(checkpoint.enabled), "false: write no checkpoints at all (benchmarks)"),
       number(DSTRAIN_KEY(checkpoint.every), at_least(0),

@@ -115,6 +115,13 @@ base::Status check_offload(const base::Config& cfg, const KeyOrigins& origins) {
                 "offload.params other than \"none\" requires zero.stage = 3, got " +
                     show(cfg, "offload.params") + ", " + show(cfg, "zero.stage"));
   }
+  // The optimizer updates the parameter shards where they live: offloaded parameters need an
+  // offloaded optimizer.
+  if (cfg.offload.params != "none" && cfg.offload.optimizer == "none") {
+    return fail(cfg, origins, {"offload.params", "offload.optimizer"},
+                "offload.params other than \"none\" requires offload.optimizer other than \"none\", got " +
+                    show(cfg, "offload.params") + ", " + show(cfg, "offload.optimizer"));
+  }
   const std::pair<std::string_view, const std::string*> modes[] = {
       {"offload.optimizer", &cfg.offload.optimizer}, {"offload.params", &cfg.offload.params}};
   for (const auto& [key, mode] : modes) {

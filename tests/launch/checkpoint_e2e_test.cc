@@ -1,7 +1,8 @@
 // Checkpoints end to end, under mpirun: resume bit-identically at the same world size, resume at
 // other world sizes and stages, fall back past a corrupt checkpoint, refuse an explicit corrupt
 // one with exit 3, survive a rank killed mid-save, save asynchronously to the same bytes, and let
-// plain h5py read a named tensor through the index.
+// plain h5py read a named tensor through the index. Damage is found while loading: a bad block
+// is named with its byte range, a short file before anything is loaded.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
@@ -237,6 +238,23 @@ TEST_F(CheckpointE2e, ResumeAtOtherWorldSizesAndStages) {
   }
 }
 
+TEST_F(CheckpointE2e, ResumeWithOffloadedStateContinuesTheSameRun) {
+  // A checkpoint does not depend on where the state lived: the reference's (no offload) resumes
+  // with the optimizer, and the parameters, in host memory.
+  const std::vector<double> expect = reference_tail();
+  for (const std::string offload : {"--set offload.optimizer=cpu",
+                                    "--set offload.optimizer=cpu --set offload.params=cpu"}) {
+    const fs::path out = suite_ / ("offload" + std::to_string(offload.size()));
+    RunResult r = run(dstrain(2, args(out, offload + " --resume " + ckpt(ref(), 10).string())));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::vector<double> got = losses(out);
+    ASSERT_EQ(got.size(), expect.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_NEAR(got[i], expect[i], 1e-6 * std::abs(expect[i])) << offload << ", step " << i + 11;
+    }
+  }
+}
+
 TEST_F(CheckpointE2e, CorruptCheckpointIsNamedAndSkipped) {
   const fs::path out = suite_ / "corrupt";
   fs::create_directories(out);
@@ -263,6 +281,70 @@ TEST_F(CheckpointE2e, CorruptCheckpointIsNamedAndSkipped) {
       << r.output;
   EXPECT_NE(r.output.find("resuming from " + ckpt(out, 10).string()), std::string::npos) << r.output;
   EXPECT_EQ(losses(out), reference_tail());
+}
+
+// Damage found while loading (checkpoints are verified as they are read): a flipped byte in the
+// middle of a file names the file and the block with its byte range, also when four ranks
+// reshard a two-rank checkpoint; auto falls back to step 10, and the resume event names the
+// checkpoint actually loaded.
+TEST_F(CheckpointE2e, DamageFoundWhileLoadingIsNamedAndTheResumeEventNamesWhatLoaded) {
+  const fs::path out = suite_ / "damaged_block";
+  fs::create_directories(out);
+  fs::copy(ref() / "checkpoints", out / "checkpoints", fs::copy_options::recursive);
+  const fs::path bad = ckpt(out, 20) / "rank-00001.h5";
+  const auto size = static_cast<int64_t>(fs::file_size(bad));
+  {
+    std::fstream f(bad, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(size / 2);
+    const char c = static_cast<char>(f.get());
+    f.seekp(size / 2);
+    f.put(static_cast<char>(c ^ 0x5a));
+  }
+  nlohmann::json index = nlohmann::json::parse(std::ifstream(ckpt(out, 20) / "index.json"));
+  const int64_t block = index["files"][1]["block_bytes"].get<int64_t>();
+  const int64_t first = size / 2 / block * block;
+  const std::string named = bad.string() + ": checksum mismatch in block " + std::to_string(size / 2 / block) +
+                            " (bytes " + std::to_string(first) + ".." + std::to_string(std::min(size, first + block)) + ")";
+
+  RunResult r = run(dstrain(4, args(suite_ / "damaged_w4", "--resume " + ckpt(out, 20).string())));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find(named), std::string::npos) << r.output;
+
+  r = run(dstrain(2, args(out)));  // --resume auto
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("checkpoint " + ckpt(out, 20).string() + " is corrupt (" + named), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("resumed from " + ckpt(out, 10).string() + " at step 10"), std::string::npos) << r.output;
+  const auto lines = metrics(out);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines.front()["event"], "resume");
+  EXPECT_EQ(lines.front()["step"], 10);
+  EXPECT_EQ(lines.front()["path"], ckpt(out, 10).string());
+  EXPECT_EQ(losses(out), reference_tail());
+}
+
+// A short file is found before anything is loaded: named as truncated, skipped by auto.
+TEST_F(CheckpointE2e, TruncatedFileIsNamedAndSkipped) {
+  const fs::path out = suite_ / "truncated";
+  fs::create_directories(out);
+  fs::copy(ref() / "checkpoints", out / "checkpoints", fs::copy_options::recursive);
+  const fs::path cut = ckpt(out, 20) / "rank-00000.h5";
+  fs::resize_file(cut, fs::file_size(cut) / 2);
+  RunResult r = run(dstrain(2, args(suite_ / "truncated_explicit", "--resume " + ckpt(out, 20).string())));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find(cut.string() + ": size "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("truncated"), std::string::npos) << r.output;
+
+  r = run(dstrain(1, args(out)));  // --resume auto, resharded to one rank
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("checkpoint " + ckpt(out, 20).string() + " is corrupt (" + cut.string()),
+            std::string::npos) << r.output;
+  const auto lines = metrics(out);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines.front()["path"], ckpt(out, 10).string());
+  const std::vector<double> got = losses(out), expect = reference_tail();
+  ASSERT_EQ(got.size(), expect.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expect[i], 1e-5 * std::abs(expect[i])) << i;
 }
 
 TEST_F(CheckpointE2e, UnfinishedWriteIsIgnoredAndCleanedUp) {

@@ -122,6 +122,41 @@ TEST_F(TrainE2e, SameLossesAtEveryWorldSizeAndStage) {
   }
 }
 
+TEST_F(TrainE2e, OffloadedOptimizerAndParametersKeepTheLosses) {
+  // fp32 state in host memory or in a file on disk (io_uring), updated by dstrain's CPU AdamW
+  // instead of the fused one: the same losses as the run without offload at each stage, on two
+  // ranks; the scratch files are gone afterwards.
+  const std::string cfg = small_config("weight_decay = 0.1\n");
+  struct Case { int stage; std::string offload; };
+  const std::string nvme = "--set offload.optimizer=nvme --set offload.nvme_dir=" + run_dir("nvme");
+  const std::vector<Case> cases = {
+      {1, "--set offload.optimizer=cpu"},
+      {2, "--set offload.optimizer=cpu"},
+      {3, "--set offload.optimizer=cpu"},
+      {3, "--set offload.optimizer=cpu --set offload.params=cpu"},
+      {0, nvme},
+      {2, nvme},
+      {3, nvme + " --set offload.params=cpu --set offload.host_budget_gib=0.0001"}};
+  for (const Case& c : cases) {
+    std::vector<double> base, off;
+    for (bool offloaded : {false, true}) {
+      const std::string out = run_dir("s" + std::to_string(c.stage) + (offloaded ? "off" : "on") +
+                                      std::to_string(c.offload.size()));
+      RunResult r = run(dstrain(2, "--config " + cfg + " --set zero.stage=" + std::to_string(c.stage) +
+                                       (offloaded ? " " + c.offload : "") + " --set run.dir=" + out));
+      ASSERT_EQ(r.exit_code, 0) << r.output;
+      (offloaded ? off : base) = losses(out);
+    }
+    ASSERT_EQ(base.size(), 6u);
+    ASSERT_EQ(off.size(), base.size());
+    EXPECT_TRUE(!fs::exists(run_dir("nvme")) || fs::is_empty(run_dir("nvme")));
+    for (size_t s = 0; s < base.size(); ++s) {
+      EXPECT_NEAR(off[s], base[s], 1e-6 * std::abs(base[s]))
+          << "stage " << c.stage << " " << c.offload << ", step " << s;
+    }
+  }
+}
+
 TEST_F(TrainE2e, Bf16TrainsAndFp16OverflowIsSkippedAndCounted) {
   const std::string cfg = small_config();
   const std::string bf16 = run_dir("bf16");
@@ -224,19 +259,31 @@ LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(sys.argv[1])
   ASSERT_EQ(made.exit_code, 0) << made.output;
   // The model.* keys of the config are ignored: the architecture comes from config.json.
   const std::string cfg = small_config("[lora]\nenabled = true\ntargets = [\"q\", \"v\"]\n");
+  // Every rank must load the whole frozen base wherever it is kept whole (stages 1 and 2, and
+  // stage 3 with lora.base_sharding = replicated), and its shard where it is sharded.
+  struct Case { int ranks; int stage; const char* base_sharding; };
+  const std::vector<Case> cases = {{1, 0, "auto"}, {2, 1, "auto"}, {2, 2, "auto"},
+                                   {2, 3, "sharded"}, {2, 3, "replicated"}};
   std::vector<std::vector<double>> runs;
-  for (int ranks : {1, 2}) {
-    const std::string out = run_dir("hf" + std::to_string(ranks));
-    RunResult r = run(dstrain(ranks, "--config " + cfg + " --set model.hf_dir=" + hf +
-                                         " --set model.hidden_size=64 --set zero.stage=" +
-                                         std::to_string(ranks == 1 ? 0 : 3) + " --set run.dir=" + out));
+  for (const Case& c : cases) {
+    const std::string out = run_dir("hf" + std::to_string(c.stage) + c.base_sharding);
+    RunResult r = run(dstrain(c.ranks, "--config " + cfg + " --set model.hf_dir=" + hf +
+                                           " --set model.hidden_size=64 --set zero.stage=" +
+                                           std::to_string(c.stage) + " --set lora.base_sharding=" +
+                                           c.base_sharding + " --set run.dir=" + out));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     runs.push_back(losses(out));
   }
   ASSERT_EQ(runs[0].size(), 6u);
   // A random-initialised 259-token model starts near ln(259) = 5.56; the loaded one too, but its
   // exact first loss is the checkpoint's (B = 0 adapters change nothing at step 1).
-  for (size_t s = 0; s < runs[0].size(); ++s) EXPECT_NEAR(runs[1][s], runs[0][s], 1e-5 * runs[0][s]);
+  for (size_t k = 1; k < runs.size(); ++k) {
+    ASSERT_EQ(runs[k].size(), runs[0].size());
+    for (size_t s = 0; s < runs[0].size(); ++s) {
+      EXPECT_NEAR(runs[k][s], runs[0][s], 1e-5 * runs[0][s])
+          << "stage " << cases[k].stage << ", " << cases[k].base_sharding << ", step " << s;
+    }
+  }
   // A bad checkpoint directory is bad input naming it.
   RunResult bad = run(dstrain(1, "--config " + cfg + " --set model.hf_dir=" + run_dir("nope") +
                                      " --set run.dir=" + run_dir("bad")));
@@ -328,9 +375,12 @@ TEST_F(TrainE2e, Bf16GradientReductionStaysCloseToFp32) {
 
 TEST_F(TrainE2e, FeaturesOfLaterVersionsAreRefusedNotIgnored) {
   const std::string cfg = small_config();
-  for (const char* set : {"offload.optimizer=cpu"}) {
-    RunResult r = run(dstrain(1, "--config " + cfg + " --set " + set + " --set run.dir=" + run_dir("x")));
+  for (const char* set : {"offload.params=nvme"}) {
+    RunResult r = run(dstrain(1, "--config " + cfg + " --set " + set + " --set offload.nvme_dir=" +
+                                     run_dir("nvme") + " --set zero.stage=3 --set offload.optimizer=cpu" +
+                                     " --set run.dir=" + run_dir("x")));
     EXPECT_EQ(r.exit_code, 2) << set << "\n" << r.output;
+    EXPECT_NE(r.output.find("not available in this version"), std::string::npos) << r.output;
     const std::string key = std::string(set).substr(0, std::string(set).find('='));
     EXPECT_NE(r.output.find(key), std::string::npos) << r.output;
   }
@@ -344,6 +394,28 @@ TEST_F(TrainE2e, PlanPrintsPerRankBytes) {
   EXPECT_EQ(j["world"], 4);
   EXPECT_GT(j["parameters"].get<int64_t>(), 0);
   EXPECT_GT(j["per_rank_bytes"]["total"].get<int64_t>(), 0);
+  EXPECT_EQ(j["per_rank_tier_bytes"]["host"], 0);
+  EXPECT_TRUE(j["fits"].get<bool>());
+
+  // Offloaded, the optimizer state moves to the host (and past the budget to the disk); a model
+  // far beyond this machine's memory is said not to fit.
+  const std::string offloaded = small_config("[zero]\nstage = 3\n[offload]\noptimizer = \"nvme\"\n"
+                                             "params = \"cpu\"\nnvme_dir = \"" + run_dir("nvme") + "\"\n");
+  r = run(std::string(DSTRAIN_BINARY) + " plan --json --world 2 --config " + offloaded);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  j = nlohmann::json::parse(r.output);
+  EXPECT_GT(j["per_rank_tier_bytes"]["nvme"].get<int64_t>(), 0);
+  EXPECT_GT(j["per_rank_tier_bytes"]["host"].get<int64_t>(), 0);
+  EXPECT_EQ(j["per_rank_bytes"]["master_params"].get<int64_t>() + j["per_rank_bytes"]["optimizer_moments"].get<int64_t>(),
+            j["per_rank_tier_bytes"]["nvme"].get<int64_t>());
+  EXPECT_TRUE(j["fits"].get<bool>());
+  r = run(std::string(DSTRAIN_BINARY) + " plan --json --world 2 --config " + offloaded +
+          " --set offload.optimizer=cpu --set model.hidden_size=16384 --set model.intermediate_size=65536" +
+          " --set model.num_layers=64 --set model.num_heads=128 --set model.num_kv_heads=8");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  j = nlohmann::json::parse(r.output);
+  EXPECT_FALSE(j["fits"].get<bool>());
+  EXPECT_NE(j["problems"][0].get<std::string>().find("host memory"), std::string::npos) << r.output;
 }
 
 }  // namespace

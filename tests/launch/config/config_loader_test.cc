@@ -219,6 +219,10 @@ TEST(ConfigErrors, ContradictoryPairs) {
   EXPECT_EQ(error_of("[train]\neval_every = 50\n"),
             "x.toml:2: train.eval_every: train.eval_every > 0 requires data.eval_path, got "
             "train.eval_every = 50, data.eval_path = \"\"");
+  EXPECT_EQ(error_of("[zero]\nstage = 3\n[offload]\nparams = \"cpu\"\n"),
+            "x.toml:4: offload.params: offload.params other than \"none\" requires "
+            "offload.optimizer other than \"none\", got offload.params = \"cpu\", "
+            "offload.optimizer = \"none\"");
   EXPECT_EQ(error_of("[offload]\noptimizer = \"nvme\"\n"),
             "x.toml:2: offload.optimizer: offload.optimizer = \"nvme\" requires offload.nvme_dir, "
             "got offload.nvme_dir = \"\"");
@@ -289,7 +293,7 @@ TEST(ConfigErrors, UnknownSetKey) {
 }
 
 TEST(ConfigErrors, CrossFieldNamesTheSetThatCausedIt) {
-  const std::string file = "[zero]\nstage = 3\n[offload]\nparams = \"cpu\"\n";
+  const std::string file = "[zero]\nstage = 3\n[offload]\noptimizer = \"cpu\"\nparams = \"cpu\"\n";
   parse_ok(file);
   EXPECT_EQ(error_of(file, {"zero.stage=1"}),
             "--set: zero.stage: offload.params other than \"none\" requires zero.stage = 3, got "

@@ -1,0 +1,145 @@
+#include "sharding/nvme_state.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace dstrain::sharding {
+namespace {
+
+size_t aligned(size_t bytes) {
+  return (bytes + offload::kHostAlignment - 1) / offload::kHostAlignment * offload::kHostAlignment;
+}
+
+}  // namespace
+
+base::StatusOr<std::unique_ptr<NvmeStateFile>> NvmeStateFile::create(
+    const std::string& path, const std::vector<int64_t>& numels,
+    std::shared_ptr<offload::HostAllocator> allocator, int slots,
+    std::unique_ptr<offload::IoEngine> io) {
+  if (slots < 2) return base::Status::InvalidArgument("nvme state: at least 2 slots, got " + std::to_string(slots));
+  std::unique_ptr<NvmeStateFile> f(new NvmeStateFile());
+  f->path_ = path;
+  f->numels_ = numels;
+  size_t slot_bytes = offload::kHostAlignment;
+  int64_t offset = 0;
+  for (int i = 0; i < static_cast<int>(numels.size()); ++i) {
+    f->offsets_.push_back(offset);
+    offset += static_cast<int64_t>(f->record_bytes(i));
+    slot_bytes = std::max(slot_bytes, f->record_bytes(i));
+  }
+  // A file left by an earlier run on this rank is scratch: start from an empty one.
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return base::Status::IOError("nvme state: cannot remove " + path + ": " + offload::errno_text(errno));
+  }
+  ASSIGN_OR_RETURN(f->file_, io->open(path, /*create=*/true));
+  f->io_ = std::move(io);
+  f->allocator_ = std::move(allocator);
+  for (int s = 0; s < slots; ++s) {
+    Slot slot;
+    ASSIGN_OR_RETURN(slot.buffer, f->allocator_->allocate(slot_bytes));
+    f->slots_.push_back(std::move(slot));
+  }
+  return f;
+}
+
+NvmeStateFile::~NvmeStateFile() {
+  // Transfers in flight write into our slots: let them end before the memory goes.
+  for (Slot& s : slots_) (void)finish(s);
+  if (io_ && file_ >= 0) (void)io_->close(file_);
+  ::unlink(path_.c_str());
+}
+
+size_t NvmeStateFile::record_bytes(int shard) const {
+  return 3 * aligned(static_cast<size_t>(numels_[shard]) * sizeof(float));
+}
+
+ShardState NvmeStateFile::views(void* base, int shard) const {
+  const int64_t n = numels_[shard];
+  const size_t stride = aligned(static_cast<size_t>(n) * sizeof(float));
+  auto* bytes = static_cast<char*>(base);
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  return {at::from_blob(bytes, {n}, opts), at::from_blob(bytes + stride, {n}, opts),
+          at::from_blob(bytes + 2 * stride, {n}, opts)};
+}
+
+base::Status NvmeStateFile::finish(Slot& slot) {
+  if (!slot.reading && !slot.writing) return base::Status::Ok();
+  slot.reading = slot.writing = false;
+  return io_->wait(slot.ticket).with_context("nvme state " + path_);
+}
+
+NvmeStateFile::Slot* NvmeStateFile::slot_of(int shard) {
+  for (Slot& s : slots_) {
+    if (s.shard == shard) return &s;
+  }
+  return nullptr;
+}
+
+base::Status NvmeStateFile::write(int shard, const ShardState& state) {
+  Slot& slot = slots_[0];
+  RETURN_IF_ERROR(finish(slot));
+  slot.shard = -1;
+  const ShardState dst = views(slot.buffer.data(), shard);
+  dst.master.copy_(state.master);
+  dst.exp_avg.copy_(state.exp_avg);
+  dst.exp_avg_sq.copy_(state.exp_avg_sq);
+  ASSIGN_OR_RETURN(offload::IoTicket t, io_->submit(offload::IoOp::kWrite, file_, offsets_[shard],
+                                                    slot.buffer.data(), record_bytes(shard)));
+  return io_->wait(t).with_context("nvme state " + path_);
+}
+
+base::Status NvmeStateFile::read(int shard, const ShardState& state) {
+  Slot& slot = slots_[0];
+  RETURN_IF_ERROR(finish(slot));
+  slot.shard = -1;
+  ASSIGN_OR_RETURN(offload::IoTicket t, io_->submit(offload::IoOp::kRead, file_, offsets_[shard],
+                                                    slot.buffer.data(), record_bytes(shard)));
+  RETURN_IF_ERROR(io_->wait(t).with_context("nvme state " + path_));
+  const ShardState src = views(slot.buffer.data(), shard);
+  state.master.copy_(src.master);
+  state.exp_avg.copy_(src.exp_avg);
+  state.exp_avg_sq.copy_(src.exp_avg_sq);
+  return base::Status::Ok();
+}
+
+base::Status NvmeStateFile::fetch(int shard) {
+  Slot& slot = slots_[next_slot_];
+  next_slot_ = (next_slot_ + 1) % static_cast<int>(slots_.size());
+  RETURN_IF_ERROR(finish(slot));  // its previous shard's write-back
+  slot.shard = shard;
+  ASSIGN_OR_RETURN(slot.ticket, io_->submit(offload::IoOp::kRead, file_, offsets_[shard],
+                                            slot.buffer.data(), record_bytes(shard)));
+  slot.reading = true;
+  return base::Status::Ok();
+}
+
+base::StatusOr<ShardState> NvmeStateFile::acquire(int shard) {
+  Slot* slot = slot_of(shard);
+  if (slot == nullptr) return base::Status::Internal("nvme state: shard " + std::to_string(shard) + " was not fetched");
+  RETURN_IF_ERROR(finish(*slot));
+  return views(slot->buffer.data(), shard);
+}
+
+base::Status NvmeStateFile::release(int shard) {
+  Slot* slot = slot_of(shard);
+  if (slot == nullptr) return base::Status::Internal("nvme state: shard " + std::to_string(shard) + " was not fetched");
+  ASSIGN_OR_RETURN(slot->ticket, io_->submit(offload::IoOp::kWrite, file_, offsets_[shard],
+                                             slot->buffer.data(), record_bytes(shard)));
+  slot->writing = true;
+  return base::Status::Ok();
+}
+
+base::Status NvmeStateFile::flush() {
+  base::Status first;
+  for (Slot& s : slots_) {
+    base::Status st = finish(s);
+    if (first.ok() && !st.ok()) first = st;
+    s.shard = -1;
+  }
+  return first;
+}
+
+}  // namespace dstrain::sharding

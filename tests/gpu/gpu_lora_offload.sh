@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# GPU benchmarks of LoRA and offload, in one device call after `bash .gpu-deps/device-build.sh`
+# (../shared/gpu/README.md), from the project root. PARTS picks what runs (default: all):
+#   lora      LoRA fine-tuning, one GPU: dstrain vs transformers + PEFT, same shape, targets,
+#             rank, batch, sequence length and checkpointing   -> lora.jsonl
+#   adam      `dstrain bench adam` vs torch.optim.AdamW on this host's CPUs -> adam.json
+#   offload   the largest Llama shape fully fine-tuned on one GPU with its optimizer state and
+#             parameters in host memory (OFFLOAD_SHAPE: 13b or 7b) -> offload.jsonl
+#   aio       `dstrain bench aio` vs dd with O_DIRECT on the same file -> aio.json
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+PARTS=${PARTS:-lora adam offload aio}
+mkdir -p "$OUT"
+source .gpu-deps/env.sh
+BIN=build-gpu/dstrain
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+
+run() {  # run NAME THREADS ARGS...: one single-rank training run, metrics kept as $OUT/NAME.jsonl
+  local name=$1 threads=$2; shift 2
+  timeout 420 mpirun --bind-to none -x OMP_NUM_THREADS=$threads -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE \
+    -np 1 $BIN "$@" --set run.dir=/tmp/runs/$name --set log.progress_bar=false > "$OUT/$name.log" 2>&1
+  echo "$name rc=$?" | tee -a "$OUT/summary.txt"
+  cp /tmp/runs/$name/metrics.jsonl "$OUT/$name.jsonl" 2>/dev/null
+  tail -n 3 "$OUT/$name.log"
+}
+
+summarise() {  # summarise NAME EXTRA_JSON: median tokens/s after 3 warm-up steps, peak memory
+  python3 - "$OUT/$1.jsonl" "$2" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l][3:]
+out = json.loads(sys.argv[2])
+if rows:
+    out.update({"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
+                "step_time_s": statistics.median(r["step_time_s"] for r in rows),
+                "peak_mem_gib": max(r["gpu_mem_peak_bytes"] for r in rows) / 2**30,
+                "host_rss_peak_gib": max(r["host_rss_peak_bytes"] for r in rows) / 2**30,
+                "final_loss": rows[-1]["loss"]})
+print(json.dumps(out))
+PY
+}
+
+SHAPE_8B="--set model.vocab_size=128256 --set model.hidden_size=4096 --set model.intermediate_size=14336
+  --set model.num_layers=32 --set model.num_heads=32 --set model.num_kv_heads=8 --set model.rope_theta=500000"
+SHAPE_13B="--set model.vocab_size=32000 --set model.hidden_size=5120 --set model.intermediate_size=13824
+  --set model.num_layers=40 --set model.num_heads=40 --set model.num_kv_heads=40"
+SHAPE_7B="--set model.vocab_size=32000 --set model.hidden_size=4096 --set model.intermediate_size=11008
+  --set model.num_layers=32 --set model.num_heads=32 --set model.num_kv_heads=32"
+
+if has lora; then
+  # rank 16, alpha 32, every linear layer, seq 2048, one sequence per step, activation
+  # checkpointing on both sides; dstrain keeps the frozen base whole (stage 0, one GPU).
+  lora="--config configs/bench-1b.toml --set zero.stage=0 --set train.global_batch=1 --set train.seq_len=2048
+    --set train.steps=10 --set lora.enabled=true --set lora.rank=16 --set lora.alpha=32 --set lora.targets=all-linear
+    --set train.activation_checkpointing=full"
+  : > "$OUT/lora.jsonl"
+  for shape in 1b 8b; do
+    extra=""; [ "$shape" = 8b ] && extra="$SHAPE_8B"
+    run lora_dstrain_$shape 16 $lora $extra
+    summarise lora_dstrain_$shape "{\"peer\": \"dstrain\", \"shape\": \"$shape\"}" >> "$OUT/lora.jsonl"
+    timeout 300 python3 tests/bench/peft_lora.py --shape $shape --seq 2048 --rank 16 --alpha 32 --steps 10 \
+      --grad-ckpt > "$OUT/lora_peft_$shape.log" 2>&1
+    echo "lora_peft_$shape rc=$?" | tee -a "$OUT/summary.txt"
+    grep '^{' "$OUT/lora_peft_$shape.log" >> "$OUT/lora.jsonl"
+  done
+  cat "$OUT/lora.jsonl"
+fi
+
+if has adam; then
+  DSTRAIN_PYTHON=python3 timeout 300 bash tests/bench/adam_vs_torch.sh build-gpu 256000000 0 10 \
+    > "$OUT/adam.log" 2>&1
+  echo "adam rc=$?" | tee -a "$OUT/summary.txt"
+  tail -n 1 "$OUT/adam.log" | tee "$OUT/adam.json"
+fi
+
+if has offload; then
+  shape=${OFFLOAD_SHAPE:-13b}
+  dims=$SHAPE_13B; [ "$shape" = 7b ] && dims=$SHAPE_7B
+  threads=$(nproc)
+  run offload_$shape $threads --config configs/bench-1b.toml $dims --set zero.stage=3 --set train.global_batch=1 \
+    --set train.seq_len=2048 --set train.steps=6 --set train.activation_checkpointing=full \
+    --set offload.optimizer=cpu --set offload.params=cpu
+  summarise offload_$shape "{\"run\": \"offload\", \"shape\": \"$shape\", \"threads\": $threads}" \
+    | tee "$OUT/offload.jsonl"
+fi
+
+if has aio; then
+  f=/tmp/dstrain-aio.dat
+  timeout 300 $BIN bench aio --file $f --file-mib 4096 --block-kib 1024 4096 --queue-depth 8 32 \
+    > "$OUT/aio.log" 2>&1
+  echo "aio rc=$?" | tee -a "$OUT/summary.txt"
+  # The disk's own figure: dd with O_DIRECT, the same size, 4 MiB blocks.
+  { dd if=/dev/zero of=$f bs=4M count=1024 oflag=direct conv=fsync 2>&1 | tail -n 1
+    dd if=$f of=/dev/null bs=4M iflag=direct 2>&1 | tail -n 1; } > "$OUT/aio_dd.log"
+  rm -f $f
+  tail -n 1 "$OUT/aio.log"; cat "$OUT/aio_dd.log"
+fi

@@ -1,0 +1,119 @@
+#include "sharding/nvme_state.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "offload/fault_io_engine.h"
+#include "offload/uring_io_engine.h"
+
+namespace dstrain::sharding {
+namespace {
+
+// Shards of awkward sizes: records straddle 4096-byte pages and one spans several 1 MiB requests.
+const std::vector<int64_t> kNumels = {1000, 300000, 3, 5000};
+
+std::string temp_path(const std::string& name) {
+  return "/tmp/dstrain_nvme_state_" + name + "_" + std::to_string(getpid()) + ".bin";
+}
+
+std::unique_ptr<offload::IoEngine> uring() {
+  auto io = offload::make_uring_io_engine(offload::IoOptions{});
+  EXPECT_TRUE(io.ok()) << io.status().message();
+  return std::move(*io);
+}
+
+std::unique_ptr<NvmeStateFile> make_file(const std::string& path, std::unique_ptr<offload::IoEngine> io) {
+  auto f = NvmeStateFile::create(path, kNumels, offload::make_aligned_host_allocator(), 4, std::move(io));
+  EXPECT_TRUE(f.ok()) << f.status().message();
+  return std::move(*f);
+}
+
+ShardState filled(int64_t n, float base) {
+  return {at::arange(n, at::kFloat) + base, at::full({n}, base + 1), at::full({n}, base + 2)};
+}
+
+ShardState empty_like(int64_t n) {
+  return {at::empty({n}, at::kFloat), at::empty({n}, at::kFloat), at::empty({n}, at::kFloat)};
+}
+
+void expect_equal(const ShardState& a, const ShardState& b) {
+  EXPECT_TRUE(at::equal(a.master, b.master));
+  EXPECT_TRUE(at::equal(a.exp_avg, b.exp_avg));
+  EXPECT_TRUE(at::equal(a.exp_avg_sq, b.exp_avg_sq));
+}
+
+// What the host optimizer does: fetch one ahead, update, write back behind.
+base::Status one_step(NvmeStateFile& f, float delta) {
+  const int n = f.num_shards();
+  RETURN_IF_ERROR(f.fetch(0));
+  for (int i = 0; i < n; ++i) {
+    if (i + 1 < n) RETURN_IF_ERROR(f.fetch(i + 1));
+    ASSIGN_OR_RETURN(ShardState s, f.acquire(i));
+    s.master.add_(delta);
+    s.exp_avg_sq.mul_(2);
+    RETURN_IF_ERROR(f.release(i));
+  }
+  return f.flush();
+}
+
+TEST(NvmeStateFile, PipelinedStepsUpdateEveryShardInPlace) {
+  const std::string path = temp_path("pipeline");
+  auto f = make_file(path, uring());
+  for (int i = 0; i < f->num_shards(); ++i) ASSERT_TRUE(f->write(i, filled(kNumels[i], 10.0f * i)).ok());
+  for (int step = 0; step < 3; ++step) ASSERT_TRUE(one_step(*f, 1.0f).ok());
+  for (int i = 0; i < f->num_shards(); ++i) {
+    ShardState want = filled(kNumels[i], 10.0f * i);
+    want.master.add_(3.0f);
+    want.exp_avg_sq.mul_(8);
+    ShardState got = empty_like(kNumels[i]);
+    ASSERT_TRUE(f->read(i, got).ok());
+    expect_equal(got, want);
+  }
+  f.reset();
+  EXPECT_NE(access(path.c_str(), F_OK), 0) << "the scratch file outlived its owner";
+}
+
+TEST(NvmeStateFile, AcquireWithoutFetchIsAnError) {
+  auto f = make_file(temp_path("order"), uring());
+  EXPECT_FALSE(f->acquire(1).ok());
+  EXPECT_FALSE(f->release(2).ok());
+}
+
+// Each injected fault surfaces as an error naming the file, and the shards written before it
+// keep their contents.
+TEST(NvmeStateFile, InjectedFaultsAreNamedAndLeaveEarlierShardsIntact) {
+  struct Case { offload::FaultKind kind; const char* text; };
+  for (const Case c : {Case{offload::FaultKind::kEio, "EIO"}, Case{offload::FaultKind::kEnospc, "ENOSPC"},
+                       Case{offload::FaultKind::kShortRead, "end of file"}}) {
+    const std::string path = temp_path("fault");
+    // EIO and ENOSPC hit the write of shard 1; a short read hits its read in the first step.
+    const bool on_write = c.kind != offload::FaultKind::kShortRead;
+    // Shard 0's record is three 4096-aligned arrays of 1000 floats: 12288 bytes. The fault hits
+    // shard 1's record, past it.
+    offload::FaultOptions options;
+    options.faults.push_back({c.kind, std::nullopt, int64_t{12288 + 4096}});
+    auto faulty = offload::make_fault_io_engine(uring(), options);
+    ASSERT_TRUE(faulty.ok()) << faulty.status().message();
+    auto f = make_file(path, std::move(*faulty));
+    ASSERT_TRUE(f->write(0, filled(kNumels[0], 1.0f)).ok());
+    base::Status st = f->write(1, filled(kNumels[1], 2.0f));
+    if (!on_write) {
+      ASSERT_TRUE(st.ok()) << st.message();
+      st = one_step(*f, 1.0f);
+    }
+    ASSERT_FALSE(st.ok()) << c.text;
+    EXPECT_NE(st.message().find(path), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find(c.text), std::string::npos) << st.message();
+    ShardState got = empty_like(kNumels[0]);
+    ASSERT_TRUE(f->read(0, got).ok());
+    ShardState want = filled(kNumels[0], 1.0f);
+    if (!on_write) want.master.add_(1.0f), want.exp_avg_sq.mul_(2);  // shard 0 was updated first
+    expect_equal(got, want);
+  }
+}
+
+}  // namespace
+}  // namespace dstrain::sharding
