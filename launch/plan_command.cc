@@ -113,9 +113,11 @@ base::Status run_plan(const Command& cmd) {
   // result), and four NVMe slots of three fp32 arrays.
   const int64_t staging = opt_tier == "none" ? 0
                           : 2 * m.largest_shard * (4 + compute) + (opt_tier == "nvme" ? 4 * 12 * m.largest_shard : 0);
-  const int64_t host_params = param_tier == "none" ? 0 : param_shards;
+  const int64_t host_params = param_tier == "cpu" ? param_shards : 0;
+  const int64_t nvme_params = param_tier == "nvme" ? param_shards : 0;
   const int64_t device_total = device_params + device_state + grads;
   const int64_t host_total = host_state + host_params + staging;
+  const int64_t nvme_total = nvme_state + nvme_params;
 
   // Ring collectives move (n-1)/n of the buffer per rank for a gather or a reduce-scatter,
   // twice that for an all-reduce.
@@ -134,7 +136,8 @@ base::Status run_plan(const Command& cmd) {
 
   // This machine, with all `world` ranks on it (one node).
   const int64_t host_have = host_memory_bytes();
-  const int64_t disk_have = opt_tier == "nvme" ? free_disk_bytes(cfg.offload.nvme_dir) : 0;
+  const bool uses_nvme = opt_tier == "nvme" || param_tier == "nvme";
+  const int64_t disk_have = uses_nvme ? free_disk_bytes(cfg.offload.nvme_dir) : 0;
   std::vector<std::string> problems;
   auto gib = [](double b) { return b / (1 << 30); };
   char line[256];
@@ -143,9 +146,9 @@ base::Status run_plan(const Command& cmd) {
                   world, gib(static_cast<double>(host_total) * world), gib(static_cast<double>(host_have)));
     problems.emplace_back(line);
   }
-  if (opt_tier == "nvme" && nvme_state * world > disk_have) {
+  if (uses_nvme && nvme_total * world > disk_have) {
     std::snprintf(line, sizeof(line), "offload.nvme_dir %s: %d rank(s) need %.1f GiB, %.1f GiB free",
-                  cfg.offload.nvme_dir.c_str(), world, gib(static_cast<double>(nvme_state) * world),
+                  cfg.offload.nvme_dir.c_str(), world, gib(static_cast<double>(nvme_total) * world),
                   gib(static_cast<double>(disk_have)));
     problems.emplace_back(line);
   }
@@ -154,10 +157,10 @@ base::Status run_plan(const Command& cmd) {
       {"world", world}, {"zero_stage", stage}, {"dtype", cfg.train.dtype},
       {"offload", {{"optimizer", opt_tier}, {"params", param_tier}}},
       {"parameters", m.params},
-      {"per_rank_bytes", {{"compute_params", device_params + host_params}, {"master_params", master},
-                          {"optimizer_moments", owned * 8}, {"gradients", grads},
-                          {"total", device_total + host_total + nvme_state}}},
-      {"per_rank_tier_bytes", {{"device", device_total}, {"host", host_total}, {"nvme", nvme_state}}},
+      {"per_rank_bytes", {{"compute_params", device_params + host_params + nvme_params},
+                          {"master_params", master}, {"optimizer_moments", owned * 8},
+                          {"gradients", grads}, {"total", device_total + host_total + nvme_total}}},
+      {"per_rank_tier_bytes", {{"device", device_total}, {"host", host_total}, {"nvme", nvme_total}}},
       {"comm_bytes_per_step_per_rank", static_cast<int64_t>(comm)},
       {"host_device_bytes_per_step_per_rank", static_cast<int64_t>(pcie)},
       {"machine", {{"host_memory_bytes", host_have}, {"nvme_free_bytes", disk_have}}},

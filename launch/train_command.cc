@@ -12,24 +12,8 @@
 #include "sharding/nccl_factory.h"
 
 namespace dstrain::launch {
-namespace {
-
-// Keys the schema already knows whose features later versions bring. Refusing them is better
-// than training something other than what the config asks for.
-base::Status reject_unavailable(const base::Config& cfg) {
-  auto refuse = [&](const std::string& key, const std::string& value) {
-    return base::Status::InvalidArgument(cfg.source + ": " + key + " = " + value +
-                                         ": not available in this version of dstrain");
-  };
-  if (cfg.offload.params == "nvme") return refuse("offload.params", "\"nvme\"");
-  return base::Status::Ok();
-}
-
-}  // namespace
-
 base::Status run_train(const Command& cmd, World& world) {
   ASSIGN_OR_RETURN(base::Config cfg, load_config(cmd.config_path, cmd.overrides));
-  RETURN_IF_ERROR(reject_unavailable(cfg));
   if (world.rank() == 0) {
     RETURN_IF_ERROR(base::make_dirs(cfg.run.dir).with_context("run.dir"));
     std::printf("dstrain %s | %s | LibTorch %s | %d threads per rank\n", DSTRAIN_VERSION,

@@ -5,79 +5,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <map>
 
-#include "base/fs.h"
-
-#include "sharding/activation_checkpointing.h"
 #include "offload/pinned_host_allocator.h"
-#include "offload/uring_io_engine.h"
+#include "sharding/activation_checkpointing.h"
+#include "sharding/engine_state.h"
 #include "sharding/gathered_storage.h"
 #include "sharding/host_tensor.h"
 
 namespace dstrain::sharding {
-
-// Where a buffer's full parameters are. Below stage 3 always kGathered; under stage 3 the
-// transitions live in Engine::transition and nowhere else.
-enum class Engine::GatherState { kReleased, kGathering, kGathered };
-
-// One flat buffer of a unit (decay, no-decay or frozen parameters).
-struct Engine::Buffer {
-  FlatLayout layout;
-  SplitPlan split;
-  ShardRange shard;      // this rank's range of the state it holds (the whole buffer at stage 0
-                         // and for frozen buffers kept whole)
-  bool trainable = false;
-  bool gathers = false;  // stage 3: `full` comes and goes (false: it is always there)
-  at::Tensor full;       // compute dtype, [padded_numel]: what forward reads. Under stage 3 its
-                         // memory exists only between a gather and the release after use; the
-                         // tensor (and its storage object, which saved graphs reference) is permanent.
-  at::Tensor shard_param;  // stage 3: this rank's part of `full` in the compute dtype (the gather's
-                           // input); aliases `master` in fp32
-  at::Tensor master;     // fp32 master: whole buffer (stage 0) or the shard; aliases `full` in fp32
-                         // below stage 3
-  at::Tensor exp_avg;    // AdamW moments, shaped like `master`
-  at::Tensor exp_avg_sq;
-  at::Tensor grad;       // fp32 accumulator: whole buffer (stages 0, 1) or the shard (stages 2, 3)
-  at::Tensor mb_grad;    // stages 2, 3: this micro-batch's whole-buffer gradient until reduce-scatter
-  GatherState state = GatherState::kGathered;
-  std::unique_ptr<Work> gather;  // the all-gather into `full` while kGathering
-  at::Tensor upload;             // offload.params: the device copy of `shard_param` being gathered
-  at::Tensor updated;            // stages 1, 2 with the host optimizer: the updated shard, on the
-                                 // device in the compute dtype, until the all-gather
-  int nvme_shard = -1;           // offload.optimizer = nvme: its record in the state file; master
-                                 // and moments exist only while paged in
-
-  bool present() const { return !layout.empty(); }
-  // The slice of `grad` that matches `master`.
-  at::Tensor master_grad(int64_t stage) const {
-    return stage == 1 ? grad.narrow(0, shard.begin, shard.numel()) : grad;
-  }
-};
-
-// A parameter of this unit that lives in an earlier unit's buffer (tied embedding / LM head).
-struct TiedRef {
-  int schema_index;
-  int owner_unit;
-  BufferKind owner_kind;
-  int owner_entry;
-};
-
-struct Engine::UnitState {
-  Buffer buffers[kNumBufferKinds];
-  std::vector<TiedRef> tied;
-  std::vector<Buffer*> uses;  // every buffer the unit's forward reads: its own and tied owners'
-};
-
-// Per micro-batch, per unit: what backward needs.
-struct Engine::UnitRun {
-  at::Tensor in;                     // detached input (requires grad) or token ids
-  at::Tensor out;                    // unit output; for the last unit, the weighted loss.
-                                     // Undefined between a checkpointed forward and its recompute.
-  bool recompute = false;            // forward ran under no-grad: backward recomputes it first
-  at::Tensor leaf[kNumBufferKinds];  // the grad-requiring aliases of the flat buffers
-};
 
 namespace {
 
@@ -251,17 +187,18 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
   return base::Status::Ok();
 }
 
-base::StatusOr<at::Tensor> Engine::optimizer_tensor(int64_t numel) {
-  if (optimizer_on_host()) return host_tensor(host_allocator_, numel, at::kFloat);
-  return at::zeros({numel}, at::TensorOptions().dtype(at::kFloat).device(options_.device));
-}
-
 base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
   const at::Tensor mine = flat.narrow(0, b.shard.begin, b.shard.numel());
   b.full = at::empty({b.layout.padded_numel}, flat.options().dtype(options_.compute_dtype));
   release_storage(b.full);
   b.state = GatherState::kReleased;
-  if (params_on_host()) {
+  if (params_on_nvme()) {
+    // The shard lives in its record of the parameter file; paged in only for loads and saves.
+    if (!nvme_params_) RETURN_IF_ERROR(create_nvme_params());
+    b.param_record = next_param_record_++;
+    RETURN_IF_ERROR(nvme_params_->write(
+        b.param_record, {mine.to(at::kCPU, options_.compute_dtype, /*non_blocking=*/false, /*copy=*/true)}));
+  } else if (params_on_host()) {
     ASSIGN_OR_RETURN(b.shard_param, host_tensor(host_allocator_, b.shard.numel(), options_.compute_dtype));
     b.shard_param.copy_(mine);
   } else {
@@ -271,7 +208,8 @@ base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
   b.grad = at::zeros({b.shard.numel()}, flat.options());
   if (optimizer_on_nvme()) return store_initial_nvme_state(b, mine);
   // The master may alias the shard only where both live: fp32, and on the same side.
-  if (options_.compute_dtype == at::kFloat && optimizer_on_host() == params_on_host()) {
+  if (options_.compute_dtype == at::kFloat && optimizer_on_host() == params_on_host() &&
+      !params_on_nvme()) {
     b.master = b.shard_param;
   } else {
     ASSIGN_OR_RETURN(b.master, optimizer_tensor(b.shard.numel()));
@@ -282,53 +220,6 @@ base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
   return base::Status::Ok();
 }
 
-base::Status Engine::store_initial_nvme_state(Buffer& b, const at::Tensor& mine) {
-  if (!nvme_state_) RETURN_IF_ERROR(create_nvme_state());
-  b.nvme_shard = nvme_shard_of_[next_trainable_++];
-  if (b.nvme_shard < 0) {  // within offload.host_budget_gib: host memory, as offload.optimizer = cpu
-    ASSIGN_OR_RETURN(b.master, optimizer_tensor(b.shard.numel()));
-    b.master.copy_(mine);
-    ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.shard.numel()));
-    ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.shard.numel()));
-    return base::Status::Ok();
-  }
-  const at::Tensor master = mine.to(at::kCPU, at::kFloat, /*non_blocking=*/false, /*copy=*/true);
-  const at::Tensor zeros = at::zeros_like(master);
-  return nvme_state_->write(b.nvme_shard, {master, zeros, zeros});
-}
-
-base::Status Engine::create_nvme_state() {
-  // Every trainable shard in the order init_storage meets them: the first ones stay in host
-  // memory while offload.host_budget_gib lasts (fp32 master and two moments: 12 bytes each).
-  std::vector<int64_t> numels;
-  double budget = options_.offload.host_budget_gib * (1 << 30);
-  for (const auto& unit : units_) {
-    for (int k = 0; k < kNumBufferKinds; ++k) {
-      const FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), comm_.size());
-      if (layout.empty() || layout.kind == BufferKind::kFrozen) continue;
-      const int64_t n = options_.zero.stage == 0 ? layout.padded_numel
-                                                 : shard_range(layout, comm_.rank()).numel();
-      const double bytes = 12.0 * static_cast<double>(n);
-      if (bytes <= budget) {
-        budget -= bytes;
-        nvme_shard_of_.push_back(-1);
-      } else {
-        nvme_shard_of_.push_back(static_cast<int>(numels.size()));
-        numels.push_back(n);
-      }
-    }
-  }
-  RETURN_IF_ERROR(base::make_dirs(options_.offload.nvme_dir).with_context("offload.nvme_dir"));
-  char name[32];
-  std::snprintf(name, sizeof(name), "/optimizer-rank%05d.bin", comm_.rank());
-  offload::IoOptions io_options;
-  auto io = offload::make_uring_io_engine(io_options);
-  if (!io.ok()) return io.status().with_context("offload.optimizer = nvme");
-  ASSIGN_OR_RETURN(nvme_state_, NvmeStateFile::create(options_.offload.nvme_dir + name, numels,
-                                                      host_allocator_, /*slots=*/4, std::move(*io)));
-  return base::Status::Ok();
-}
-
 base::Status Engine::transition(Buffer& b, GatherState to) {
   if (!b.gathers || b.state == to) return base::Status::Ok();
   switch (to) {
@@ -336,7 +227,15 @@ base::Status Engine::transition(Buffer& b, GatherState to) {
       if (b.state == GatherState::kGathered) return base::Status::Ok();  // nothing to fetch
       // Fresh memory for the same storage object; the gather writes it through a raw pointer.
       allocate_storage(b.full, static_cast<size_t>(b.full.numel() * b.full.element_size()));
-      if (params_on_host()) {
+      if (params_on_nvme()) {
+        // Read into a pinned slot and copied up synchronously, so the slot is free again at once.
+        RETURN_IF_ERROR(nvme_params_->fetch(b.param_record));
+        ASSIGN_OR_RETURN(NvmeRecord record, nvme_params_->acquire(b.param_record));
+        b.upload = record[0].to(options_.device, options_.compute_dtype, /*non_blocking=*/false,
+                                /*copy=*/true);
+        nvme_params_->discard(b.param_record);
+        b.gather = comm_.all_gather(b.upload, b.full);
+      } else if (params_on_host()) {
         // Pinned memory: the upload is queued on the current stream, which the gather follows.
         b.upload = b.shard_param.to(options_.device, /*non_blocking=*/true);
         b.gather = comm_.all_gather(b.upload, b.full);
@@ -672,44 +571,6 @@ base::Status Engine::device_step(double lr, double grad_scale_value) {
   return refresh_compute_params();
 }
 
-base::Status Engine::host_step(double lr, double grad_scale) {
-  const int64_t stage = options_.zero.stage;
-  offload::AdamWHyper hyper;
-  hyper.lr = lr;
-  hyper.beta1 = options_.optim.beta1;
-  hyper.beta2 = options_.optim.beta2;
-  hyper.eps = options_.optim.eps;
-  hyper.step = static_cast<int64_t>(step_count_.item<double>());
-  hyper.grad_scale = grad_scale;
-  // Unit order, so the pipeline's first download starts with the first unit.
-  std::vector<HostShard> shards;
-  for (auto& st : state_) {
-    for (Buffer& b : st->buffers) {
-      if (!b.present() || !b.trainable) continue;
-      HostShard s;
-      s.grad = b.master_grad(stage);
-      s.master = b.master;  // undefined under nvme: the optimizer pages it in
-      s.exp_avg = b.exp_avg;
-      s.exp_avg_sq = b.exp_avg_sq;
-      s.nvme_shard = b.nvme_shard;
-      // The update writes the compute-dtype parameters where the next forward needs them:
-      // the shard (stage 3), the whole buffer (stage 0), or a device shard to all-gather.
-      if (stage == 3) {
-        s.out = b.shard_param;
-      } else if (stage == 0) {
-        s.out = b.full;
-      } else {
-        b.updated = at::empty({b.shard.numel()}, b.full.options());
-        s.out = b.updated;
-      }
-      s.weight_decay = b.layout.kind == BufferKind::kDecay ? options_.optim.weight_decay : 0.0;
-      shards.push_back(std::move(s));
-    }
-  }
-  RETURN_IF_ERROR(host_optimizer_->step(shards, hyper, nvme_state_.get()));
-  return refresh_compute_params(/*after_host_step=*/true);
-}
-
 base::Status Engine::refresh_compute_params(bool after_host_step) {
   const int64_t stage = options_.zero.stage;
   std::vector<std::unique_ptr<Work>> gathers;
@@ -852,35 +713,6 @@ base::Status Engine::finish_load() {
     return torch_error(e, "loading state");
   }
   return page_out_state(/*write_back=*/true);
-}
-
-base::Status Engine::page_in_state() {
-  if (!nvme_state_) return base::Status::Ok();
-  for (auto& st : state_) {
-    for (Buffer& b : st->buffers) {
-      if (b.nvme_shard < 0 || b.master.defined()) continue;
-      const int64_t n = nvme_state_->numel(b.nvme_shard);
-      b.master = at::empty({n}, at::kFloat);
-      b.exp_avg = at::empty({n}, at::kFloat);
-      b.exp_avg_sq = at::empty({n}, at::kFloat);
-      RETURN_IF_ERROR(nvme_state_->read(b.nvme_shard, {b.master, b.exp_avg, b.exp_avg_sq}));
-    }
-  }
-  return base::Status::Ok();
-}
-
-base::Status Engine::page_out_state(bool write_back) {
-  if (!nvme_state_) return base::Status::Ok();
-  for (auto& st : state_) {
-    for (Buffer& b : st->buffers) {
-      if (b.nvme_shard < 0 || !b.master.defined()) continue;
-      if (write_back) {
-        RETURN_IF_ERROR(nvme_state_->write(b.nvme_shard, {b.master, b.exp_avg, b.exp_avg_sq}));
-      }
-      b.master = b.exp_avg = b.exp_avg_sq = at::Tensor();
-    }
-  }
-  return base::Status::Ok();
 }
 
 int64_t Engine::optimizer_state_numel() const {

@@ -176,6 +176,13 @@ class Engine {
   base::StatusOr<at::Tensor> optimizer_tensor(int64_t numel);
   bool optimizer_on_host() const { return options_.offload.optimizer != "none"; }
   bool optimizer_on_nvme() const { return options_.offload.optimizer == "nvme"; }
+  bool params_on_nvme() const { return options_.offload.params == "nvme"; }
+  // Creates the NVMe parameter file sized for every gathered shard (offload.params = nvme).
+  base::Status create_nvme_params();
+  // A scratch file "<offload.nvme_dir>/<kind>-rankNNNNN.bin" behind io_uring.
+  base::StatusOr<std::unique_ptr<NvmeStateFile>> create_nvme_file(const std::string& kind,
+                                                                  const std::vector<int64_t>& numels,
+                                                                  int arrays, at::ScalarType dtype);
   // Creates the NVMe state file sized for every trainable shard (offload.optimizer = nvme).
   base::Status create_nvme_state();
   // Places the next trainable buffer's optimizer state: its record of the state file, holding
@@ -193,7 +200,9 @@ class Engine {
   std::vector<std::unique_ptr<Work>> pending_;  // gradient reductions in flight
   std::shared_ptr<offload::HostAllocator> host_allocator_;  // offload tiers only
   std::unique_ptr<HostOptimizer> host_optimizer_;
-  std::unique_ptr<NvmeStateFile> nvme_state_;  // offload.optimizer = nvme
+  std::unique_ptr<NvmeStateFile> nvme_state_;   // offload.optimizer = nvme
+  std::unique_ptr<NvmeStateFile> nvme_params_;  // offload.params = nvme
+  int next_param_record_ = 0;
   std::vector<int> nvme_shard_of_;  // per trainable buffer in init order: record, or -1 (host)
   int next_trainable_ = 0;
   at::Tensor step_count_;                        // AdamW step (float scalar, as _fused_adamw_ wants)

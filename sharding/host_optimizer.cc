@@ -39,7 +39,7 @@ base::Status HostOptimizer::update(HostShard& shard, const at::Tensor& grad,
 }
 
 base::Status HostOptimizer::step(std::vector<HostShard>& shards, const offload::AdamWHyper& hyper,
-                                 NvmeStateFile* nvme) {
+                                 NvmeStateFile* nvme, NvmeStateFile* nvme_params) {
   const int n = static_cast<int>(shards.size());
   std::vector<std::future<base::Status>> updates(n);
   // Where each shard's low-precision result lands on the host (a staging slot, or `out` itself).
@@ -54,7 +54,10 @@ base::Status HostOptimizer::step(std::vector<HostShard>& shards, const offload::
     base::Status st = updates[i].get();
     keep_first(st);
     HostShard& s = shards[i];
-    if (st.ok() && s.out.defined()) {
+    if (st.ok() && s.nvme_param >= 0) {
+      // fp32 compute: the master is the result; otherwise the staging slot.
+      keep_first(nvme_params->write(s.nvme_param, {out_dtype_ == at::kFloat ? s.master : host_out[i]}));
+    } else if (st.ok() && s.out.defined()) {
       // fp32 compute: the master is the result. Otherwise the staging slot, unless the update
       // wrote straight into a host `out`.
       if (s.out.scalar_type() == at::kFloat) {
@@ -77,9 +80,9 @@ base::Status HostOptimizer::step(std::vector<HostShard>& shards, const offload::
         keep_first(state.status());
         break;
       }
-      s.master = state->master;
-      s.exp_avg = state->exp_avg;
-      s.exp_avg_sq = state->exp_avg_sq;
+      s.master = (*state)[0];
+      s.exp_avg = (*state)[1];
+      s.exp_avg_sq = (*state)[2];
     }
     Slot& slot = slots_[i % 2];
     const int64_t numel = s.master.numel();
@@ -88,7 +91,9 @@ base::Status HostOptimizer::step(std::vector<HostShard>& shards, const offload::
       grad = slot.grad.narrow(0, 0, numel);
       grad.copy_(s.grad);  // blocking download into pinned memory
     }
-    if (s.out.defined() && s.out.scalar_type() != at::kFloat) {
+    if (s.nvme_param >= 0 && out_dtype_ != at::kFloat) {
+      host_out[i] = slot.out.narrow(0, 0, numel);
+    } else if (s.out.defined() && s.out.scalar_type() != at::kFloat) {
       const bool direct = s.out.is_cpu() && s.out.is_contiguous() && s.out.scalar_type() == out_dtype_;
       host_out[i] = direct ? s.out : slot.out.narrow(0, 0, numel);
     }

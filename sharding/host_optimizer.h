@@ -25,6 +25,7 @@ struct HostShard {
   at::Tensor out;         // receives the updated parameters (any device and dtype); may be undefined
   double weight_decay = 0.0;
   int nvme_shard = -1;    // >= 0: master and moments are that shard of the NVMe state file
+  int nvme_param = -1;    // >= 0: the updated parameters go to that record of the parameter file
 };
 
 class HostOptimizer {
@@ -37,10 +38,10 @@ class HostOptimizer {
 
   // One AdamW step over every shard, in order; `hyper.weight_decay` is taken from each shard.
   // Shards with an nvme_shard take their state from `nvme` (fetched one shard ahead, written
-  // back behind). Returns after every `out` has been written (device copies included) and every
+  // back behind); shards with an nvme_param write their result to that record of `nvme_params`. Returns after every `out` has been written (device copies included) and every
   // write-back has finished.
   base::Status step(std::vector<HostShard>& shards, const offload::AdamWHyper& hyper,
-                    NvmeStateFile* nvme = nullptr);
+                    NvmeStateFile* nvme = nullptr, NvmeStateFile* nvme_params = nullptr);
 
  private:
   struct Slot {

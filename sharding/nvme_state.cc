@@ -16,13 +16,16 @@ size_t aligned(size_t bytes) {
 }  // namespace
 
 base::StatusOr<std::unique_ptr<NvmeStateFile>> NvmeStateFile::create(
-    const std::string& path, const std::vector<int64_t>& numels,
+    const std::string& path, const std::vector<int64_t>& numels, int arrays, at::ScalarType dtype,
     std::shared_ptr<offload::HostAllocator> allocator, int slots,
     std::unique_ptr<offload::IoEngine> io) {
   if (slots < 2) return base::Status::InvalidArgument("nvme state: at least 2 slots, got " + std::to_string(slots));
+  if (arrays < 1) return base::Status::InvalidArgument("nvme state: at least 1 array, got " + std::to_string(arrays));
   std::unique_ptr<NvmeStateFile> f(new NvmeStateFile());
   f->path_ = path;
   f->numels_ = numels;
+  f->arrays_ = arrays;
+  f->dtype_ = dtype;
   size_t slot_bytes = offload::kHostAlignment;
   int64_t offset = 0;
   for (int i = 0; i < static_cast<int>(numels.size()); ++i) {
@@ -52,17 +55,18 @@ NvmeStateFile::~NvmeStateFile() {
   ::unlink(path_.c_str());
 }
 
-size_t NvmeStateFile::record_bytes(int shard) const {
-  return 3 * aligned(static_cast<size_t>(numels_[shard]) * sizeof(float));
+size_t NvmeStateFile::array_bytes(int shard) const {
+  return aligned(static_cast<size_t>(numels_[shard]) * c10::elementSize(dtype_));
 }
 
-ShardState NvmeStateFile::views(void* base, int shard) const {
+NvmeRecord NvmeStateFile::views(void* base, int shard) const {
   const int64_t n = numels_[shard];
-  const size_t stride = aligned(static_cast<size_t>(n) * sizeof(float));
   auto* bytes = static_cast<char*>(base);
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  return {at::from_blob(bytes, {n}, opts), at::from_blob(bytes + stride, {n}, opts),
-          at::from_blob(bytes + 2 * stride, {n}, opts)};
+  NvmeRecord record;
+  for (int a = 0; a < arrays_; ++a) {
+    record.push_back(at::from_blob(bytes + a * array_bytes(shard), {n}, at::TensorOptions().dtype(dtype_)));
+  }
+  return record;
 }
 
 base::Status NvmeStateFile::finish(Slot& slot) {
@@ -78,30 +82,26 @@ NvmeStateFile::Slot* NvmeStateFile::slot_of(int shard) {
   return nullptr;
 }
 
-base::Status NvmeStateFile::write(int shard, const ShardState& state) {
+base::Status NvmeStateFile::write(int shard, const NvmeRecord& record) {
   Slot& slot = slots_[0];
   RETURN_IF_ERROR(finish(slot));
   slot.shard = -1;
-  const ShardState dst = views(slot.buffer.data(), shard);
-  dst.master.copy_(state.master);
-  dst.exp_avg.copy_(state.exp_avg);
-  dst.exp_avg_sq.copy_(state.exp_avg_sq);
+  const NvmeRecord dst = views(slot.buffer.data(), shard);
+  for (int a = 0; a < arrays_; ++a) dst[a].copy_(record[a]);
   ASSIGN_OR_RETURN(offload::IoTicket t, io_->submit(offload::IoOp::kWrite, file_, offsets_[shard],
                                                     slot.buffer.data(), record_bytes(shard)));
   return io_->wait(t).with_context("nvme state " + path_);
 }
 
-base::Status NvmeStateFile::read(int shard, const ShardState& state) {
+base::Status NvmeStateFile::read(int shard, const NvmeRecord& record) {
   Slot& slot = slots_[0];
   RETURN_IF_ERROR(finish(slot));
   slot.shard = -1;
   ASSIGN_OR_RETURN(offload::IoTicket t, io_->submit(offload::IoOp::kRead, file_, offsets_[shard],
                                                     slot.buffer.data(), record_bytes(shard)));
   RETURN_IF_ERROR(io_->wait(t).with_context("nvme state " + path_));
-  const ShardState src = views(slot.buffer.data(), shard);
-  state.master.copy_(src.master);
-  state.exp_avg.copy_(src.exp_avg);
-  state.exp_avg_sq.copy_(src.exp_avg_sq);
+  const NvmeRecord src = views(slot.buffer.data(), shard);
+  for (int a = 0; a < arrays_; ++a) record[a].copy_(src[a]);
   return base::Status::Ok();
 }
 
@@ -116,7 +116,7 @@ base::Status NvmeStateFile::fetch(int shard) {
   return base::Status::Ok();
 }
 
-base::StatusOr<ShardState> NvmeStateFile::acquire(int shard) {
+base::StatusOr<NvmeRecord> NvmeStateFile::acquire(int shard) {
   Slot* slot = slot_of(shard);
   if (slot == nullptr) return base::Status::Internal("nvme state: shard " + std::to_string(shard) + " was not fetched");
   RETURN_IF_ERROR(finish(*slot));
@@ -130,6 +130,10 @@ base::Status NvmeStateFile::release(int shard) {
                                              slot->buffer.data(), record_bytes(shard)));
   slot->writing = true;
   return base::Status::Ok();
+}
+
+void NvmeStateFile::discard(int shard) {
+  if (Slot* slot = slot_of(shard)) slot->shard = -1;
 }
 
 base::Status NvmeStateFile::flush() {

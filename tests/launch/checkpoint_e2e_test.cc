@@ -240,10 +240,13 @@ TEST_F(CheckpointE2e, ResumeAtOtherWorldSizesAndStages) {
 
 TEST_F(CheckpointE2e, ResumeWithOffloadedStateContinuesTheSameRun) {
   // A checkpoint does not depend on where the state lived: the reference's (no offload) resumes
-  // with the optimizer, and the parameters, in host memory.
+  // with the optimizer, and the parameters, in host memory or on disk (paged in for the load,
+  // and again for the final save, which must match).
   const std::vector<double> expect = reference_tail();
-  for (const std::string offload : {"--set offload.optimizer=cpu",
-                                    "--set offload.optimizer=cpu --set offload.params=cpu"}) {
+  const std::string nvme = " --set offload.nvme_dir=" + (suite_ / "nvme").string();
+  for (const std::string& offload : std::vector<std::string>{"--set offload.optimizer=cpu",
+                                    "--set offload.optimizer=cpu --set offload.params=cpu",
+                                    "--set offload.optimizer=nvme --set offload.params=nvme" + nvme}) {
     const fs::path out = suite_ / ("offload" + std::to_string(offload.size()));
     RunResult r = run(dstrain(2, args(out, offload + " --resume " + ckpt(ref(), 10).string())));
     ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -136,7 +136,9 @@ TEST_F(TrainE2e, OffloadedOptimizerAndParametersKeepTheLosses) {
       {3, "--set offload.optimizer=cpu --set offload.params=cpu"},
       {0, nvme},
       {2, nvme},
-      {3, nvme + " --set offload.params=cpu --set offload.host_budget_gib=0.0001"}};
+      {3, nvme + " --set offload.params=cpu --set offload.host_budget_gib=0.0001"},
+      {3, nvme + " --set offload.params=nvme"},
+      {3, "--set offload.optimizer=cpu --set offload.params=nvme --set offload.nvme_dir=" + run_dir("nvme")}};
   for (const Case& c : cases) {
     std::vector<double> base, off;
     for (bool offloaded : {false, true}) {
@@ -370,19 +372,6 @@ TEST_F(TrainE2e, Bf16GradientReductionStaysCloseToFp32) {
     for (size_t s = 0; s < runs[0].size(); ++s) {
       EXPECT_NEAR(runs[k][s], runs[k - 2][s], 2e-2 * runs[k - 2][s]) << "run " << k << " step " << s;
     }
-  }
-}
-
-TEST_F(TrainE2e, FeaturesOfLaterVersionsAreRefusedNotIgnored) {
-  const std::string cfg = small_config();
-  for (const char* set : {"offload.params=nvme"}) {
-    RunResult r = run(dstrain(1, "--config " + cfg + " --set " + set + " --set offload.nvme_dir=" +
-                                     run_dir("nvme") + " --set zero.stage=3 --set offload.optimizer=cpu" +
-                                     " --set run.dir=" + run_dir("x")));
-    EXPECT_EQ(r.exit_code, 2) << set << "\n" << r.output;
-    EXPECT_NE(r.output.find("not available in this version"), std::string::npos) << r.output;
-    const std::string key = std::string(set).substr(0, std::string(set).find('='));
-    EXPECT_NE(r.output.find(key), std::string::npos) << r.output;
   }
 }
 

@@ -26,23 +26,23 @@ std::unique_ptr<offload::IoEngine> uring() {
 }
 
 std::unique_ptr<NvmeStateFile> make_file(const std::string& path, std::unique_ptr<offload::IoEngine> io) {
-  auto f = NvmeStateFile::create(path, kNumels, offload::make_aligned_host_allocator(), 4, std::move(io));
+  auto f = NvmeStateFile::create(path, kNumels, 3, at::kFloat, offload::make_aligned_host_allocator(),
+                                 4, std::move(io));
   EXPECT_TRUE(f.ok()) << f.status().message();
   return std::move(*f);
 }
 
-ShardState filled(int64_t n, float base) {
+NvmeRecord filled(int64_t n, float base) {
   return {at::arange(n, at::kFloat) + base, at::full({n}, base + 1), at::full({n}, base + 2)};
 }
 
-ShardState empty_like(int64_t n) {
+NvmeRecord empty_like(int64_t n) {
   return {at::empty({n}, at::kFloat), at::empty({n}, at::kFloat), at::empty({n}, at::kFloat)};
 }
 
-void expect_equal(const ShardState& a, const ShardState& b) {
-  EXPECT_TRUE(at::equal(a.master, b.master));
-  EXPECT_TRUE(at::equal(a.exp_avg, b.exp_avg));
-  EXPECT_TRUE(at::equal(a.exp_avg_sq, b.exp_avg_sq));
+void expect_equal(const NvmeRecord& a, const NvmeRecord& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "array " << i;
 }
 
 // What the host optimizer does: fetch one ahead, update, write back behind.
@@ -51,9 +51,9 @@ base::Status one_step(NvmeStateFile& f, float delta) {
   RETURN_IF_ERROR(f.fetch(0));
   for (int i = 0; i < n; ++i) {
     if (i + 1 < n) RETURN_IF_ERROR(f.fetch(i + 1));
-    ASSIGN_OR_RETURN(ShardState s, f.acquire(i));
-    s.master.add_(delta);
-    s.exp_avg_sq.mul_(2);
+    ASSIGN_OR_RETURN(NvmeRecord s, f.acquire(i));
+    s[0].add_(delta);
+    s[2].mul_(2);
     RETURN_IF_ERROR(f.release(i));
   }
   return f.flush();
@@ -65,15 +65,30 @@ TEST(NvmeStateFile, PipelinedStepsUpdateEveryShardInPlace) {
   for (int i = 0; i < f->num_shards(); ++i) ASSERT_TRUE(f->write(i, filled(kNumels[i], 10.0f * i)).ok());
   for (int step = 0; step < 3; ++step) ASSERT_TRUE(one_step(*f, 1.0f).ok());
   for (int i = 0; i < f->num_shards(); ++i) {
-    ShardState want = filled(kNumels[i], 10.0f * i);
-    want.master.add_(3.0f);
-    want.exp_avg_sq.mul_(8);
-    ShardState got = empty_like(kNumels[i]);
+    NvmeRecord want = filled(kNumels[i], 10.0f * i);
+    want[0].add_(3.0f);
+    want[2].mul_(8);
+    NvmeRecord got = empty_like(kNumels[i]);
     ASSERT_TRUE(f->read(i, got).ok());
     expect_equal(got, want);
   }
   f.reset();
   EXPECT_NE(access(path.c_str(), F_OK), 0) << "the scratch file outlived its owner";
+}
+
+TEST(NvmeStateFile, OneArrayRecordsOfSixteenBitValuesRoundTrip) {
+  // offload.params = nvme: one bf16 array per shard.
+  auto f = NvmeStateFile::create(temp_path("params"), kNumels, 1, at::kBFloat16,
+                                 offload::make_aligned_host_allocator(), 4, uring());
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  for (int i = 0; i < (*f)->num_shards(); ++i) {
+    ASSERT_TRUE((*f)->write(i, {(at::arange(kNumels[i], at::kFloat) * 0.5).to(at::kBFloat16)}).ok());
+  }
+  for (int i = (*f)->num_shards() - 1; i >= 0; --i) {
+    NvmeRecord got = {at::empty({kNumels[i]}, at::kBFloat16)};
+    ASSERT_TRUE((*f)->read(i, got).ok());
+    EXPECT_TRUE(at::equal(got[0], (at::arange(kNumels[i], at::kFloat) * 0.5).to(at::kBFloat16)));
+  }
 }
 
 TEST(NvmeStateFile, AcquireWithoutFetchIsAnError) {
@@ -107,10 +122,10 @@ TEST(NvmeStateFile, InjectedFaultsAreNamedAndLeaveEarlierShardsIntact) {
     ASSERT_FALSE(st.ok()) << c.text;
     EXPECT_NE(st.message().find(path), std::string::npos) << st.message();
     EXPECT_NE(st.message().find(c.text), std::string::npos) << st.message();
-    ShardState got = empty_like(kNumels[0]);
+    NvmeRecord got = empty_like(kNumels[0]);
     ASSERT_TRUE(f->read(0, got).ok());
-    ShardState want = filled(kNumels[0], 1.0f);
-    if (!on_write) want.master.add_(1.0f), want.exp_avg_sq.mul_(2);  // shard 0 was updated first
+    NvmeRecord want = filled(kNumels[0], 1.0f);
+    if (!on_write) want[0].add_(1.0f), want[2].mul_(2);  // shard 0 was updated first
     expect_equal(got, want);
   }
 }

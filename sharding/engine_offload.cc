@@ -1,0 +1,158 @@
+// The engine's offload tiers (DESIGN.md "Offload tiers", docs/architecture.md): where the
+// optimizer state and the parameter shards live when they are not on the device, the host
+// optimizer step, and paging NVMe-resident state in and out for checkpoints and loads.
+#include <cstdio>
+
+#include "base/fs.h"
+#include "offload/uring_io_engine.h"
+#include "sharding/engine.h"
+#include "sharding/engine_state.h"
+#include "sharding/host_tensor.h"
+
+namespace dstrain::sharding {
+
+base::StatusOr<at::Tensor> Engine::optimizer_tensor(int64_t numel) {
+  if (optimizer_on_host()) return host_tensor(host_allocator_, numel, at::kFloat);
+  return at::zeros({numel}, at::TensorOptions().dtype(at::kFloat).device(options_.device));
+}
+
+base::Status Engine::store_initial_nvme_state(Buffer& b, const at::Tensor& mine) {
+  if (!nvme_state_) RETURN_IF_ERROR(create_nvme_state());
+  b.nvme_shard = nvme_shard_of_[next_trainable_++];
+  if (b.nvme_shard < 0) {  // within offload.host_budget_gib: host memory, as offload.optimizer = cpu
+    ASSIGN_OR_RETURN(b.master, optimizer_tensor(b.shard.numel()));
+    b.master.copy_(mine);
+    ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.shard.numel()));
+    ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.shard.numel()));
+    return base::Status::Ok();
+  }
+  const at::Tensor master = mine.to(at::kCPU, at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  const at::Tensor zeros = at::zeros_like(master);
+  return nvme_state_->write(b.nvme_shard, {master, zeros, zeros});
+}
+
+base::Status Engine::create_nvme_params() {
+  // Every gathered buffer's shard in the order init_storage meets them.
+  std::vector<int64_t> numels;
+  for (const auto& unit : units_) {
+    for (int k = 0; k < kNumBufferKinds; ++k) {
+      const FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), comm_.size());
+      if (layout.empty() || (layout.kind == BufferKind::kFrozen && options_.replicate_frozen)) continue;
+      numels.push_back(shard_range(layout, comm_.rank()).numel());
+    }
+  }
+  ASSIGN_OR_RETURN(nvme_params_, create_nvme_file("params", numels, /*arrays=*/1, options_.compute_dtype));
+  return base::Status::Ok();
+}
+
+base::StatusOr<std::unique_ptr<NvmeStateFile>> Engine::create_nvme_file(
+    const std::string& kind, const std::vector<int64_t>& numels, int arrays, at::ScalarType dtype) {
+  RETURN_IF_ERROR(base::make_dirs(options_.offload.nvme_dir).with_context("offload.nvme_dir"));
+  char name[48];
+  std::snprintf(name, sizeof(name), "/%s-rank%05d.bin", kind.c_str(), comm_.rank());
+  auto io = offload::make_uring_io_engine(offload::IoOptions{});
+  if (!io.ok()) return io.status().with_context("offload." + kind + " = nvme");
+  return NvmeStateFile::create(options_.offload.nvme_dir + name, numels, arrays, dtype,
+                               host_allocator_, /*slots=*/4, std::move(*io));
+}
+
+base::Status Engine::create_nvme_state() {
+  // Every trainable shard in the order init_storage meets them: the first ones stay in host
+  // memory while offload.host_budget_gib lasts (fp32 master and two moments: 12 bytes each).
+  std::vector<int64_t> numels;
+  double budget = options_.offload.host_budget_gib * (1 << 30);
+  for (const auto& unit : units_) {
+    for (int k = 0; k < kNumBufferKinds; ++k) {
+      const FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), comm_.size());
+      if (layout.empty() || layout.kind == BufferKind::kFrozen) continue;
+      const int64_t n = options_.zero.stage == 0 ? layout.padded_numel
+                                                 : shard_range(layout, comm_.rank()).numel();
+      const double bytes = 12.0 * static_cast<double>(n);
+      if (bytes <= budget) {
+        budget -= bytes;
+        nvme_shard_of_.push_back(-1);
+      } else {
+        nvme_shard_of_.push_back(static_cast<int>(numels.size()));
+        numels.push_back(n);
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(nvme_state_, create_nvme_file("optimizer", numels, /*arrays=*/3, at::kFloat));
+  return base::Status::Ok();
+}
+
+base::Status Engine::host_step(double lr, double grad_scale) {
+  const int64_t stage = options_.zero.stage;
+  offload::AdamWHyper hyper;
+  hyper.lr = lr;
+  hyper.beta1 = options_.optim.beta1;
+  hyper.beta2 = options_.optim.beta2;
+  hyper.eps = options_.optim.eps;
+  hyper.step = static_cast<int64_t>(step_count_.item<double>());
+  hyper.grad_scale = grad_scale;
+  // Unit order, so the pipeline's first download starts with the first unit.
+  std::vector<HostShard> shards;
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (!b.present() || !b.trainable) continue;
+      HostShard s;
+      s.grad = b.master_grad(stage);
+      s.master = b.master;  // undefined under nvme: the optimizer pages it in
+      s.exp_avg = b.exp_avg;
+      s.exp_avg_sq = b.exp_avg_sq;
+      s.nvme_shard = b.nvme_shard;
+      // The update writes the compute-dtype parameters where the next forward needs them:
+      // the shard (stage 3), the whole buffer (stage 0), or a device shard to all-gather.
+      if (stage == 3) {
+        s.out = b.shard_param;  // undefined under offload.params = nvme: the record instead
+        s.nvme_param = b.param_record;
+      } else if (stage == 0) {
+        s.out = b.full;
+      } else {
+        b.updated = at::empty({b.shard.numel()}, b.full.options());
+        s.out = b.updated;
+      }
+      s.weight_decay = b.layout.kind == BufferKind::kDecay ? options_.optim.weight_decay : 0.0;
+      shards.push_back(std::move(s));
+    }
+  }
+  RETURN_IF_ERROR(host_optimizer_->step(shards, hyper, nvme_state_.get(), nvme_params_.get()));
+  return refresh_compute_params(/*after_host_step=*/true);
+}
+
+base::Status Engine::page_in_state() {
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (b.param_record >= 0 && !b.shard_param.defined()) {
+        b.shard_param = at::empty({b.shard.numel()}, at::TensorOptions().dtype(options_.compute_dtype));
+        RETURN_IF_ERROR(nvme_params_->read(b.param_record, {b.shard_param}));
+      }
+      if (b.nvme_shard < 0 || b.master.defined()) continue;
+      const int64_t n = nvme_state_->numel(b.nvme_shard);
+      b.master = at::empty({n}, at::kFloat);
+      b.exp_avg = at::empty({n}, at::kFloat);
+      b.exp_avg_sq = at::empty({n}, at::kFloat);
+      RETURN_IF_ERROR(nvme_state_->read(b.nvme_shard, {b.master, b.exp_avg, b.exp_avg_sq}));
+    }
+  }
+  return base::Status::Ok();
+}
+
+base::Status Engine::page_out_state(bool write_back) {
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (b.param_record >= 0 && b.shard_param.defined()) {
+        if (write_back) RETURN_IF_ERROR(nvme_params_->write(b.param_record, {b.shard_param}));
+        b.shard_param = at::Tensor();
+      }
+      if (b.nvme_shard < 0 || !b.master.defined()) continue;
+      if (write_back) {
+        RETURN_IF_ERROR(nvme_state_->write(b.nvme_shard, {b.master, b.exp_avg, b.exp_avg_sq}));
+      }
+      b.master = b.exp_avg = b.exp_avg_sq = at::Tensor();
+    }
+  }
+  return base::Status::Ok();
+}
+
+}  // namespace dstrain::sharding
