@@ -15,7 +15,8 @@ int report(const Status& st, int rank, bool every_rank_alike) {
   if (st.ok()) return 0;
   if (!every_rank_alike || rank == 0) {
     if (rank > 0) std::fprintf(stderr, "[rank %d] ", rank);
-    std::fprintf(stderr, "error: %s\n", st.message().c_str());
+    const bool preempted = st.code() == dstrain::base::StatusCode::kPreempted;
+    std::fprintf(stderr, "%s: %s\n", preempted ? "preempted" : "error", st.message().c_str());
   }
   return dstrain::base::exit_code(st);
 }
@@ -48,10 +49,12 @@ int main(int argc, char** argv) {
   Status st = cmd.kind == launch::CommandKind::kBench ? launch::run_bench_comm(cmd, **world)
                                                       : launch::run_train(cmd, **world);
   if (st.ok()) return 0;
-  // Config and data errors are found identically on every rank before any collective starts;
-  // anything else may leave peers waiting in a collective, so it ends the whole job.
+  // Config and data errors are found identically on every rank before any collective starts,
+  // and a preemption is agreed by all ranks at a step boundary; anything else may leave peers
+  // waiting in a collective, so it ends the whole job.
   const bool alike = st.code() == dstrain::base::StatusCode::kInvalidArgument ||
-                     st.code() == dstrain::base::StatusCode::kBadInput;
+                     st.code() == dstrain::base::StatusCode::kBadInput ||
+                     st.code() == dstrain::base::StatusCode::kPreempted;
   const int code = report(st, (*world)->rank(), alike);
   if (!alike && (*world)->size() > 1) MPI_Abort(MPI_COMM_WORLD, code);
   return code;

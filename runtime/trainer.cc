@@ -117,6 +117,7 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   }
   t->checkpointer_ = std::make_unique<checkpoint::Checkpointer>(std::move(ck), comm, *io);
   t->resume_ = run.resume;
+  t->stop_requested_ = run.stop_requested;
   return t;
 }
 
@@ -178,6 +179,25 @@ base::Status Trainer::save_checkpoint(int64_t step, Progress& progress, TrainSum
     progress.message("checkpoint at step " + std::to_string(c.step) + ": " + c.dir + stall);
   }
   return base::Status::Ok();
+}
+
+base::Status Trainer::preempt(int64_t step, bool saved_at_step, Progress& progress,
+                              TrainSummary& summary) {
+  const std::string stopped = "stopped by SIGUSR1/SIGTERM after step " + std::to_string(step);
+  if (!cfg_.checkpoint.enabled) {
+    progress.finish();
+    return base::Status::Preempted(stopped + "; checkpoint.enabled = false, so nothing was saved "
+                                   "and a rerun starts afresh");
+  }
+  if (!saved_at_step) RETURN_IF_ERROR(save_checkpoint(step, progress, summary));
+  RETURN_IF_ERROR(save_checkpoint(-1, progress, summary));  // commits an asynchronous save
+  const std::string dir = summary.last_checkpoint.value_or("");
+  if (is_root()) {
+    RETURN_IF_ERROR(metrics_->write({{"step", step}, {"event", "preempted"}, {"path", dir}}));
+  }
+  progress.finish();
+  return base::Status::Preempted(stopped + ": checkpoint " + dir +
+                                 " committed; run again (--resume auto) to continue");
 }
 
 base::StatusOr<TrainSummary> Trainer::run() {
@@ -251,9 +271,12 @@ base::StatusOr<TrainSummary> Trainer::run() {
     ASSIGN_OR_RETURN(sharding::StepResult result, engine_->step(lr));
     ASSIGN_OR_RETURN(double comm_wait, engine_comm_->take_wait_seconds());
     ASSIGN_OR_RETURN(std::vector<double> ce_total, sum_over_ranks(comm_, {local_ce}));
-    // Peaks over all ranks in one collective: host RSS, device memory, unhidden communication.
+    // Peaks over all ranks in one collective: host RSS, device memory, unhidden communication,
+    // and whether any rank was asked to stop (riding along, so agreeing costs no extra latency).
+    const bool stop_local = stop_requested_ && stop_requested_();
     at::Tensor peaks = at::tensor({static_cast<double>(host_rss_peak_bytes()),
-                                   static_cast<double>(device_memory_peak_bytes(device_)), comm_wait},
+                                   static_cast<double>(device_memory_peak_bytes(device_)), comm_wait,
+                                   stop_local ? 1.0 : 0.0},
                                   at::kDouble);
     RETURN_IF_ERROR(sharding::all_reduce_now(comm_, peaks, sharding::ReduceOp::kMax));
     const double loss = ce_total[0] / global_targets;
@@ -299,8 +322,13 @@ base::StatusOr<TrainSummary> Trainer::run() {
       }
     }
     const int64_t every = cfg_.checkpoint.every;
-    if (cfg_.checkpoint.enabled && ((every > 0 && (step + 1) % every == 0) || step + 1 == tc.steps)) {
-      RETURN_IF_ERROR(save_checkpoint(step + 1, progress, summary));
+    const bool save_now =
+        cfg_.checkpoint.enabled && ((every > 0 && (step + 1) % every == 0) || step + 1 == tc.steps);
+    if (save_now) RETURN_IF_ERROR(save_checkpoint(step + 1, progress, summary));
+    // Every rank holds the same reduced flag, so all leave here together. After the last step
+    // the run simply ends.
+    if (peaks[3].item<double>() > 0.0 && step + 1 < tc.steps) {
+      return preempt(step + 1, save_now, progress, summary);
     }
   }
   if (cfg_.checkpoint.enabled) RETURN_IF_ERROR(save_checkpoint(-1, progress, summary));

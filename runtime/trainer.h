@@ -2,6 +2,7 @@
 // The training loop: data -> engine -> metrics, one optimizer step at a time.
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -26,6 +27,9 @@ struct RunOptions {
   // The engine's collectives (NCCL for CUDA tensors); nullptr: the host communicator, which
   // always carries the trainer's and the checkpointer's small host-side reductions.
   sharding::Communicator* engine_comm = nullptr;
+  // Polled once per step on every rank; when it holds on any rank, the ranks commit a checkpoint
+  // after that step and run() returns Status::Preempted (exit 75). Empty: never.
+  std::function<bool()> stop_requested;
 };
 
 struct TrainSummary {
@@ -62,6 +66,8 @@ class Trainer {
                                                    int64_t* num_targets) const;
   base::StatusOr<double> evaluate();
   base::Status save_checkpoint(int64_t step, Progress& progress, TrainSummary& summary);
+  // After an agreed stop at `step`: commits a checkpoint there and returns Status::Preempted.
+  base::Status preempt(int64_t step, bool saved_at_step, Progress& progress, TrainSummary& summary);
   bool is_root() const { return comm_.rank() == 0; }
 
   base::Config cfg_;
@@ -75,6 +81,7 @@ class Trainer {
   std::unique_ptr<sharding::Engine> engine_;
   std::unique_ptr<MetricsWriter> metrics_;  // rank 0 only
   std::string resume_ = "never";
+  std::function<bool()> stop_requested_;
   std::unique_ptr<checkpoint::CheckpointIo> posix_io_;
   std::unique_ptr<checkpoint::Checkpointer> checkpointer_;
 };
