@@ -12,6 +12,7 @@ struct RunConfig {
   std::string dir = "runs/default";  // outputs: metrics.jsonl, checkpoints/
   int64_t seed = 1234;
   std::string device = "auto";       // auto | cpu | cuda
+  double collective_timeout_s = 60;  // a host wait on an MPI collective longer than this fails; 0: none
 };
 
 struct RopeScalingConfig {

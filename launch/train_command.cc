@@ -6,6 +6,7 @@
 #include "base/fs.h"
 #include "launch/commands.h"
 #include "launch/device.h"
+#include "launch/signals.h"
 #include "launch/config/config_loader.h"
 #include "runtime/trainer.h"
 #include "sharding/mpi_communicator.h"
@@ -23,7 +24,8 @@ base::Status run_train(const Command& cmd, World& world) {
     }
   }
   ASSIGN_OR_RETURN(at::Device device, select_device(cfg.run.device, world));
-  ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm()));
+  ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm(),
+                                                                  cfg.run.collective_timeout_s));
   // On GPUs the engine's collectives run over NCCL; host-side reductions stay on MPI.
   std::unique_ptr<sharding::Communicator> nccl;
   if (device.is_cuda()) {
@@ -40,6 +42,9 @@ base::Status run_train(const Command& cmd, World& world) {
   run.config_toml = config_to_toml(cfg);
   run.dstrain_version = DSTRAIN_VERSION;
   run.engine_comm = nccl.get();
+  // Installed after MPI_Init so that the handlers are ours, not the MPI library's.
+  ASSIGN_OR_RETURN(std::unique_ptr<StopSignals> signals, StopSignals::install());
+  run.stop_requested = [&stop = *signals] { return stop.requested(); };
   ASSIGN_OR_RETURN(auto trainer, runtime::Trainer::create(cfg, *comm, device, run));
   ASSIGN_OR_RETURN(runtime::TrainSummary summary, trainer->run());
   if (world.rank() == 0) {

@@ -1,9 +1,14 @@
 #include "sharding/mpi_communicator.h"
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
 #include <exception>
 #include <future>
 #include <limits>
+#include <mutex>
 
 namespace dstrain::sharding {
 namespace {
@@ -66,32 +71,122 @@ base::Status mpi_status(int rc, const char* call, const char* file, int line) {
                                    ": " + std::string(text, len));
 }
 
-struct MpiCommunicator::Task {
-  std::string what;
+namespace {
+struct Task {
+  std::string what;  // "rank R: op #N (detail)", for error messages
   std::function<base::Status()> fn;
   std::promise<base::Status> done;
 };
+}  // namespace
+
+struct MpiCommShared {
+  double timeout_s = 0;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<Task>> queue;  // guarded by mu
+  bool stopping = false;                    // guarded by mu
+  std::string in_flight;                    // the task inside MPI now; guarded by mu
+  // Set once a wait gave up: the thread is (or was) stuck in MPI and the peers are out of step,
+  // so later tasks fail instead of running and the owner detaches the thread.
+  std::atomic<bool> timed_out{false};
+  // Nanoseconds callers spent blocked in wait().
+  std::atomic<int64_t> waited_ns{0};
+};
 
 namespace {
+
+std::string seconds_text(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", s);
+  return buf;
+}
+
 class FutureWork final : public Work {
  public:
-  FutureWork(std::future<base::Status> f, std::shared_ptr<std::atomic<int64_t>> waited_ns)
-      : f_(std::move(f)), waited_ns_(std::move(waited_ns)) {}
+  FutureWork(std::future<base::Status> f, std::string what, std::shared_ptr<MpiCommShared> shared)
+      : f_(std::move(f)), what_(std::move(what)), shared_(std::move(shared)) {}
   base::Status wait() override {
     const auto start = std::chrono::steady_clock::now();
-    base::Status st = f_.get();
-    *waited_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                       std::chrono::steady_clock::now() - start).count();
+    base::Status st = wait_bounded();
+    shared_->waited_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - start).count();
     return st;
   }
 
  private:
+  base::Status wait_bounded() {
+    const double timeout = shared_->timeout_s;
+    if (timeout <= 0 && !shared_->timed_out) return f_.get();
+    // After an earlier timeout nothing queued behind the stuck collective can finish: fail fast.
+    const auto limit = shared_->timed_out ? std::chrono::duration<double>(0)
+                                          : std::chrono::duration<double>(timeout);
+    if (f_.wait_for(limit) == std::future_status::ready) return f_.get();
+    const bool first = !shared_->timed_out.exchange(true);
+    std::string in_flight;
+    {
+      std::lock_guard<std::mutex> lock(shared_->mu);
+      in_flight = shared_->in_flight;
+    }
+    if (!first) {
+      return base::Status::Distributed(what_ + ": abandoned after an earlier collective timed out");
+    }
+    std::string msg = what_ + " did not complete in " + seconds_text(timeout) +
+                      " s (run.collective_timeout_s): a peer died or stopped";
+    if (!in_flight.empty() && in_flight != what_) msg += "; stuck in " + in_flight;
+    return base::Status::Distributed(msg);
+  }
+
   std::future<base::Status> f_;
-  std::shared_ptr<std::atomic<int64_t>> waited_ns_;
+  std::string what_;
+  std::shared_ptr<MpiCommShared> shared_;
 };
+
+// LibTorch reports errors by throwing; on this thread an escaping exception would terminate the
+// process, so it becomes the task's status.
+base::Status run_guarded(const std::function<base::Status()>& fn) {
+  try {
+    return fn();
+  } catch (const c10::Error& e) {
+    return base::Status::Internal(std::string("LibTorch: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return base::Status::Internal(std::string("LibTorch: ") + e.what());
+  }
+}
+
+// The communication thread. It holds its own reference to the shared state so that a detached
+// thread (see ~MpiCommunicator) never touches freed memory; tasks capture only values.
+void run_queue(std::shared_ptr<MpiCommShared> shared) {
+  MpiCommShared& s = *shared;
+  for (;;) {
+    std::shared_ptr<Task> task;
+    {
+      std::unique_lock<std::mutex> lock(s.mu);
+      s.in_flight.clear();
+      s.cv.wait(lock, [&s] { return s.stopping || !s.queue.empty(); });
+      if (s.queue.empty()) return;
+      task = std::move(s.queue.front());
+      s.queue.pop_front();
+      s.in_flight = task->what;
+    }
+    base::Status st = s.timed_out ? base::Status::Distributed(
+                                        "abandoned after an earlier collective timed out")
+                                  : run_guarded(task->fn);
+    task->done.set_value(st.ok() ? st : st.with_context(task->what));
+  }
+}
+
+std::string describe(const at::Tensor& t) {
+  return std::to_string(t.numel()) + " x " + c10::toString(t.scalar_type());
+}
+
 }  // namespace
 
-base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Comm comm) {
+base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Comm comm,
+                                                                          double timeout_s) {
+  if (!(timeout_s >= 0)) {
+    return base::Status::InvalidArgument("MPI communicator: timeout must be >= 0 seconds, got " +
+                                         seconds_text(timeout_s));
+  }
   int provided = 0;
   RETURN_IF_ERROR(MPI_CHECK(MPI_Query_thread(&provided)));
   if (provided < MPI_THREAD_SERIALIZED) {
@@ -106,102 +201,86 @@ base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Com
     MPI_Comm_free(&dup);
     return handler;
   }
-  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup));
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup, timeout_s));
 }
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, double timeout_s)
+    : comm_(comm), shared_(std::make_shared<MpiCommShared>()) {
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
-  thread_ = std::thread([this] { run(); });
+  shared_->timeout_s = timeout_s;
+  thread_ = std::thread(run_queue, shared_);
 }
 
 MpiCommunicator::~MpiCommunicator() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    shared_->stopping = true;
   }
-  cv_.notify_all();
+  shared_->cv.notify_all();
+  if (shared_->timed_out) {
+    // Joining would wait forever on a collective a dead peer never finishes, and freeing the
+    // communicator under it is not allowed; the process is about to MPI_Abort anyway.
+    thread_.detach();
+    return;
+  }
   thread_.join();
   MPI_Comm_free(&comm_);
 }
 
-namespace {
-// LibTorch reports errors by throwing; on this thread an escaping exception would terminate the
-// process, so it becomes the task's status.
-base::Status run_guarded(const std::function<base::Status()>& fn) {
-  try {
-    return fn();
-  } catch (const c10::Error& e) {
-    return base::Status::Internal(std::string("LibTorch: ") + e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return base::Status::Internal(std::string("LibTorch: ") + e.what());
-  }
-}
-}  // namespace
-
-void MpiCommunicator::run() {
-  for (;;) {
-    std::shared_ptr<Task> task;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;
-      task = std::move(queue_.front());
-      queue_.pop_front();
-    }
-    base::Status st = run_guarded(task->fn);
-    task->done.set_value(st.ok() ? st : st.with_context(task->what));
-  }
-}
-
-std::unique_ptr<Work> MpiCommunicator::enqueue(std::string what, std::function<base::Status()> fn) {
+std::unique_ptr<Work> MpiCommunicator::enqueue(const char* op, const std::string& detail,
+                                               std::function<base::Status()> fn) {
   auto task = std::make_shared<Task>();
   std::future<base::Status> f = task->done.get_future();
+  task->what = "rank " + std::to_string(rank_) + ": " + op + " #" + std::to_string(sequence_++) +
+               (detail.empty() ? "" : " (" + detail + ")");
+  task->fn = std::move(fn);
+  std::string name = task->what;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    task->what = "rank " + std::to_string(rank_) + ": " + what + " #" + std::to_string(sequence_++);
-    task->fn = std::move(fn);
-    queue_.push_back(std::move(task));
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    shared_->queue.push_back(std::move(task));
   }
-  cv_.notify_one();
-  return std::make_unique<FutureWork>(std::move(f), waited_ns_);
+  shared_->cv.notify_one();
+  return std::make_unique<FutureWork>(std::move(f), std::move(name), shared_);
 }
 
 std::unique_ptr<Work> MpiCommunicator::all_reduce(at::Tensor t, ReduceOp op) {
-  return enqueue("all_reduce", [this, t, op]() -> base::Status {
+  return enqueue("all_reduce", describe(t), [comm = comm_, t, op]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(t, "all_reduce"));
     ASSIGN_OR_RETURN(const int count, mpi_count(t.numel(), "all_reduce"));
     Staged s = stage(t);
     ASSIGN_OR_RETURN(MPI_Datatype type, mpi_type(s.wire));
     RETURN_IF_ERROR(MPI_CHECK(
-        MPI_Allreduce(MPI_IN_PLACE, s.wire.data_ptr(), count, type, mpi_op(op), comm_)));
+        MPI_Allreduce(MPI_IN_PLACE, s.wire.data_ptr(), count, type, mpi_op(op), comm)));
     s.finish();
     return base::Status::Ok();
   });
 }
 
 std::unique_ptr<Work> MpiCommunicator::all_gather(at::Tensor shard, at::Tensor full) {
-  return enqueue("all_gather", [this, shard, full]() -> base::Status {
+  return enqueue("all_gather", describe(full),
+                 [comm = comm_, size = size_, shard, full]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(shard, "all_gather"));
     RETURN_IF_ERROR(check_cpu_contiguous(full, "all_gather"));
-    if (full.numel() != shard.numel() * size_ || full.scalar_type() != shard.scalar_type()) {
+    if (full.numel() != shard.numel() * size || full.scalar_type() != shard.scalar_type()) {
       return base::Status::InvalidArgument("all_gather: output must hold world_size shards");
     }
     // Gathering moves bytes without arithmetic, so any dtype travels as raw bytes.
     ASSIGN_OR_RETURN(const int bytes,
                      mpi_count(shard.numel() * shard.element_size(), "all_gather (bytes)"));
     RETURN_IF_ERROR(MPI_CHECK(MPI_Allgather(shard.data_ptr(), bytes, MPI_BYTE, full.data_ptr(),
-                                            bytes, MPI_BYTE, comm_)));
+                                            bytes, MPI_BYTE, comm)));
     return base::Status::Ok();
   });
 }
 
 std::unique_ptr<Work> MpiCommunicator::reduce_scatter(at::Tensor full, at::Tensor shard,
                                                       ReduceOp op) {
-  return enqueue("reduce_scatter", [this, full, shard, op]() -> base::Status {
+  return enqueue("reduce_scatter", describe(full),
+                 [comm = comm_, size = size_, full, shard, op]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(full, "reduce_scatter"));
     RETURN_IF_ERROR(check_cpu_contiguous(shard, "reduce_scatter"));
-    if (full.numel() != shard.numel() * size_ || full.scalar_type() != shard.scalar_type()) {
+    if (full.numel() != shard.numel() * size || full.scalar_type() != shard.scalar_type()) {
       return base::Status::InvalidArgument("reduce_scatter: input must hold world_size shards");
     }
     ASSIGN_OR_RETURN(const int count, mpi_count(shard.numel(), "reduce_scatter"));
@@ -209,28 +288,28 @@ std::unique_ptr<Work> MpiCommunicator::reduce_scatter(at::Tensor full, at::Tenso
     Staged out = stage(shard);
     ASSIGN_OR_RETURN(MPI_Datatype type, mpi_type(in.wire));
     RETURN_IF_ERROR(MPI_CHECK(MPI_Reduce_scatter_block(in.wire.data_ptr(), out.wire.data_ptr(),
-                                                       count, type, mpi_op(op), comm_)));
+                                                       count, type, mpi_op(op), comm)));
     out.finish();
     return base::Status::Ok();
   });
 }
 
 std::unique_ptr<Work> MpiCommunicator::broadcast(at::Tensor t, int root) {
-  return enqueue("broadcast", [this, t, root]() -> base::Status {
+  return enqueue("broadcast", describe(t), [comm = comm_, t, root]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(t, "broadcast"));
     ASSIGN_OR_RETURN(const int bytes,
                      mpi_count(t.numel() * t.element_size(), "broadcast (bytes)"));
-    RETURN_IF_ERROR(MPI_CHECK(MPI_Bcast(t.data_ptr(), bytes, MPI_BYTE, root, comm_)));
+    RETURN_IF_ERROR(MPI_CHECK(MPI_Bcast(t.data_ptr(), bytes, MPI_BYTE, root, comm)));
     return base::Status::Ok();
   });
 }
 
 base::Status MpiCommunicator::barrier() {
-  return enqueue("barrier", [this]() { return MPI_CHECK(MPI_Barrier(comm_)); })->wait();
+  return enqueue("barrier", "", [comm = comm_]() { return MPI_CHECK(MPI_Barrier(comm)); })->wait();
 }
 
 base::StatusOr<double> MpiCommunicator::take_wait_seconds() {
-  return static_cast<double>(waited_ns_->exchange(0)) * 1e-9;
+  return static_cast<double>(shared_->waited_ns.exchange(0)) * 1e-9;
 }
 
 }  // namespace dstrain::sharding

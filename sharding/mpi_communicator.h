@@ -4,11 +4,9 @@
 // collectives in issue order with blocking calls; the training thread keeps computing meanwhile.
 #include <mpi.h>
 
-#include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <functional>
-#include <mutex>
+#include <memory>
+#include <string>
 #include <thread>
 
 #include "sharding/communicator.h"
@@ -19,11 +17,18 @@ namespace dstrain::sharding {
 base::Status mpi_status(int rc, const char* call, const char* file, int line);
 #define MPI_CHECK(call) ::dstrain::sharding::mpi_status((call), #call, __FILE__, __LINE__)
 
+struct MpiCommShared;  // queue and fault state, shared by the thread, the owner and every Work
+
 class MpiCommunicator final : public Communicator {
  public:
   // Duplicates `comm`, so the communicator's traffic never mixes with the caller's. MPI must be
-  // initialised with at least MPI_THREAD_SERIALIZED.
-  static base::StatusOr<std::unique_ptr<MpiCommunicator>> create(MPI_Comm comm);
+  // initialised with at least MPI_THREAD_SERIALIZED. A Work::wait() that blocks longer than
+  // `timeout_s` seconds (0: forever) returns a distributed fault instead of hanging: a stopped or
+  // dead peer never completes the collective, and MPI itself cannot be interrupted.
+  static base::StatusOr<std::unique_ptr<MpiCommunicator>> create(MPI_Comm comm,
+                                                                  double timeout_s = 0);
+  // After a timed-out wait the communication thread is stuck inside MPI; it is detached rather
+  // than joined and the duplicate is leaked, so the caller can go on to MPI_Abort.
   ~MpiCommunicator() override;
   MpiCommunicator(const MpiCommunicator&) = delete;
   MpiCommunicator& operator=(const MpiCommunicator&) = delete;
@@ -38,22 +43,17 @@ class MpiCommunicator final : public Communicator {
   base::StatusOr<double> take_wait_seconds() override;
 
  private:
-  struct Task;
-  explicit MpiCommunicator(MPI_Comm comm);
-  std::unique_ptr<Work> enqueue(std::string what, std::function<base::Status()> fn);
-  void run();  // the communication thread
+  MpiCommunicator(MPI_Comm comm, double timeout_s);
+  // `op` and `detail` (sizes, may be empty) name the collective in error messages.
+  std::unique_ptr<Work> enqueue(const char* op, const std::string& detail,
+                                std::function<base::Status()> fn);
 
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
-  uint64_t sequence_ = 0;  // collectives issued, for error messages
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::shared_ptr<Task>> queue_;
-  bool stopping_ = false;
+  uint64_t sequence_ = 0;  // collectives issued, for error messages; training thread only
+  std::shared_ptr<MpiCommShared> shared_;
   std::thread thread_;
-  // Nanoseconds callers spent blocked in wait(); shared with Works that may outlive us.
-  std::shared_ptr<std::atomic<int64_t>> waited_ns_ = std::make_shared<std::atomic<int64_t>>(0);
 };
 
 }  // namespace dstrain::sharding

@@ -38,6 +38,10 @@ std::vector<KeySpec> build_schema() {
       number(DSTRAIN_KEY(run.seed), any(), "seed for initialisation, data order and dropout"),
       choice(DSTRAIN_KEY(run.device), {"auto", "cpu", "cuda"},
              "auto: one GPU per local rank when GPUs are present, else the CPU; cuda: GPUs or an error"),
+      number(DSTRAIN_KEY(run.collective_timeout_s), at_least(0),
+             "seconds a rank waits for an MPI collective before it ends the job with exit 4 "
+             "naming the collective (a peer died or stopped); 0: wait forever. Raise it when "
+             "one rank can pause far longer than its peers (slow checkpoint storage)"),
 
       text(DSTRAIN_KEY(model.hf_dir),
            "Hugging Face checkpoint directory (config.json + safetensors); empty: build the "

@@ -5,8 +5,12 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -313,6 +317,54 @@ TEST_F(MpiCommunicatorTest, EightMebibyteRoundTrip) {
   at::Tensor b = rank() == 1 % size() ? base.clone() : at::zeros({kN}, at::kFloat);
   ASSERT_TRUE(comm_->broadcast(b, 1 % size())->wait().ok());
   EXPECT_TRUE(at::equal(b, base));
+}
+
+TEST(MpiCommunicatorTimeout, NegativeTimeoutIsRejected) {
+  auto comm = MpiCommunicator::create(MPI_COMM_WORLD, -1);
+  ASSERT_FALSE(comm.ok());
+  EXPECT_EQ(comm.status().code(), base::StatusCode::kInvalidArgument);
+}
+
+// Rank 0 waits on an all_reduce the others issue only after its wait has given up (they learn
+// it from a file, not from MPI: the stuck communication thread owns MPI meanwhile), so the
+// timeout fires without any race. Once the peers arrive the stuck collective completes.
+TEST_F(MpiCommunicatorTest, WaitPastTheTimeoutNamesRankOperationAndSequence) {
+  at::Tensor pid = at::full({1}, static_cast<int64_t>(getpid()), at::kLong);
+  ASSERT_TRUE(comm_->broadcast(pid, 0)->wait().ok());
+  const std::filesystem::path flag = std::filesystem::temp_directory_path() /
+      ("dstrain_timeout_test_" + std::to_string(pid.item<int64_t>()));
+  comm_.reset();  // one communication thread in MPI at a time (MPI_THREAD_SERIALIZED)
+  auto late = MpiCommunicator::create(MPI_COMM_WORLD, 0.2);
+  ASSERT_TRUE(late.ok()) << late.status().to_string();
+  at::Tensor t = at::ones({4}, at::kFloat);
+  std::unique_ptr<Work> w;
+  const int rank = (*late)->rank();
+  if (rank == 0) {
+    w = (*late)->all_reduce(t, ReduceOp::kSum);
+    const base::Status st = w->wait();
+    std::ofstream(flag) << "timed out";
+    EXPECT_EQ(st.code(), base::StatusCode::kDistributed) << st.to_string();
+    EXPECT_NE(st.message().find("rank 0: all_reduce #0 (4 x Float) did not complete in 0.2 s"),
+              std::string::npos) << st.message();
+    // Nothing queued behind a stuck collective can run; it fails at once, not after 0.2 s more.
+    const base::Status next = (*late)->barrier();
+    EXPECT_NE(next.message().find("rank 0: barrier #1: abandoned"), std::string::npos)
+        << next.message();
+    // Waiting again reports the collective's own result once the peers have joined it.
+    base::Status again = w->wait();
+    for (int i = 0; i < 6000 && !again.ok(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      again = w->wait();
+    }
+    EXPECT_TRUE(again.ok()) << again.to_string();
+    EXPECT_TRUE(at::equal(t, at::full({4}, static_cast<float>((*late)->size()), at::kFloat)));
+    std::filesystem::remove(flag);
+  } else {
+    for (int i = 0; i < 6000 && !std::filesystem::exists(flag); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_TRUE(all_reduce_now(**late, t, ReduceOp::kSum).ok());
+  }
 }
 
 }  // namespace
