@@ -11,11 +11,13 @@ namespace dstrain::runtime {
 
 base::StatusOr<std::unique_ptr<MetricsWriter>> MetricsWriter::open(const std::string& path) {
   RETURN_IF_ERROR(base::make_dirs(base::parent_dir(path)).with_context(path));
+  ASSIGN_OR_RETURN(std::unique_ptr<EventFileWriter> events,
+                   EventFileWriter::open(base::parent_dir(path) + "/tb"));
   std::FILE* f = std::fopen(path.c_str(), "a");
   if (f == nullptr) {
     return base::Status::IOError(path + ": cannot open for append: " + std::strerror(errno));
   }
-  return std::unique_ptr<MetricsWriter>(new MetricsWriter(f, path));
+  return std::unique_ptr<MetricsWriter>(new MetricsWriter(f, path, std::move(events)));
 }
 
 MetricsWriter::~MetricsWriter() { std::fclose(file_); }
@@ -25,7 +27,20 @@ base::Status MetricsWriter::write(const nlohmann::json& line) {
   if (std::fwrite(text.data(), 1, text.size(), file_) != text.size() || std::fflush(file_) != 0) {
     return base::Status::IOError(path_ + ": write failed: " + std::strerror(errno));
   }
-  return base::Status::Ok();
+  const auto step = line.find("step");
+  if (step == line.end() || !step->is_number_integer()) return base::Status::Ok();
+  const std::vector<Scalar> scalars = scalars_of(line);
+  if (scalars.empty()) return base::Status::Ok();
+  return events_->write_scalars(step->get<int64_t>(), scalars);
+}
+
+std::vector<Scalar> scalars_of(const nlohmann::json& line) {
+  std::vector<Scalar> out;
+  for (const auto& [key, value] : line.items()) {
+    if (key == "step" || !value.is_number()) continue;
+    out.push_back({key, value.get<float>()});
+  }
+  return out;
 }
 
 int64_t host_rss_peak_bytes() {

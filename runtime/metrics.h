@@ -1,5 +1,7 @@
 #pragma once
 // <run.dir>/metrics.jsonl: one JSON object per line, flushed per line, written by rank 0 only.
+// Every numeric field of a line with a step is also a TensorBoard scalar at that step, in
+// <run.dir>/tb/ (runtime/tensorboard.h), so the two never disagree.
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -7,25 +9,34 @@
 #include <string>
 
 #include "base/status.h"
+#include "runtime/tensorboard.h"
 
 namespace dstrain::runtime {
 
 class MetricsWriter {
  public:
-  // Appends to `path` (a resumed run continues the same file).
+  // Appends to `path` (a resumed run continues the same file) and starts an event file in
+  // `<directory of path>/tb`.
   static base::StatusOr<std::unique_ptr<MetricsWriter>> open(const std::string& path);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
 
+  // The line, then its scalars; both flushed before returning.
   base::Status write(const nlohmann::json& line);
   const std::string& path() const { return path_; }
 
  private:
-  MetricsWriter(std::FILE* f, std::string path) : file_(f), path_(std::move(path)) {}
+  MetricsWriter(std::FILE* f, std::string path, std::unique_ptr<EventFileWriter> events)
+      : file_(f), path_(std::move(path)), events_(std::move(events)) {}
   std::FILE* file_;
   std::string path_;
+  std::unique_ptr<EventFileWriter> events_;
 };
+
+// The TensorBoard scalars of a metrics line: every number but `step` itself, tagged with its key
+// (null, strings and booleans are left out).
+std::vector<Scalar> scalars_of(const nlohmann::json& line);
 
 // Peak resident set size of this process in bytes (getrusage).
 int64_t host_rss_peak_bytes();
