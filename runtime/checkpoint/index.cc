@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <limits>
 #include <set>
 
 #include "runtime/checkpoint/block_reader.h"
@@ -13,14 +14,53 @@ namespace {
 
 using nlohmann::json;
 
+// A JSON number that is not an integer of the field's type. nlohmann's get<int64_t>() casts a
+// float such as 1e60 unchecked, which is undefined behaviour on a hostile index (found by
+// tests/fuzz/checkpoint_index_fuzz).
+struct NotAnInteger {
+  std::string key;
+};
+
+template <typename T>
+T to_integer(const json& x, const std::string& key) {
+  constexpr T kMin = std::numeric_limits<T>::min();
+  constexpr T kMax = std::numeric_limits<T>::max();
+  if (x.is_number_unsigned() && x.get<uint64_t>() <= static_cast<uint64_t>(kMax)) {
+    return static_cast<T>(x.get<uint64_t>());
+  }
+  if (x.is_number_integer() && !x.is_number_unsigned() && x.get<int64_t>() >= static_cast<int64_t>(kMin) &&
+      x.get<int64_t>() <= static_cast<int64_t>(kMax)) {
+    return static_cast<T>(x.get<int64_t>());
+  }
+  throw NotAnInteger{key};
+}
+
+template <typename T>
+T integer_at(const json& j, const char* key) {
+  return to_integer<T>(j.at(key), key);
+}
+
+template <typename T>
+std::vector<T> integers_at(const json& j, const char* key) {
+  const json& a = j.at(key);
+  if (!a.is_array()) throw NotAnInteger{key};
+  std::vector<T> out;
+  for (const json& x : a) out.push_back(to_integer<T>(x, key));
+  return out;
+}
+
 json piece_json(const Piece& p) {
   return {{"file", p.file}, {"dataset", p.dataset}, {"offset", p.offset}, {"numel", p.numel},
           {"byte_offset", p.byte_offset}};
 }
 
+// -1 when the product of the (non-negative) dimensions does not fit in int64_t: a hostile
+// index must not reach signed overflow.
 int64_t shape_numel(const std::vector<int64_t>& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    if (__builtin_mul_overflow(n, d, &n)) return -1;
+  }
   return n;
 }
 
@@ -53,7 +93,8 @@ base::Status verify_whole_file(const std::string& path, const FileEntry& f) {
 }  // namespace
 
 int64_t block_count(const FileEntry& f) {
-  return f.block_bytes > 0 ? (f.size + f.block_bytes - 1) / f.block_bytes : 0;
+  // Not (size + block_bytes - 1) / block_bytes: that overflows for sizes near INT64_MAX.
+  return f.block_bytes > 0 ? f.size / f.block_bytes + (f.size % f.block_bytes != 0 ? 1 : 0) : 0;
 }
 
 int64_t dtype_bytes(const std::string& dtype) {
@@ -98,7 +139,7 @@ base::StatusOr<CheckpointIndex> parse_index(const std::string& text, const std::
     if (j.value("format", "") != "dstrain-checkpoint") {
       return base::Status::BadInput(source + ": not a dstrain checkpoint index");
     }
-    index.format_version = j.at("format_version").get<int>();
+    index.format_version = integer_at<int>(j, "format_version");
     if (index.format_version < kOldestFormatVersion || index.format_version > kFormatVersion) {
       return base::Status::BadInput(source + ": format_version " + std::to_string(index.format_version) +
                                     " is not supported (this dstrain reads " +
@@ -106,39 +147,41 @@ base::StatusOr<CheckpointIndex> parse_index(const std::string& text, const std::
                                     std::to_string(kFormatVersion) + ")");
     }
     index.dstrain_version = j.at("dstrain_version").get<std::string>();
-    index.step = j.at("step").get<int64_t>();
-    index.world_size = j.at("world_size").get<int>();
-    index.zero_stage = j.at("zero_stage").get<int64_t>();
+    index.step = integer_at<int64_t>(j, "step");
+    index.world_size = integer_at<int>(j, "world_size");
+    index.zero_stage = integer_at<int64_t>(j, "zero_stage");
     index.dtype = j.at("dtype").get<std::string>();
-    index.seed = j.at("seed").get<int64_t>();
+    index.seed = integer_at<int64_t>(j, "seed");
     const json& s = j.at("scalars");
     index.adam_step = s.at("adam_step").get<double>();
     index.loss_scale = s.at("loss_scale").get<double>();
-    index.good_steps = s.at("good_steps").get<int64_t>();
+    index.good_steps = integer_at<int64_t>(s, "good_steps");
     index.config_toml = j.at("config").get<std::string>();
     for (const json& f : j.at("files")) {
-      FileEntry e{f.at("name").get<std::string>(), f.at("size").get<int64_t>(), f.at("crc32").get<uint32_t>()};
+      FileEntry e{f.at("name").get<std::string>(), integer_at<int64_t>(f, "size"), integer_at<uint32_t>(f, "crc32")};
       if (index.format_version >= kBlockChecksumsSince) {
-        e.block_bytes = f.at("block_bytes").get<int64_t>();
-        e.block_crc32 = f.at("block_crc32").get<std::vector<uint32_t>>();
+        e.block_bytes = integer_at<int64_t>(f, "block_bytes");
+        e.block_crc32 = integers_at<uint32_t>(f, "block_crc32");
       }
       index.files.push_back(std::move(e));
     }
     for (const auto& [kind, by_name] : j.at("tensors").items()) {
       for (const auto& [name, t] : by_name.items()) {
         TensorEntry e;
-        e.shape = t.at("shape").get<std::vector<int64_t>>();
+        e.shape = integers_at<int64_t>(t, "shape");
         e.dtype = t.at("dtype").get<std::string>();
         for (const json& p : t.at("pieces")) {
           e.pieces.push_back({p.at("file").get<std::string>(), p.at("dataset").get<std::string>(),
-                              p.at("offset").get<int64_t>(), p.at("numel").get<int64_t>(),
-                              p.at("byte_offset").get<int64_t>()});
+                              integer_at<int64_t>(p, "offset"), integer_at<int64_t>(p, "numel"),
+                              integer_at<int64_t>(p, "byte_offset")});
         }
         index.tensors[kind][name] = std::move(e);
       }
     }
   } catch (const json::exception& e) {
     return base::Status::BadInput(source + ": malformed index: " + e.what());
+  } catch (const NotAnInteger& e) {
+    return base::Status::BadInput(source + ": malformed index: " + e.key + " is not an integer in range");
   }
   RETURN_IF_ERROR(validate_index(index, source));
   return index;
@@ -192,13 +235,15 @@ base::Status validate_index(const CheckpointIndex& index, const std::string& sou
         }
         auto f = file_size.find(p.file);
         if (f == file_size.end()) return bad(what + ": piece in unlisted file '" + p.file + "'");
-        if (p.byte_offset < 0 || p.byte_offset + p.numel * elem > f->second) {
-          return bad(what + ": piece [" + std::to_string(p.byte_offset) + ", +" +
-                     std::to_string(p.numel * elem) + ") lies outside " + p.file + " (" +
-                     std::to_string(f->second) + " bytes)");
+        // Division, not byte_offset + numel * elem, which can overflow.
+        if (p.byte_offset < 0 || p.byte_offset > f->second || p.numel > (f->second - p.byte_offset) / elem) {
+          return bad(what + ": piece at byte " + std::to_string(p.byte_offset) + " with " +
+                     std::to_string(p.numel) + " elements of " + std::to_string(elem) + " bytes lies outside " +
+                     p.file + " (" + std::to_string(f->second) + " bytes)");
         }
-        next += p.numel;
+        if (__builtin_add_overflow(next, p.numel, &next)) return bad(what + ": piece sizes overflow");
       }
+      if (shape_numel(t.shape) < 0) return bad(what + ": shape has too many elements");
       if (next != shape_numel(t.shape)) {
         return bad(what + ": pieces hold " + std::to_string(next) + " elements, shape needs " +
                    std::to_string(shape_numel(t.shape)));
