@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
+#include "tests/launch/e2e_run_dir.h"
 #include "tests/launch/e2e_util.h"
 #include <nlohmann/json.hpp>
 #include <signal.h>
@@ -28,18 +29,19 @@
 
 namespace {
 
+using dstrain::e2e::kSmallModelToml;
+using dstrain::e2e::find_rank;
+using dstrain::e2e::latest_of;
+using dstrain::e2e::losses_since_resume;
+using dstrain::e2e::metrics;
+using dstrain::e2e::read_file;
+
 using dstrain::e2e::RunResult;
 using dstrain::e2e::run;
 using dstrain::e2e::dstrain;
 
 namespace fs = std::filesystem;
 
-std::vector<nlohmann::json> metrics(const fs::path& run_dir) {
-  std::vector<nlohmann::json> lines;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
-  return lines;
-}
 
 std::vector<double> losses(const fs::path& run_dir) {
   std::vector<double> out;
@@ -49,45 +51,9 @@ std::vector<double> losses(const fs::path& run_dir) {
   return out;
 }
 
-// The losses logged after the last resume event.
-std::vector<double> losses_since_resume(const fs::path& run_dir) {
-  std::vector<double> out;
-  for (const auto& j : metrics(run_dir)) {
-    if (j.value("event", "") == "resume") out.clear();
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
-}
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
-std::string latest_of(const fs::path& run_dir) {
-  std::string latest;
-  std::ifstream(run_dir / "checkpoints" / "latest") >> latest;
-  return latest;
-}
 
-// The pid of the dstrain process of `rank` whose command line names `run_dir` (Open MPI tells
-// each process its rank through OMPI_COMM_WORLD_RANK); -1 if none.
-pid_t find_rank(const std::string& run_dir, int rank) {
-  const std::string want = "OMPI_COMM_WORLD_RANK=" + std::to_string(rank);
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string pid = entry.path().filename();
-    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string cmdline = read_file(entry.path() / "cmdline");
-    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-    if (cmdline.find(DSTRAIN_BINARY) != 0 || cmdline.find(run_dir) == std::string::npos) continue;
-    std::string environ = read_file(entry.path() / "environ");
-    std::replace(environ.begin(), environ.end(), '\0', '\n');
-    if (("\n" + environ).find("\n" + want + "\n") != std::string::npos) return std::stoi(pid);
-  }
-  return -1;
-}
 
 // A full fp32 tensor read back through index.json: pieces in offset order, raw bytes at their
 // byte_offset (independent of HDF5 and of dstrain's own reader).
@@ -127,16 +93,7 @@ class CheckpointE2e : public ::testing::Test {
     suite_ = fs::temp_directory_path() / ("dstrain_ckpt_e2e_" + std::to_string(getpid()));
     fs::remove_all(suite_);
     fs::create_directories(suite_);
-    std::ofstream(suite_ / "small.toml") << R"(
-[run]
-device = "cpu"
-[model]
-vocab_size = 259
-hidden_size = 32
-intermediate_size = 64
-num_layers = 2
-num_heads = 4
-num_kv_heads = 2
+    std::ofstream(suite_ / "small.toml") << std::string(kSmallModelToml) + R"(
 [train]
 steps = 20
 global_batch = 8

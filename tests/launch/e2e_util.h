@@ -27,6 +27,19 @@ inline RunResult run(const std::string& command, bool with_stderr = true) {
   return r;
 }
 
+// The small CPU model most end-to-end tests train (a config's [run] and [model] sections; more
+// [model] keys may follow): 2 layers, hidden 32, grouped-query attention, the byte vocabulary.
+inline constexpr char kSmallModelToml[] = R"([run]
+device = "cpu"
+[model]
+vocab_size = 259
+hidden_size = 32
+intermediate_size = 64
+num_layers = 2
+num_heads = 4
+num_kv_heads = 2
+)";
+
 // `mpirun -np RANKS dstrain ARGS` as the tests start it.
 inline std::string dstrain(int ranks, const std::string& args) {
   return std::string(DSTRAIN_MPIRUN) + " -np " + std::to_string(ranks) + " " + DSTRAIN_BINARY +

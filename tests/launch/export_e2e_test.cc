@@ -20,6 +20,7 @@
 
 namespace {
 
+using dstrain::e2e::kSmallModelToml;
 using dstrain::e2e::RunResult;
 using dstrain::e2e::run;
 using dstrain::e2e::dstrain;
@@ -172,16 +173,7 @@ class ExportE2e : public ::testing::Test {
     std::ofstream(suite_ / "peft_check.py") << kPeftCheck;
     prepared_ = run(std::string(DSTRAIN_BINARY) + " prepare --input " + (suite_ / "eval.txt").string() +
                     " --output " + eval_file().string());
-    std::ofstream(suite_ / "full.toml") << R"(
-[run]
-device = "cpu"
-[model]
-vocab_size = 259
-hidden_size = 32
-intermediate_size = 64
-num_layers = 2
-num_heads = 4
-num_kv_heads = 2
+    std::ofstream(suite_ / "full.toml") << std::string(kSmallModelToml) + R"(
 max_position_embeddings = 256
 tie_embeddings = true
 [model.rope_scaling]

@@ -16,6 +16,7 @@
 
 namespace {
 
+using dstrain::e2e::kSmallModelToml;
 using dstrain::e2e::RunResult;
 using dstrain::e2e::run;
 using dstrain::e2e::dstrain;
@@ -41,16 +42,7 @@ class TrainE2e : public ::testing::Test {
   // A small model on the built-in demo corpus; a few seconds per run.
   std::string small_config(const std::string& extra = "") {
     // The CPU proofs stay on the CPU on GPU machines too (more ranks than GPUs there).
-    return write("small.toml", R"(
-[run]
-device = "cpu"
-[model]
-vocab_size = 259
-hidden_size = 32
-intermediate_size = 64
-num_layers = 2
-num_heads = 4
-num_kv_heads = 2
+    return write("small.toml", std::string(kSmallModelToml) + R"(
 [train]
 steps = 6
 global_batch = 8
