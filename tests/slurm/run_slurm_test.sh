@@ -54,7 +54,8 @@ munged --key-file="$tmp/munge/munge.key" --socket="$tmp/munge/munge.sock" \
     || skip "munged does not start here ($(tail -n 3 "$tmp/munge/munged.log" 2>/dev/null))"
 
 host=$(hostname -s)
-cpus=$(nproc)
+# nproc honours OMP_NUM_THREADS (1 under `make test`); Slurm needs the hardware count.
+cpus=$(getconf _NPROCESSORS_ONLN)
 port=$((20000 + RANDOM % 20000))
 mkdir -p "$tmp/ctld" "$tmp/spool" "$tmp/jobs"
 : > "$tmp/plugstack.conf"
