@@ -140,19 +140,13 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
         RETURN_IF_ERROR(store_initial_nvme_state(b, mine));
         continue;
       }
-      if (optimizer_on_host()) {
-        b.full = flat.to(options_.compute_dtype);
-        ASSIGN_OR_RETURN(b.master, optimizer_tensor(b.shard.numel()));
-        b.master.copy_(mine);
-      } else if (options_.compute_dtype == at::kFloat) {
+      if (!optimizer_on_host() && options_.compute_dtype == at::kFloat) {
         b.full = flat;
         b.master = stage == 0 ? b.full : b.full.narrow(0, b.shard.begin, b.shard.numel());
       } else {
         b.full = flat.to(options_.compute_dtype);
-        b.master = mine.clone();
       }
-      ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.master.numel()));
-      ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.master.numel()));
+      RETURN_IF_ERROR(init_optimizer_state(b, mine));
     }
     for (Buffer& b : st->buffers) {
       if (b.present()) st->uses.push_back(&b);
@@ -211,13 +205,8 @@ base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
   if (options_.compute_dtype == at::kFloat && optimizer_on_host() == params_on_host() &&
       !params_on_nvme()) {
     b.master = b.shard_param;
-  } else {
-    ASSIGN_OR_RETURN(b.master, optimizer_tensor(b.shard.numel()));
-    b.master.copy_(mine);
   }
-  ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.shard.numel()));
-  ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.shard.numel()));
-  return base::Status::Ok();
+  return init_optimizer_state(b, mine);
 }
 
 base::Status Engine::transition(Buffer& b, GatherState to) {

@@ -174,6 +174,11 @@ class Engine {
   base::Status host_step(double lr, double grad_scale);
   // fp32 optimizer state of `numel` elements: host memory when offloaded, else the device.
   base::StatusOr<at::Tensor> optimizer_tensor(int64_t numel);
+  // The fp32 master from `mine` (unless `b.master` is already set: an alias) and zero moments,
+  // in optimizer memory.
+  base::Status init_optimizer_state(Buffer& b, const at::Tensor& mine);
+  // Every non-empty buffer layout, in the order init_storage meets them.
+  std::vector<FlatLayout> layouts_in_init_order() const;
   bool optimizer_on_host() const { return options_.offload.optimizer != "none"; }
   bool optimizer_on_nvme() const { return options_.offload.optimizer == "nvme"; }
   bool params_on_nvme() const { return options_.offload.params == "nvme"; }

@@ -16,16 +16,32 @@ base::StatusOr<at::Tensor> Engine::optimizer_tensor(int64_t numel) {
   return at::zeros({numel}, at::TensorOptions().dtype(at::kFloat).device(options_.device));
 }
 
+base::Status Engine::init_optimizer_state(Buffer& b, const at::Tensor& mine) {
+  if (!b.master.defined()) {
+    ASSIGN_OR_RETURN(b.master, optimizer_tensor(mine.numel()));
+    b.master.copy_(mine);
+  }
+  ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.master.numel()));
+  ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.master.numel()));
+  return base::Status::Ok();
+}
+
+std::vector<FlatLayout> Engine::layouts_in_init_order() const {
+  std::vector<FlatLayout> layouts;
+  for (const auto& unit : units_) {
+    for (int k = 0; k < kNumBufferKinds; ++k) {
+      FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), comm_.size());
+      if (!layout.empty()) layouts.push_back(std::move(layout));
+    }
+  }
+  return layouts;
+}
+
 base::Status Engine::store_initial_nvme_state(Buffer& b, const at::Tensor& mine) {
   if (!nvme_state_) RETURN_IF_ERROR(create_nvme_state());
   b.nvme_shard = nvme_shard_of_[next_trainable_++];
-  if (b.nvme_shard < 0) {  // within offload.host_budget_gib: host memory, as offload.optimizer = cpu
-    ASSIGN_OR_RETURN(b.master, optimizer_tensor(b.shard.numel()));
-    b.master.copy_(mine);
-    ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.shard.numel()));
-    ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.shard.numel()));
-    return base::Status::Ok();
-  }
+  // Within offload.host_budget_gib: host memory, as offload.optimizer = cpu.
+  if (b.nvme_shard < 0) return init_optimizer_state(b, mine);
   const at::Tensor master = mine.to(at::kCPU, at::kFloat, /*non_blocking=*/false, /*copy=*/true);
   const at::Tensor zeros = at::zeros_like(master);
   return nvme_state_->write(b.nvme_shard, {master, zeros, zeros});
@@ -34,12 +50,9 @@ base::Status Engine::store_initial_nvme_state(Buffer& b, const at::Tensor& mine)
 base::Status Engine::create_nvme_params() {
   // Every gathered buffer's shard in the order init_storage meets them.
   std::vector<int64_t> numels;
-  for (const auto& unit : units_) {
-    for (int k = 0; k < kNumBufferKinds; ++k) {
-      const FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), comm_.size());
-      if (layout.empty() || (layout.kind == BufferKind::kFrozen && options_.replicate_frozen)) continue;
-      numels.push_back(shard_range(layout, comm_.rank()).numel());
-    }
+  for (const FlatLayout& layout : layouts_in_init_order()) {
+    if (layout.kind == BufferKind::kFrozen && options_.replicate_frozen) continue;
+    numels.push_back(shard_range(layout, comm_.rank()).numel());
   }
   ASSIGN_OR_RETURN(nvme_params_, create_nvme_file("params", numels, /*arrays=*/1, options_.compute_dtype));
   return base::Status::Ok();
@@ -61,20 +74,17 @@ base::Status Engine::create_nvme_state() {
   // memory while offload.host_budget_gib lasts (fp32 master and two moments: 12 bytes each).
   std::vector<int64_t> numels;
   double budget = options_.offload.host_budget_gib * (1 << 30);
-  for (const auto& unit : units_) {
-    for (int k = 0; k < kNumBufferKinds; ++k) {
-      const FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), comm_.size());
-      if (layout.empty() || layout.kind == BufferKind::kFrozen) continue;
-      const int64_t n = options_.zero.stage == 0 ? layout.padded_numel
-                                                 : shard_range(layout, comm_.rank()).numel();
-      const double bytes = 12.0 * static_cast<double>(n);
-      if (bytes <= budget) {
-        budget -= bytes;
-        nvme_shard_of_.push_back(-1);
-      } else {
-        nvme_shard_of_.push_back(static_cast<int>(numels.size()));
-        numels.push_back(n);
-      }
+  for (const FlatLayout& layout : layouts_in_init_order()) {
+    if (layout.kind == BufferKind::kFrozen) continue;
+    const int64_t n = options_.zero.stage == 0 ? layout.padded_numel
+                                               : shard_range(layout, comm_.rank()).numel();
+    const double bytes = 12.0 * static_cast<double>(n);
+    if (bytes <= budget) {
+      budget -= bytes;
+      nvme_shard_of_.push_back(-1);
+    } else {
+      nvme_shard_of_.push_back(static_cast<int>(numels.size()));
+      numels.push_back(n);
     }
   }
   ASSIGN_OR_RETURN(nvme_state_, create_nvme_file("optimizer", numels, /*arrays=*/3, at::kFloat));
