@@ -12,10 +12,12 @@
 namespace dstrain::runtime {
 
 // The training dataset: data.path, or the built-in demo corpus when data.path is empty.
-// Checks the file's vocabulary against the model's (kBadInput naming the file).
+// Checks the file's vocabulary against the model's (kBadInput naming the file). With
+// data.eval_fraction (and no data.eval_path), only the documents it does not hold out.
 base::StatusOr<Dataset> open_train_data(const base::DataConfig& data, const base::TrainConfig& train,
                                         const base::ModelConfig& model);
-// The evaluation dataset (data.eval_path), or nullopt when none is configured.
+// The evaluation dataset: data.eval_path, else the share of data.path that data.eval_fraction
+// holds out, or nullopt when neither is configured.
 base::StatusOr<std::optional<Dataset>> open_eval_data(const base::DataConfig& data,
                                                       const base::TrainConfig& train,
                                                       const base::ModelConfig& model);
@@ -25,8 +27,13 @@ struct BatchTensors {
   at::Tensor input_ids;
   at::Tensor target_ids;
   at::Tensor position_ids;
+  at::Tensor attn_mask;  // packed batches only: block-diagonal causal [B, 1, T, T] bool
   int64_t num_targets = 0;
 };
+
+// For packed batches: `segments` [B, T] int64 -> [B, 1, T, T] bool, true where query slot i may
+// attend key slot j (same segment, j <= i).
+at::Tensor packed_attention_mask(const at::Tensor& segments);
 BatchTensors to_tensors(const Batch& batch, at::Device device);
 
 }  // namespace dstrain::runtime

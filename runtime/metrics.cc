@@ -34,11 +34,18 @@ base::Status MetricsWriter::write(const nlohmann::json& line) {
   return events_->write_scalars(step->get<int64_t>(), scalars);
 }
 
+std::string tensorboard_tag(const std::string& key) {
+  // TensorBoard groups tags by their prefix up to '/': validation gets a section of its own.
+  if (key == "eval_loss") return "eval/loss";
+  if (key == "eval_ppl") return "eval/perplexity";
+  return key;
+}
+
 std::vector<Scalar> scalars_of(const nlohmann::json& line) {
   std::vector<Scalar> out;
   for (const auto& [key, value] : line.items()) {
     if (key == "step" || !value.is_number()) continue;
-    out.push_back({key, value.get<float>()});
+    out.push_back({tensorboard_tag(key), value.get<float>()});
   }
   return out;
 }

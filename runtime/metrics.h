@@ -1,7 +1,8 @@
 #pragma once
 // <run.dir>/metrics.jsonl: one JSON object per line, flushed per line, written by rank 0 only.
 // Every numeric field of a line with a step is also a TensorBoard scalar at that step, in
-// <run.dir>/tb/ (runtime/tensorboard.h), so the two never disagree.
+// <run.dir>/tb/ (runtime/tensorboard.h), so the two never disagree; evaluation scalars are
+// tagged eval/loss and eval/perplexity.
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -34,8 +35,12 @@ class MetricsWriter {
   std::unique_ptr<EventFileWriter> events_;
 };
 
-// The TensorBoard scalars of a metrics line: every number but `step` itself, tagged with its key
-// (null, strings and booleans are left out).
+// The TensorBoard tag of a metrics.jsonl key: the key itself, except eval_loss -> eval/loss and
+// eval_ppl -> eval/perplexity.
+std::string tensorboard_tag(const std::string& key);
+
+// The TensorBoard scalars of a metrics line: every number but `step` itself, tagged with
+// tensorboard_tag(key) (null, strings and booleans are left out).
 std::vector<Scalar> scalars_of(const nlohmann::json& line);
 
 // Peak resident set size of this process in bytes (getrusage).

@@ -6,6 +6,8 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/data/tokenizer/utf8.h"  // first_invalid_utf8, used with byte_encode
+
 namespace dstrain::runtime {
 
 inline constexpr uint32_t kByteBos = 256;
@@ -17,9 +19,5 @@ inline constexpr uint64_t kByteVocabSize = 259;
 void byte_encode(std::string_view text, std::vector<uint32_t>& out);
 // The bytes back; special ids are dropped.
 std::string byte_decode(const std::vector<uint32_t>& ids);
-
-// Offset of the first byte that breaks UTF-8 (overlong forms, surrogates and code points above
-// U+10FFFF included), or -1 when `text` is valid.
-int64_t first_invalid_utf8(std::string_view text);
 
 }  // namespace dstrain::runtime

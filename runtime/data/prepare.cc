@@ -1,44 +1,60 @@
 #include "runtime/data/prepare.h"
 
 #include <algorithm>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "runtime/data/byte_tokenizer.h"
-#include "runtime/data/token_file_writer.h"
+#include "runtime/data/prepare_parts.h"
+#include "runtime/data/tokenizer/utf8.h"
 
 namespace dstrain::runtime {
 namespace {
+
+// A file up to this size is one piece, so a typical document is tokenized as one text.
+constexpr uint64_t kTextCutBytes = uint64_t{64} << 20;
+// JSONL records are independent: smaller pieces spread the work more evenly.
+constexpr uint64_t kJsonlCutBytes = uint64_t{8} << 20;
+constexpr uint64_t kGroupBytes = uint64_t{8} << 20;
 
 base::Status bad_line(const std::string& file, int64_t line, const std::string& what) {
   return base::Status::BadInput(file + ":" + std::to_string(line) + ": " + what);
 }
 
-base::Status check_utf8(const std::string& file, int64_t line, const std::string& text) {
-  int64_t at = first_invalid_utf8(text);
-  if (at < 0) return base::Status::Ok();
-  return bad_line(file, line, "invalid UTF-8 at byte " + std::to_string(at + 1) + " of the line");
+bool is_blank(std::string_view line) {
+  return line.find_first_not_of(" \t\r\n") == std::string_view::npos;
 }
 
-base::Status open_input(const std::string& path, std::ifstream& in) {
-  in.open(path, std::ios::binary);
-  if (!in) return base::Status::BadInput(path + ": cannot open for reading");
+// The UTF-8 error at `at` in a segment, located by file line and byte within the line.
+base::Status utf8_error(const Segment& seg, std::string_view bytes, size_t at) {
+  size_t nl = at == 0 ? std::string_view::npos : bytes.rfind('\n', at - 1);
+  size_t line_start = nl == std::string_view::npos ? 0 : nl + 1;
+  int64_t line =
+      seg.first_line() +
+      std::count(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(line_start), '\n');
+  return bad_line(*seg.file, line,
+                  "invalid UTF-8 at byte " + std::to_string(at - line_start + 1) + " of the line");
+}
+
+base::Status encode_text_segment(const Tokenizer& tok, const Segment& seg, std::string_view bytes,
+                                 PieceOutput& out) {
+  int64_t bad = first_invalid_utf8(bytes);
+  if (bad >= 0) return utf8_error(seg, bytes, static_cast<size_t>(bad));
+  if (seg.begin == 0) {
+    out.doc_starts.push_back(out.tokens.size());
+    if (tok.bos_id().has_value()) out.tokens.push_back(*tok.bos_id());
+  }
+  tok.encode(bytes, out.tokens);
+  if (seg.end == seg.file_size && tok.eos_id().has_value()) out.tokens.push_back(*tok.eos_id());
+  out.targets = static_cast<int64_t>(out.tokens.size());
   return base::Status::Ok();
-}
-
-base::Status check_read(const std::string& path, const std::ifstream& in) {
-  if (in.bad()) return base::Status::IOError(path + ": read failed");
-  return base::Status::Ok();
-}
-
-bool is_blank(const std::string& line) {
-  return line.find_first_not_of(" \t\r\n") == std::string::npos;
 }
 
 // Reads one JSONL record into `prompt` and `completion`.
-base::Status parse_record(const std::string& file, int64_t line_no, const std::string& line,
+base::Status parse_record(const std::string& file, int64_t line_no, std::string_view line,
                           std::string* prompt, std::string* completion) {
-  RETURN_IF_ERROR(check_utf8(file, line_no, line));
+  if (int64_t at = first_invalid_utf8(line); at >= 0) {
+    return bad_line(file, line_no,
+                    "invalid UTF-8 at byte " + std::to_string(at + 1) + " of the line");
+  }
   // allow_exceptions = false: a parse error yields a discarded value instead of throwing.
   nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (record.is_discarded()) return bad_line(file, line_no, "not valid JSON");
@@ -53,8 +69,9 @@ base::Status parse_record(const std::string& file, int64_t line_no, const std::s
       return bad_line(file, line_no, std::string("field \"") + key + "\" is missing");
     }
     if (!it->is_string()) {
-      return bad_line(file, line_no, std::string("field \"") + key + "\" is " + it->type_name() +
-                                         ", expected a string");
+      return bad_line(
+          file, line_no,
+          std::string("field \"") + key + "\" is " + it->type_name() + ", expected a string");
     }
   }
   *prompt = record["prompt"].get_ref<const std::string&>();
@@ -62,83 +79,97 @@ base::Status parse_record(const std::string& file, int64_t line_no, const std::s
   return base::Status::Ok();
 }
 
-void finish_stats(const TokenFileWriter& writer, int64_t targets, PrepareStats* stats) {
-  if (stats == nullptr) return;
-  stats->num_docs = writer.num_docs();
-  stats->num_tokens = writer.num_tokens();
-  stats->num_target_tokens = targets;
+base::Status encode_sft_record(const Tokenizer& tok, const std::string& file, int64_t line,
+                               std::string_view record, std::vector<uint32_t>& tokens,
+                               std::vector<uint8_t>& mask) {
+  std::string prompt;
+  std::string completion;
+  RETURN_IF_ERROR(parse_record(file, line, record, &prompt, &completion));
+  if (tok.bos_id().has_value()) tokens.push_back(*tok.bos_id());
+  tok.encode(prompt, tokens);
+  size_t prompt_end = tokens.size();
+  tok.encode(completion, tokens);
+  if (tok.eos_id().has_value()) tokens.push_back(*tok.eos_id());
+  mask.assign(tokens.size(), 1);
+  std::fill(mask.begin(), mask.begin() + static_cast<std::ptrdiff_t>(prompt_end), 0);
+  return base::Status::Ok();
+}
+
+// Each non-blank line of the segment through `encode`. Line numbers are relative until an error:
+// the failing record is then encoded again with its true number, which costs a read of the file
+// up to the segment only on that path.
+base::Status encode_jsonl_segment(const RecordEncoder& encode, const Tokenizer& tok,
+                                  const Segment& seg, std::string_view bytes, PieceOutput& out) {
+  std::vector<uint32_t> tokens;
+  std::vector<uint8_t> mask;
+  int64_t rel = 0;
+  for (size_t pos = 0; pos < bytes.size(); ++rel) {
+    size_t nl = bytes.find('\n', pos);
+    size_t end = nl == std::string_view::npos ? bytes.size() : nl;
+    std::string_view line = bytes.substr(pos, end - pos);
+    pos = nl == std::string_view::npos ? bytes.size() : nl + 1;
+    if (is_blank(line)) continue;
+    tokens.clear();
+    mask.clear();
+    base::Status st = encode(tok, *seg.file, rel + 1, line, tokens, mask);
+    if (!st.ok()) {
+      tokens.clear();
+      mask.clear();
+      st = encode(tok, *seg.file, seg.first_line() + rel, line, tokens, mask);
+      if (!st.ok()) return st;
+    }
+    if (mask.size() != tokens.size()) {
+      return base::Status::Internal("prepare: record encoder gave " + std::to_string(mask.size()) +
+                                    " mask bytes for " + std::to_string(tokens.size()) + " tokens");
+    }
+    out.doc_starts.push_back(out.tokens.size());
+    out.tokens.insert(out.tokens.end(), tokens.begin(), tokens.end());
+    out.mask.insert(out.mask.end(), mask.begin(), mask.end());
+    out.targets += std::count(mask.begin(), mask.end(), uint8_t{1});
+  }
+  return base::Status::Ok();
 }
 
 }  // namespace
 
 base::Status prepare_text(const std::vector<std::string>& inputs, const std::string& out,
+                          const PrepareOptions& options, PrepareStats* stats) {
+  PartsJob job{
+      inputs, out, "text", kTextCutBytes, kGroupBytes, /*mask=*/false, encode_text_segment};
+  if (options.piece_bytes > 0) job.cut_bytes = job.group_bytes = options.piece_bytes;
+  return run_parts_job(job, options, stats);
+}
+
+base::Status prepare_jsonl(const std::vector<std::string>& inputs, const std::string& out,
+                           const std::string& format, const RecordEncoder& encode,
+                           const PrepareOptions& options, PrepareStats* stats) {
+  PartsJob job{inputs,
+               out,
+               format,
+               kJsonlCutBytes,
+               kGroupBytes,
+               /*mask=*/true,
+               [&encode](const Tokenizer& tok, const Segment& seg, std::string_view bytes,
+                         PieceOutput& piece) {
+                 return encode_jsonl_segment(encode, tok, seg, bytes, piece);
+               }};
+  if (options.piece_bytes > 0) job.cut_bytes = job.group_bytes = options.piece_bytes;
+  return run_parts_job(job, options, stats);
+}
+
+base::Status prepare_sft_jsonl(const std::vector<std::string>& inputs, const std::string& out,
+                               const PrepareOptions& options, PrepareStats* stats) {
+  return prepare_jsonl(inputs, out, "sft", encode_sft_record, options, stats);
+}
+
+base::Status prepare_text(const std::vector<std::string>& inputs, const std::string& out,
                           PrepareStats* stats) {
-  if (inputs.empty()) return base::Status::InvalidArgument("prepare: no input files");
-  ASSIGN_OR_RETURN(TokenFileWriter writer,
-                   TokenFileWriter::create(out, {kByteVocabSize, /*documents=*/true,
-                                                 /*mask=*/false}));
-  std::vector<uint32_t> tokens;
-  for (const std::string& path : inputs) {
-    std::ifstream in;
-    RETURN_IF_ERROR(open_input(path, in));
-    RETURN_IF_ERROR(writer.start_document());
-    RETURN_IF_ERROR(writer.append({kByteBos}));
-    std::string line;
-    for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
-      RETURN_IF_ERROR(check_utf8(path, line_no, line));
-      // getline stops short of end-of-file only after consuming a newline.
-      if (!in.eof()) line.push_back('\n');
-      tokens.clear();
-      byte_encode(line, tokens);
-      RETURN_IF_ERROR(writer.append(tokens));
-    }
-    RETURN_IF_ERROR(check_read(path, in));
-    RETURN_IF_ERROR(writer.append({kByteEos}));
-  }
-  int64_t targets = writer.num_tokens();
-  RETURN_IF_ERROR(writer.finish());
-  finish_stats(writer, targets, stats);
-  return base::Status::Ok();
+  return prepare_text(inputs, out, PrepareOptions(), stats);
 }
 
 base::Status prepare_sft_jsonl(const std::vector<std::string>& inputs, const std::string& out,
                                PrepareStats* stats) {
-  if (inputs.empty()) return base::Status::InvalidArgument("prepare: no input files");
-  ASSIGN_OR_RETURN(TokenFileWriter writer,
-                   TokenFileWriter::create(out, {kByteVocabSize, /*documents=*/true,
-                                                 /*mask=*/true}));
-  int64_t targets = 0;
-  std::vector<uint32_t> tokens;
-  std::vector<uint8_t> mask;
-  for (const std::string& path : inputs) {
-    std::ifstream in;
-    RETURN_IF_ERROR(open_input(path, in));
-    std::string line;
-    std::string prompt;
-    std::string completion;
-    for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
-      if (is_blank(line)) continue;
-      RETURN_IF_ERROR(parse_record(path, line_no, line, &prompt, &completion));
-      tokens.assign({kByteBos});
-      byte_encode(prompt, tokens);
-      size_t prompt_end = tokens.size();
-      byte_encode(completion, tokens);
-      tokens.push_back(kByteEos);
-      mask.assign(tokens.size(), 1);
-      std::fill(mask.begin(), mask.begin() + static_cast<std::ptrdiff_t>(prompt_end), 0);
-      targets += static_cast<int64_t>(tokens.size() - prompt_end);
-      RETURN_IF_ERROR(writer.start_document());
-      RETURN_IF_ERROR(writer.append(tokens, mask));
-    }
-    RETURN_IF_ERROR(check_read(path, in));
-  }
-  if (writer.num_docs() == 0) {
-    return base::Status::BadInput(inputs.front() + (inputs.size() > 1 ? " (and the others)" : "") +
-                                  ": no records: every line is blank");
-  }
-  RETURN_IF_ERROR(writer.finish());
-  finish_stats(writer, targets, stats);
-  return base::Status::Ok();
+  return prepare_sft_jsonl(inputs, out, PrepareOptions(), stats);
 }
 
 }  // namespace dstrain::runtime

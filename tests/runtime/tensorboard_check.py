@@ -22,6 +22,10 @@ def as_float32(x):
     return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
+# metrics.jsonl keys whose TensorBoard tag differs (runtime/metrics.cc tensorboard_tag).
+TAGS = {"eval_loss": "eval/loss", "eval_ppl": "eval/perplexity"}
+
+
 def expected_scalars(metrics_path):
     want = {}
     with open(metrics_path) as f:
@@ -32,7 +36,7 @@ def expected_scalars(metrics_path):
             for key, value in line.items():
                 if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
-                want.setdefault(key, []).append((line["step"], as_float32(float(value))))
+                want.setdefault(TAGS.get(key, key), []).append((line["step"], as_float32(float(value))))
     return want
 
 

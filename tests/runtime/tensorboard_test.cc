@@ -81,6 +81,15 @@ TEST(TensorBoard, ScalarsOfAMetricsLineAreItsNumbersButStep) {
   EXPECT_EQ(s[1].value, 128.0f);
 }
 
+TEST(TensorBoard, EvaluationScalarsHaveTheirOwnSection) {
+  const std::vector<Scalar> s = scalars_of({{"step", 9}, {"eval_loss", 2.0}, {"eval_ppl", 7.5}});
+  ASSERT_EQ(s.size(), 2u);
+  EXPECT_EQ(s[0].tag, "eval/loss");
+  EXPECT_EQ(s[0].value, 2.0f);
+  EXPECT_EQ(s[1].tag, "eval/perplexity");
+  EXPECT_EQ(s[1].value, 7.5f);
+}
+
 // Lines as the trainer writes them, read back by TensorBoard's own reader while the writer is
 // still open (so each step must already be flushed), and a second writer (a resumed run) adding
 // a second event file to the same directory.
@@ -116,7 +125,7 @@ TEST(TensorBoard, TensorBoardReadsBackWhatMetricsJsonlSays) {
                              {"comm_wait_s", 0.01}};
       ASSERT_TRUE((*w)->write(line).ok());
     }
-    ASSERT_TRUE((*w)->write({{"step", 3}, {"eval_loss", 2.0}, {"eval_perplexity", 7.389056}}).ok());
+    ASSERT_TRUE((*w)->write({{"step", 3}, {"eval_loss", 2.0}, {"eval_ppl", 7.389056}}).ok());
     ASSERT_TRUE((*w)->write({{"step", 3}, {"event", "checkpoint"}, {"path", dir}, {"stall_s", 0.5}}).ok());
     std::string output;
     const int rc = run_check(&output);
