@@ -86,10 +86,18 @@ struct StepResult {
 
 class Engine {
  public:
+  // `comm` is the shard group: the ranks that split the state among themselves. `replicas`
+  // (hybrid sharding, zero.shard_group = "node"; null otherwise) joins the ranks on other nodes
+  // that hold the same shard: each gradient shard (stages 2, 3) or whole gradient (stages 0, 1),
+  // once summed within the shard group, is all-reduced over it, so every replica takes the same
+  // step (stages 0, 1: right after each gradient's all-reduce; stages 2, 3: the accumulated shards
+  // once per step). Both may share one thread: a collective on `replicas` is issued only after
+  // the shard group's ones it follows have completed.
   static base::StatusOr<std::unique_ptr<Engine>> create(base::UnitList units,
                                                         const EngineOptions& options,
                                                         Communicator& comm,
-                                                        const ParamInitFn& init);
+                                                        const ParamInitFn& init,
+                                                        Communicator* replicas = nullptr);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -114,7 +122,8 @@ class Engine {
   // Elements of optimizer state held by this rank: fp32 master weights plus both AdamW moments.
   int64_t optimizer_state_numel() const;
   // This rank's state slices. owned_only: the disjoint part this rank saves (at stage 0 every rank
-  // holds everything, and rank r saves shard r); otherwise everything this rank holds, which is
+  // holds everything, and rank r saves shard r; under hybrid sharding only the first node's
+  // replica saves, the others own nothing); otherwise everything this rank holds, which is
   // what it loads. Frozen parameters appear as kParam only.
   std::vector<StateSlice> state_slices(bool owned_only);
   EngineScalars scalars() const;
@@ -136,7 +145,8 @@ class Engine {
   struct UnitState;
   struct UnitRun;
   enum class GatherState;
-  Engine(base::UnitList units, const EngineOptions& options, Communicator& comm);
+  Engine(base::UnitList units, const EngineOptions& options, Communicator& comm,
+         Communicator* replicas);
   base::Status init_storage(const ParamInitFn& init);
   base::Status init_stage3_buffer(Buffer& b, const at::Tensor& flat);
   // Stage 3: the one place where a buffer's full storage is allocated, gathered or released.
@@ -159,6 +169,13 @@ class Engine {
   base::Status backward_unit(int unit, std::vector<UnitRun>& runs, const at::Tensor& grad_out,
                              const base::StepContext& ctx, at::Tensor* grad_in, bool reduce_now);
   base::Status start_reduction(int unit);
+  // Stages 0, 1 under hybrid sharding: the all-reduce of `t` over the replicas, to issue once the
+  // shard group's reduction into `t` is complete; null without replicas.
+  std::function<std::unique_ptr<Work>()> across_replicas(const at::Tensor& t);
+  // Stages 2, 3 under hybrid sharding: sums the accumulated gradient shards over the replicas,
+  // once per step rather than once per micro-batch (accumulation is linear), so the slow link
+  // carries 1 / ranks_per_node of the gradient once per step.
+  base::Status reduce_shards_across_replicas();
   // Waits for the reductions in flight (all but the newest `keep`) and folds them in. Under NCCL
   // a wait only orders the compute stream after the collective, so this never blocks the host.
   base::Status finish_reductions(size_t keep = 0);
@@ -198,7 +215,8 @@ class Engine {
 
   base::UnitList units_;
   EngineOptions options_;
-  Communicator& comm_;
+  Communicator& comm_;        // the shard group
+  Communicator* replicas_;    // hybrid sharding: the same shard on the other nodes; else null
   std::vector<std::unique_ptr<UnitState>> state_;
   std::vector<bool> trainable_before_;  // per unit: does any earlier unit have trainable params?
   std::vector<bool> recompute_;         // per unit: activation checkpointing recomputes it

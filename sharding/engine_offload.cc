@@ -62,7 +62,10 @@ base::StatusOr<std::unique_ptr<NvmeStateFile>> Engine::create_nvme_file(
     const std::string& kind, const std::vector<int64_t>& numels, int arrays, at::ScalarType dtype) {
   RETURN_IF_ERROR(base::make_dirs(options_.offload.nvme_dir).with_context("offload.nvme_dir"));
   char name[48];
-  std::snprintf(name, sizeof(name), "/%s-rank%05d.bin", kind.c_str(), comm_.rank());
+  // Replicas on other nodes share the shard rank: numbering by replica too keeps the names apart
+  // where the nodes share a file system.
+  const int id = (replicas_ != nullptr ? replicas_->rank() * comm_.size() : 0) + comm_.rank();
+  std::snprintf(name, sizeof(name), "/%s-rank%05d.bin", kind.c_str(), id);
   auto io = offload::make_uring_io_engine(offload::IoOptions{});
   if (!io.ok()) return io.status().with_context("offload." + kind + " = nvme");
   return NvmeStateFile::create(options_.offload.nvme_dir + name, numels, arrays, dtype,

@@ -175,6 +175,35 @@ void run_queue(std::shared_ptr<MpiCommShared> shared) {
   }
 }
 
+// Runs `fn` on the communication thread of `shared` and waits for it: the one thread allowed
+// inside MPI while that thread exists.
+base::Status run_on_queue(MpiCommShared& shared, const std::string& what,
+                          std::function<base::Status()> fn) {
+  auto task = std::make_shared<Task>();
+  std::future<base::Status> f = task->done.get_future();
+  task->what = what;
+  task->fn = std::move(fn);
+  {
+    std::lock_guard<std::mutex> lock(shared.mu);
+    shared.queue.push_back(std::move(task));
+  }
+  shared.cv.notify_one();
+  return f.get();
+}
+
+// A duplicate of `comm` whose errors come back as codes: the duplicate would otherwise inherit
+// MPI_ERRORS_ARE_FATAL from MPI_COMM_WORLD and abort the job inside MPI before MPI_CHECK sees it.
+base::StatusOr<MPI_Comm> duplicate(MPI_Comm comm) {
+  MPI_Comm dup;
+  RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_dup(comm, &dup)));
+  base::Status handler = MPI_CHECK(MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN));
+  if (!handler.ok()) {
+    MPI_Comm_free(&dup);
+    return handler;
+  }
+  return dup;
+}
+
 std::string describe(const at::Tensor& t) {
   return std::to_string(t.numel()) + " x " + c10::toString(t.scalar_type());
 }
@@ -192,27 +221,42 @@ base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Com
   if (provided < MPI_THREAD_SERIALIZED) {
     return base::Status::Internal("MPI communicator needs MPI_THREAD_SERIALIZED or better");
   }
-  MPI_Comm dup;
-  RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_dup(comm, &dup)));
-  // The duplicate inherits MPI_ERRORS_ARE_FATAL from MPI_COMM_WORLD, which would abort the job
-  // inside MPI before MPI_CHECK sees a return code.
-  base::Status handler = MPI_CHECK(MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN));
-  if (!handler.ok()) {
-    MPI_Comm_free(&dup);
-    return handler;
-  }
-  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup, timeout_s));
+  ASSIGN_OR_RETURN(MPI_Comm dup, duplicate(comm));
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup, timeout_s, nullptr));
 }
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm, double timeout_s)
-    : comm_(comm), shared_(std::make_shared<MpiCommShared>()) {
+base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create_sharing_thread(
+    MPI_Comm comm) const {
+  MPI_Comm dup = MPI_COMM_NULL;
+  RETURN_IF_ERROR(run_on_queue(*shared_, "duplicating a communicator", [comm, &dup]() {
+    ASSIGN_OR_RETURN(dup, duplicate(comm));
+    return base::Status::Ok();
+  }));
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup, shared_->timeout_s, shared_));
+}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, double timeout_s,
+                                 std::shared_ptr<MpiCommShared> shared)
+    : comm_(comm), shared_(std::move(shared)) {
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
-  shared_->timeout_s = timeout_s;
-  thread_ = std::thread(run_queue, shared_);
+  if (!shared_) {
+    shared_ = std::make_shared<MpiCommShared>();
+    shared_->timeout_s = timeout_s;
+    thread_ = std::thread(run_queue, shared_);
+  }
 }
 
 MpiCommunicator::~MpiCommunicator() {
+  if (!thread_.joinable()) {
+    // The owner's thread may still run collectives we queued: freeing the duplicate behind them
+    // on that thread keeps MPI single-threaded and the communicator alive until they are done.
+    if (!shared_->timed_out) {
+      (void)run_on_queue(*shared_, "freeing a communicator",
+                         [comm = comm_]() mutable { return MPI_CHECK(MPI_Comm_free(&comm)); });
+    }
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(shared_->mu);
     shared_->stopping = true;

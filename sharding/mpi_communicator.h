@@ -27,6 +27,11 @@ class MpiCommunicator final : public Communicator {
   // dead peer never completes the collective, and MPI itself cannot be interrupted.
   static base::StatusOr<std::unique_ptr<MpiCommunicator>> create(MPI_Comm comm,
                                                                   double timeout_s = 0);
+  // A communicator over `comm` (a sub-group of the node or of the replicas, for hybrid sharding)
+  // whose collectives run on this one's thread, in one issue order with this one's: under
+  // MPI_THREAD_SERIALIZED only one thread may be inside MPI, and one queue also keeps the
+  // collectives of several groups in the same order on every rank. Must be destroyed before this.
+  base::StatusOr<std::unique_ptr<MpiCommunicator>> create_sharing_thread(MPI_Comm comm) const;
   // After a timed-out wait the communication thread is stuck inside MPI; it is detached rather
   // than joined and the duplicate is leaked, so the caller can go on to MPI_Abort.
   ~MpiCommunicator() override;
@@ -43,7 +48,8 @@ class MpiCommunicator final : public Communicator {
   base::StatusOr<double> take_wait_seconds() override;
 
  private:
-  MpiCommunicator(MPI_Comm comm, double timeout_s);
+  // `shared` null: a new queue and thread of its own; else the queue of the thread's owner.
+  MpiCommunicator(MPI_Comm comm, double timeout_s, std::shared_ptr<MpiCommShared> shared);
   // `op` and `detail` (sizes, may be empty) name the collective in error messages.
   std::unique_ptr<Work> enqueue(const char* op, const std::string& detail,
                                 std::function<base::Status()> fn);
@@ -53,7 +59,7 @@ class MpiCommunicator final : public Communicator {
   int size_ = 1;
   uint64_t sequence_ = 0;  // collectives issued, for error messages; training thread only
   std::shared_ptr<MpiCommShared> shared_;
-  std::thread thread_;
+  std::thread thread_;  // not joinable when the queue belongs to another communicator
 };
 
 }  // namespace dstrain::sharding

@@ -367,5 +367,49 @@ TEST_F(MpiCommunicatorTest, WaitPastTheTimeoutNamesRankOperationAndSequence) {
   }
 }
 
+// Hybrid sharding's groups: sub-communicators on the world's thread. Collectives of the
+// sub-group and of the world, issued back to back without waiting, run in issue order on the one
+// thread and each reduces over its own ranks; the sub-communicators can go before their owner.
+TEST_F(MpiCommunicatorTest, SubCommunicatorsShareTheThread) {
+  MPI_Comm half, across;
+  const int half_size = size() > 1 ? size() / 2 : 1;
+  MPI_Comm_split(MPI_COMM_WORLD, rank() / half_size, rank(), &half);
+  MPI_Comm_split(MPI_COMM_WORLD, rank() % half_size, rank(), &across);
+  auto node = comm_->create_sharing_thread(half);
+  auto replicas = comm_->create_sharing_thread(across);
+  MPI_Comm_free(&half);
+  MPI_Comm_free(&across);
+  ASSERT_TRUE(node.ok()) << node.status().to_string();
+  ASSERT_TRUE(replicas.ok()) << replicas.status().to_string();
+  EXPECT_EQ((*node)->size(), half_size);
+  EXPECT_EQ((*node)->rank(), rank() % half_size);
+  EXPECT_EQ((*replicas)->rank(), rank() / half_size);
+  at::Tensor in_node = at::full({5}, static_cast<double>(rank() + 1), at::kDouble);
+  at::Tensor in_world = in_node.clone();
+  at::Tensor in_replicas = in_node.clone();
+  auto w1 = (*node)->all_reduce(in_node, ReduceOp::kSum);
+  auto w2 = comm_->all_reduce(in_world, ReduceOp::kSum);
+  auto w3 = (*replicas)->all_reduce(in_replicas, ReduceOp::kSum);
+  ASSERT_TRUE(w3->wait().ok());
+  ASSERT_TRUE(w1->wait().ok());
+  ASSERT_TRUE(w2->wait().ok());
+  double node_sum = 0, replica_sum = 0;
+  for (int r = 0; r < size(); ++r) {
+    if (r / half_size == rank() / half_size) node_sum += r + 1;
+    if (r % half_size == rank() % half_size) replica_sum += r + 1;
+  }
+  EXPECT_EQ(in_node[0].item<double>(), node_sum);
+  EXPECT_EQ(in_world[0].item<double>(), size() * (size() + 1) / 2.0);
+  EXPECT_EQ(in_replicas[0].item<double>(), replica_sum);
+  // A sub-communicator's last collective may still be queued when it is destroyed.
+  at::Tensor late = at::ones({3}, at::kDouble);
+  auto w4 = (*node)->all_reduce(late, ReduceOp::kSum);
+  node->reset();
+  replicas->reset();
+  ASSERT_TRUE(w4->wait().ok());
+  EXPECT_EQ(late[0].item<double>(), half_size);
+  EXPECT_TRUE(comm_->barrier().ok());
+}
+
 }  // namespace
 }  // namespace dstrain::sharding

@@ -146,7 +146,7 @@ double sum_over(Communicator& comm, double value) {
 std::unique_ptr<Engine> make_engine(const base::ModelConfig& cfg, int64_t stage, Communicator& comm,
                                     int64_t prefetch_depth = 1,
                                     const std::string& activation_checkpointing = "none",
-                                    double lora_dropout = -1) {
+                                    double lora_dropout = -1, Communicator* replicas = nullptr) {
   EngineOptions options = engine_options(stage);
   options.zero.prefetch_depth = prefetch_depth;
   options.activation_checkpointing = activation_checkpointing;
@@ -162,7 +162,7 @@ std::unique_ptr<Engine> make_engine(const base::ModelConfig& cfg, int64_t stage,
     base::Status st = runtime::apply_lora(units, lora);
     EXPECT_TRUE(st.ok()) << st.to_string();
   }
-  auto engine = Engine::create(std::move(units), options, comm, init);
+  auto engine = Engine::create(std::move(units), options, comm, init, replicas);
   EXPECT_TRUE(engine.ok()) << engine.status().to_string();
   return engine.ok() ? std::move(engine).value() : nullptr;
 }
@@ -521,6 +521,89 @@ TEST(CheckpointingMemory, FullSavesMostActivationMemory) {
     EXPECT_LT(full * 2, none) << "stage " << stage;
   }
 }
+
+// Hybrid sharding (zero.shard_group = "node") with the nodes faked: the world splits into
+// "nodes" of world / 2 consecutive ranks (2 x 2 at 4 ranks, 2 x 1 at 2). The engine shards over
+// its node and all-reduces across nodes; it must still train exactly like the single process.
+struct HybridGroups {
+  std::unique_ptr<MpiCommunicator> world;
+  std::unique_ptr<MpiCommunicator> shard;     // this "node"
+  std::unique_ptr<MpiCommunicator> replicas;  // same local rank on every "node"
+  int node = 0;
+  int local_rank = 0;
+  int ranks_per_node = 1;
+};
+
+HybridGroups hybrid_groups() {
+  HybridGroups g;
+  const int world = world_size();
+  g.ranks_per_node = world / 2;
+  g.node = world_rank() / g.ranks_per_node;
+  g.local_rank = world_rank() % g.ranks_per_node;
+  MPI_Comm node, across;
+  MPI_Comm_split(MPI_COMM_WORLD, g.node, world_rank(), &node);
+  MPI_Comm_split(MPI_COMM_WORLD, g.local_rank, world_rank(), &across);
+  auto w = MpiCommunicator::create(MPI_COMM_WORLD);
+  EXPECT_TRUE(w.ok()) << w.status().to_string();
+  g.world = std::move(w).value();
+  // One thread for all three groups, as train_command builds them.
+  auto s = g.world->create_sharing_thread(node);
+  auto r = g.world->create_sharing_thread(across);
+  EXPECT_TRUE(s.ok() && r.ok());
+  g.shard = std::move(s).value();
+  g.replicas = std::move(r).value();
+  MPI_Comm_free(&node);
+  MPI_Comm_free(&across);
+  return g;
+}
+
+class HybridEquality : public ::testing::TestWithParam<Case> {};
+
+TEST_P(HybridEquality, MatchesSingleProcessStageZero) {
+  const Case c = GetParam();
+  const base::ModelConfig cfg = tiny_model(c.tie);
+  const Trajectory& ref = reference(c.tie);
+  ASSERT_EQ(static_cast<int64_t>(ref.losses.size()), kSteps);
+  const int world = world_size();
+  ASSERT_EQ(world % 2, 0);
+  HybridGroups g = hybrid_groups();
+  ASSERT_EQ(g.shard->size(), g.ranks_per_node);
+  ASSERT_EQ(g.shard->rank(), g.local_rank);
+  ASSERT_EQ(g.replicas->size(), 2);
+  ASSERT_EQ(g.replicas->rank(), g.node);
+  std::unique_ptr<Engine> engine = make_engine(cfg, c.stage, *g.shard, c.prefetch_depth, "none",
+                                               /*lora_dropout=*/-1, g.replicas.get());
+  ASSERT_NE(engine, nullptr);
+  const int64_t per_rank = kGlobalBatch / world;
+  const Trajectory got = train(*engine, *g.world, cfg, world_rank() * per_rank, per_rank, /*micro=*/2);
+  ASSERT_EQ(static_cast<int64_t>(got.losses.size()), kSteps);
+  for (int64_t s = 0; s < kSteps; ++s) {
+    EXPECT_NEAR(got.losses[s], ref.losses[s], kTolerance * std::abs(ref.losses[s])) << "step " << s;
+    EXPECT_NEAR(got.grad_norms[s], ref.grad_norms[s], kTolerance * ref.grad_norms[s]) << "step " << s;
+  }
+  EXPECT_NEAR(got.eval_loss, ref.eval_loss, kTolerance * ref.eval_loss);
+  EXPECT_LT(max_relative_diff(ref.params, got.params), kTolerance);
+
+  // Sharded within the node only: each rank holds 1 / ranks_per_node of the optimizer state.
+  std::unique_ptr<Engine> replicated = make_engine(cfg, 0, *g.shard);
+  ASSERT_NE(replicated, nullptr);
+  if (c.stage > 0) {
+    EXPECT_EQ(engine->optimizer_state_numel() * g.ranks_per_node, replicated->optimizer_state_numel());
+  }
+  // What checkpoints save: the first node's ranks own every element of every state once, the
+  // other nodes' replicas nothing.
+  double owned = 0;
+  for (const StateSlice& s : engine->state_slices(/*owned_only=*/true)) owned += s.data.numel();
+  if (g.node != 0) EXPECT_EQ(owned, 0);
+  EXPECT_EQ(static_cast<int64_t>(sum_over(*g.world, owned)), 3 * engine->num_trainable_parameters());
+  replicated.reset();
+  engine.reset();
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, HybridEquality,
+                         ::testing::Values(Case{0, true, 1}, Case{1, false, 1}, Case{2, true, 1},
+                                           Case{3, false, 1}, Case{3, true, 1}),
+                         case_name);
 
 }  // namespace
 }  // namespace dstrain::sharding
