@@ -1,191 +1,213 @@
-// `dstrain plan`: per-rank bytes of parameters, gradients and optimizer state in each tier (GPU,
-// host memory, NVMe), and bytes moved per optimizer step, from the same flat layout the engine
-// allocates; says when the host memory or the disk of this machine cannot hold a config.
+// `dstrain plan`: what a job needs per rank (device memory by kind, host memory and NVMe by tier,
+// bytes moved per step) from the same layouts the engine allocates (sharding/memory_plan.h), and
+// whether that fits the hardware, with the smallest change that makes it fit
+// (sharding/fit_advice.h). docs/plan.md gives the formulas.
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.h"
 #include "launch/config/config_loader.h"
+#include "runtime/hf_model/hf_config.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/lora.h"
-#include "sharding/flat_layout.h"
+#include "sharding/fit_advice.h"
+#include "sharding/memory_plan.h"
 
 namespace dstrain::launch {
 namespace {
 
-int64_t dtype_bytes(const std::string& dtype) { return dtype == "fp32" ? 4 : 2; }
+constexpr double kGiB = static_cast<double>(int64_t{1} << 30);
 
-// Sizes of the model as the engine lays it out for `world` ranks.
-struct ModelSizes {
-  int64_t params = 0;            // real elements
-  int64_t trainable_padded = 0;  // elements of the trainable flat buffers
-  int64_t frozen_padded = 0;
-  int64_t largest_unit = 0;      // elements of the largest unit's buffers
-  int64_t largest_shard = 0;     // elements of the largest trainable buffer's shard
-};
+double gib(double bytes) { return bytes / kGiB; }
 
-ModelSizes model_sizes(const base::UnitList& units, int world) {
-  ModelSizes m;
-  for (const auto& unit : units) {
-    int64_t unit_padded = 0;
-    for (int k = 0; k < sharding::kNumBufferKinds; ++k) {
-      const auto kind = static_cast<sharding::BufferKind>(k);
-      sharding::FlatLayout layout = sharding::make_flat_layout(unit->schema(), kind, world);
-      for (const auto& e : layout.entries) m.params += e.numel;
-      if (kind == sharding::BufferKind::kFrozen) {
-        m.frozen_padded += layout.padded_numel;
-      } else {
-        m.trainable_padded += layout.padded_numel;
-        m.largest_shard = std::max(m.largest_shard, layout.padded_numel / world);
-      }
-      unit_padded += layout.padded_numel;
-    }
-    m.largest_unit = std::max(m.largest_unit, unit_padded);
-  }
-  return m;
-}
-
-// Bytes of this machine's memory, and free bytes of the file system holding `dir` (its nearest
-// existing ancestor); 0 when unknown.
+// Bytes of this machine's memory; -1 when unknown.
 int64_t host_memory_bytes() {
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : -1;
 }
 
+// Free bytes of the file system holding `dir` (its nearest existing ancestor); -1 when unknown.
 int64_t free_disk_bytes(std::string dir) {
   struct statvfs st {};
   while (!dir.empty() && statvfs(dir.c_str(), &st) != 0) {
     const size_t slash = dir.find_last_of('/');
     dir = slash == std::string::npos ? std::string() : dir.substr(0, slash);
   }
-  if (dir.empty() && statvfs(".", &st) != 0) return 0;
+  if (dir.empty() && statvfs(".", &st) != 0) return -1;
   return static_cast<int64_t>(st.f_bavail) * static_cast<int64_t>(st.f_frsize);
+}
+
+int64_t gib_to_bytes(double g) { return static_cast<int64_t>(g * kGiB); }
+
+sharding::Hardware hardware(const Command& cmd, const base::Config& cfg) {
+  sharding::Hardware hw;
+  hw.gpu_bytes = cmd.gpu_mem_gib >= 0 ? gib_to_bytes(cmd.gpu_mem_gib) : -1;
+  hw.host_bytes = cmd.host_mem_gib >= 0 ? gib_to_bytes(cmd.host_mem_gib) : host_memory_bytes();
+  const bool uses_nvme = cfg.offload.optimizer == "nvme" || cfg.offload.params == "nvme";
+  hw.nvme_bytes = cmd.nvme_gib >= 0 ? gib_to_bytes(cmd.nvme_gib)
+                  : uses_nvme      ? free_disk_bytes(cfg.offload.nvme_dir)
+                                   : -1;
+  hw.ranks_per_node = cmd.ranks_per_node;
+  return hw;
+}
+
+nlohmann::json device_json(const sharding::DeviceBytes& d) {
+  return {{"params", d.params},
+          {"params_in_flight", d.params_in_flight},
+          {"gradients", d.gradients},
+          {"optimizer", d.optimizer},
+          {"activations", d.activations},
+          {"comm_buffers", d.comm_buffers},
+          {"workspace", d.workspace},
+          {"persistent", d.persistent},
+          {"peak", d.peak}};
+}
+
+nlohmann::json tier_json(const sharding::TierBytes& t) {
+  return {{"optimizer", t.optimizer}, {"params", t.params}, {"staging", t.staging}, {"total", t.total}};
+}
+
+nlohmann::json plan_json(const sharding::MemoryPlan& p, const base::Config& cfg) {
+  return {
+      {"world", p.world},
+      {"zero_stage", cfg.zero.stage},
+      {"dtype", cfg.train.dtype},
+      {"micro_batch", cfg.train.micro_batch},
+      {"seq_len", cfg.train.seq_len},
+      {"activation_checkpointing", cfg.train.activation_checkpointing},
+      {"offload", {{"optimizer", cfg.offload.optimizer}, {"params", cfg.offload.params}}},
+      {"parameters", p.parameters},
+      {"trainable_parameters", p.trainable_parameters},
+      {"grad_accumulation", p.grad_accumulation},
+      {"per_rank_bytes",
+       {{"compute_params", p.compute_params},
+        {"master_params", p.master_params},
+        {"optimizer_moments", p.optimizer_moments},
+        {"gradients", p.device.gradients},
+        {"total", p.device.peak + p.host.total + p.nvme.total}}},
+      {"per_rank_tier_bytes", {{"device", p.device.peak}, {"host", p.host.total}, {"nvme", p.nvme.total}}},
+      {"device_bytes", device_json(p.device)},
+      {"host_bytes", tier_json(p.host)},
+      {"nvme_bytes", tier_json(p.nvme)},
+      {"activations",
+       {{"per_layer_bytes", p.layer_activation_bytes}, {"at_backward_bytes", p.activations_at_backward}}},
+      {"comm",
+       {{"intra_node_bytes_per_step", p.comm.intra_node},
+        {"inter_node_bytes_per_step", p.comm.inter_node},
+        {"shard_group", p.comm.shard_group},
+        {"ranks_per_node", p.comm.ranks_per_node}}},
+      {"comm_bytes_per_step_per_rank", p.comm.intra_node + p.comm.inter_node},
+      {"host_device_bytes_per_step_per_rank", p.comm.host_device},
+      {"nvme_bytes_per_step_per_rank", p.comm.nvme}};
+}
+
+void print_table(const sharding::MemoryPlan& p, const base::Config& cfg, const sharding::Verdict& v,
+                 const sharding::Hardware& hw) {
+  std::printf("model: %lld parameters (%lld trainable); %d rank(s), zero stage %lld, %s, micro-batch %lld x %lld "
+              "tokens, checkpointing %s, offload optimizer %s, params %s\n",
+              static_cast<long long>(p.parameters), static_cast<long long>(p.trainable_parameters), p.world,
+              static_cast<long long>(cfg.zero.stage), cfg.train.dtype.c_str(),
+              static_cast<long long>(cfg.train.micro_batch), static_cast<long long>(cfg.train.seq_len),
+              cfg.train.activation_checkpointing.c_str(), cfg.offload.optimizer.c_str(),
+              cfg.offload.params.c_str());
+  const sharding::DeviceBytes& d = p.device;
+  std::printf("%-34s %10s\n", "per rank, GPU", "GiB");
+  const std::pair<const char*, int64_t> rows[] = {
+      {"  parameters", d.params},          {"  parameters in flight (stage 3)", d.params_in_flight},
+      {"  gradients", d.gradients},        {"  optimizer state", d.optimizer},
+      {"  activations (one micro-batch)", d.activations},
+      {"  communication buffers", d.comm_buffers},
+      {"  workspace", d.workspace},        {"  peak", d.peak}};
+  for (const auto& [name, bytes] : rows) std::printf("%-34s %10.3f\n", name, gib(static_cast<double>(bytes)));
+  std::printf("%-34s %10.3f  (optimizer %.3f, params %.3f, staging %.3f)\n", "per rank, host memory",
+              gib(static_cast<double>(p.host.total)), gib(static_cast<double>(p.host.optimizer)),
+              gib(static_cast<double>(p.host.params)), gib(static_cast<double>(p.host.staging)));
+  std::printf("%-34s %10.3f  (optimizer %.3f, params %.3f)\n", "per rank, NVMe", gib(static_cast<double>(p.nvme.total)),
+              gib(static_cast<double>(p.nvme.optimizer)), gib(static_cast<double>(p.nvme.params)));
+  std::printf("%-34s %10.3f  (intra-node %.3f, inter-node %.3f; shard group %s, %d rank(s) per node)\n",
+              "network per step per rank", gib(static_cast<double>(p.comm.intra_node + p.comm.inter_node)),
+              gib(static_cast<double>(p.comm.intra_node)), gib(static_cast<double>(p.comm.inter_node)),
+              p.comm.shard_group.c_str(), p.comm.ranks_per_node);
+  std::printf("%-34s %10.3f\n", "host<->device per step", gib(static_cast<double>(p.comm.host_device)));
+  if (p.comm.nvme > 0) std::printf("%-34s %10.3f\n", "NVMe read+written per step", gib(static_cast<double>(p.comm.nvme)));
+  if (hw.gpu_bytes < 0) std::printf("GPU memory not checked (give --gpu-mem GiB)\n");
+  if (v.fits) {
+    std::printf("fits\n");
+    return;
+  }
+  for (const std::string& problem : v.problems) std::printf("does not fit: %s\n", problem.c_str());
+  if (!v.fixes.empty()) {
+    std::printf("smallest change that fits: %s (GPU peak %.3f GiB, host %.3f GiB per rank)\n",
+                v.fixes[0].description.c_str(), gib(static_cast<double>(v.fixes[0].plan.device.peak)),
+                gib(static_cast<double>(v.fixes[0].plan.host.total)));
+    for (size_t i = 1; i < v.fixes.size(); ++i) std::printf("  also fits: %s\n", v.fixes[i].description.c_str());
+  } else if (v.combined_fits) {
+    std::string all;
+    for (const std::string& c : v.combined) all += (all.empty() ? "" : ", ") + c;
+    std::printf("no single change fits; together these do: %s\n", all.c_str());
+  } else {
+    std::printf("no change tried makes it fit\n");
+  }
+}
+
+nlohmann::json verdict_json(const sharding::Verdict& v) {
+  nlohmann::json fixes = nlohmann::json::array();
+  for (const sharding::Change& c : v.fixes) {
+    fixes.push_back({{"change", c.description},
+                     {"world", c.world},
+                     {"device_peak_bytes", c.plan.device.peak},
+                     {"host_bytes", c.plan.host.total},
+                     {"nvme_bytes", c.plan.nvme.total}});
+  }
+  nlohmann::json j = {{"fits", v.fits}, {"problems", v.problems}, {"fixes", fixes}};
+  if (!v.fits && !v.fixes.empty()) j["suggestion"] = v.fixes[0].description;
+  if (!v.fits && v.fixes.empty() && v.combined_fits) {
+    std::string all;
+    for (const std::string& c : v.combined) all += (all.empty() ? "" : ", ") + c;
+    j["suggestion"] = all;
+  }
+  return j;
 }
 
 }  // namespace
 
 base::Status run_plan(const Command& cmd) {
   ASSIGN_OR_RETURN(base::Config cfg, load_config(cmd.config_path, cmd.overrides));
+  if (!cmd.hf_dir.empty()) cfg.model.hf_dir = cmd.hf_dir;
+  // With a Hugging Face directory the architecture comes from its config.json alone.
+  if (!cfg.model.hf_dir.empty()) {
+    ASSIGN_OR_RETURN(cfg.model, runtime::hf_model::model_config_from_hf_dir(cfg.model.hf_dir));
+  }
   RETURN_IF_ERROR(runtime::validate_llama_config(cfg.model));
-  const int world = cmd.world > 0 ? cmd.world : 1;
-  const int64_t stage = cfg.zero.stage;
-  const int64_t compute = dtype_bytes(cfg.train.dtype);
-  const bool fp32 = cfg.train.dtype == "fp32";
-  const std::string& opt_tier = cfg.offload.optimizer;
-  const std::string& param_tier = cfg.offload.params;
-
   base::UnitList units = runtime::build_llama(cfg.model);
   if (cfg.lora.enabled) RETURN_IF_ERROR(runtime::apply_lora(units, cfg.lora));
-  const ModelSizes m = model_sizes(units, world);
-  const bool frozen_whole = stage < 3 || (cfg.lora.enabled && cfg.lora.base_sharding == "replicated");
-  const int64_t shard = m.trainable_padded / world;
-  const int64_t owned = stage == 0 ? m.trainable_padded : shard;
 
-  // Per rank, in bytes. Compute-dtype parameters: everything below stage 3; at stage 3 the
-  // shards plus the units in flight (the running one, the prefetched ones, and a tied embedding
-  // that may stay gathered beside them), or only those when the shards live on the host.
-  const int64_t in_flight = m.largest_unit * (cfg.zero.prefetch_depth + 2);
-  const int64_t frozen = (frozen_whole ? m.frozen_padded : m.frozen_padded / world) * compute;
-  const int64_t param_shards = (stage == 3 ? m.trainable_padded / world : m.trainable_padded) * compute;
-  const int64_t device_params = param_tier == "none" ? param_shards + frozen + (stage == 3 ? in_flight * compute : 0)
-                                                     : frozen + in_flight * compute;
-  // fp32 master (the compute weights themselves in fp32 on the device without offload) and the
-  // two AdamW moments: on the device, in host memory, or split between host and NVMe by the
-  // host budget.
-  const int64_t master = (fp32 && opt_tier == "none") ? 0 : owned * 4;
-  const int64_t state = master + owned * 8;
-  const int64_t grads = (stage >= 2 ? shard : m.trainable_padded) * 4;
-  int64_t device_state = 0, host_state = 0, nvme_state = 0;
-  if (opt_tier == "none") {
-    device_state = state;
-  } else if (opt_tier == "cpu") {
-    host_state = state;
-  } else {
-    host_state = std::min<int64_t>(state, static_cast<int64_t>(cfg.offload.host_budget_gib * (1 << 30)));
-    nvme_state = state - host_state;
-  }
-  // The host optimizer's staging: two slots of the largest shard (fp32 gradient, compute-dtype
-  // result), and four NVMe slots of three fp32 arrays.
-  const int64_t staging = opt_tier == "none" ? 0
-                          : 2 * m.largest_shard * (4 + compute) + (opt_tier == "nvme" ? 4 * 12 * m.largest_shard : 0);
-  const int64_t host_params = param_tier == "cpu" ? param_shards : 0;
-  const int64_t nvme_params = param_tier == "nvme" ? param_shards : 0;
-  const int64_t device_total = device_params + device_state + grads;
-  const int64_t host_total = host_state + host_params + staging;
-  const int64_t nvme_total = nvme_state + nvme_params;
+  const sharding::Hardware hw = hardware(cmd, cfg);
+  sharding::PlanOptions options;
+  options.world = cmd.world > 0 ? cmd.world : 1;
+  options.ranks_per_node = cmd.ranks_per_node;
+  options.cuda = cfg.run.device != "cpu";
+  options.gpu_bytes = hw.gpu_bytes > 0 ? hw.gpu_bytes : 0;
+  ASSIGN_OR_RETURN(sharding::MemoryPlan plan, sharding::plan_memory(units, cfg, options));
+  ASSIGN_OR_RETURN(sharding::Verdict verdict, sharding::judge(units, cfg, options, hw));
 
-  // Ring collectives move (n-1)/n of the buffer per rank for a gather or a reduce-scatter,
-  // twice that for an all-reduce.
-  const double ring = world > 1 ? static_cast<double>(world - 1) / world : 0.0;
-  const double grad_bytes = static_cast<double>(m.trainable_padded) * 4;
-  const double param_bytes = static_cast<double>(m.trainable_padded) * compute;
-  // Stage 3 gathers every unit twice per micro-batch (forward and backward); the figure is for
-  // one micro-batch per step.
-  const double comm = stage <= 1   ? 2 * ring * grad_bytes + (stage == 1 ? ring * param_bytes : 0)
-                      : stage == 2 ? ring * grad_bytes + ring * param_bytes
-                                   : ring * grad_bytes + 2 * ring * param_bytes;
-  // Host <-> device per step: gradients down and results up with an offloaded optimizer,
-  // parameter shards up before each gather (twice a micro-batch) when they live on the host.
-  const double pcie = (opt_tier == "none" ? 0.0 : static_cast<double>(owned) * (4 + compute)) +
-                      (param_tier == "none" ? 0.0 : 2.0 * static_cast<double>(param_shards));
-
-  // This machine, with all `world` ranks on it (one node).
-  const int64_t host_have = host_memory_bytes();
-  const bool uses_nvme = opt_tier == "nvme" || param_tier == "nvme";
-  const int64_t disk_have = uses_nvme ? free_disk_bytes(cfg.offload.nvme_dir) : 0;
-  std::vector<std::string> problems;
-  auto gib = [](double b) { return b / (1 << 30); };
-  char line[256];
-  if (host_have > 0 && host_total * world > host_have) {
-    std::snprintf(line, sizeof(line), "host memory: %d rank(s) need %.1f GiB, this machine has %.1f GiB",
-                  world, gib(static_cast<double>(host_total) * world), gib(static_cast<double>(host_have)));
-    problems.emplace_back(line);
-  }
-  if (uses_nvme && nvme_total * world > disk_have) {
-    std::snprintf(line, sizeof(line), "offload.nvme_dir %s: %d rank(s) need %.1f GiB, %.1f GiB free",
-                  cfg.offload.nvme_dir.c_str(), world, gib(static_cast<double>(nvme_total) * world),
-                  gib(static_cast<double>(disk_have)));
-    problems.emplace_back(line);
-  }
-
-  nlohmann::json plan = {
-      {"world", world}, {"zero_stage", stage}, {"dtype", cfg.train.dtype},
-      {"offload", {{"optimizer", opt_tier}, {"params", param_tier}}},
-      {"parameters", m.params},
-      {"per_rank_bytes", {{"compute_params", device_params + host_params + nvme_params},
-                          {"master_params", master}, {"optimizer_moments", owned * 8},
-                          {"gradients", grads}, {"total", device_total + host_total + nvme_total}}},
-      {"per_rank_tier_bytes", {{"device", device_total}, {"host", host_total}, {"nvme", nvme_total}}},
-      {"comm_bytes_per_step_per_rank", static_cast<int64_t>(comm)},
-      {"host_device_bytes_per_step_per_rank", static_cast<int64_t>(pcie)},
-      {"machine", {{"host_memory_bytes", host_have}, {"nvme_free_bytes", disk_have}}},
-      {"fits", problems.empty()},
-      {"problems", problems},
-      {"not_counted", "activations, workspace and communication buffers"}};
   if (cmd.json) {
-    std::printf("%s\n", plan.dump(2).c_str());
+    nlohmann::json j = plan_json(plan, cfg);
+    j.update(verdict_json(verdict));
+    j["machine"] = {{"gpu_memory_bytes", hw.gpu_bytes},
+                    {"host_memory_bytes", hw.host_bytes},
+                    {"nvme_free_bytes", hw.nvme_bytes},
+                    {"ranks_per_node", hw.ranks_per_node > 0 ? hw.ranks_per_node : options.world}};
+    std::printf("%s\n", j.dump(2).c_str());
     return base::Status::Ok();
   }
-  std::printf("model: %lld parameters; %d rank(s), zero stage %lld, %s, offload optimizer %s, params %s\n",
-              static_cast<long long>(m.params), world, static_cast<long long>(stage),
-              cfg.train.dtype.c_str(), opt_tier.c_str(), param_tier.c_str());
-  std::printf("%-22s %12s\n", "per rank", "GiB");
-  for (const char* key : {"compute_params", "master_params", "optimizer_moments", "gradients", "total"}) {
-    std::printf("%-22s %12.3f\n", key, gib(plan["per_rank_bytes"][key].get<double>()));
-  }
-  for (const char* key : {"device", "host", "nvme"}) {
-    std::printf("%-22s %12.3f\n", (std::string("in ") + key).c_str(),
-                gib(plan["per_rank_tier_bytes"][key].get<double>()));
-  }
-  std::printf("%-22s %12.3f\n", "comm per step", gib(comm));
-  std::printf("%-22s %12.3f\n", "host<->device per step", gib(pcie));
-  for (const std::string& p : problems) std::printf("does not fit: %s\n", p.c_str());
-  std::printf("not counted yet: activations, workspace, communication buffers\n");
+  print_table(plan, cfg, verdict, hw);
   return base::Status::Ok();
 }
 

@@ -23,17 +23,21 @@ class CountingCpuAllocator final : public c10::Allocator {
       : base_(c10::GetDefaultCPUAllocator()), counters_(std::make_shared<ByteCounters>()) {}
 
   c10::DataPtr allocate(size_t n) override {
-    c10::DataPtr inner = base_->allocate(n);
-    void* data = inner.get();
+    // The bookkeeping lives in a header just before the data, so the context is the data pointer
+    // itself, as raw_allocate() (oneDNN's scratch buffers) requires.
+    c10::DataPtr inner = base_->allocate(n + kHeader);
+    char* data = static_cast<char*>(inner.get()) + kHeader;
     const c10::Device device = inner.device();
     const int64_t live =
         counters_->live.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n);
     int64_t peak = counters_->peak.load();
     while (live > peak && !counters_->peak.compare_exchange_weak(peak, live)) {
     }
-    auto* ctx = new Allocation{std::move(inner), static_cast<int64_t>(n), counters_};
-    return {data, ctx, &CountingCpuAllocator::free_allocation, device};
+    auto* a = new Allocation{std::move(inner), static_cast<int64_t>(n), counters_};
+    *reinterpret_cast<Allocation**>(data - kHeader) = a;
+    return {data, data, &CountingCpuAllocator::free_allocation, device};
   }
+  c10::DeleterFnPtr raw_deleter() const override { return &CountingCpuAllocator::free_allocation; }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
   }
@@ -49,8 +53,9 @@ class CountingCpuAllocator final : public c10::Allocator {
     int64_t bytes;
     std::shared_ptr<ByteCounters> counters;
   };
-  static void free_allocation(void* ctx) {
-    auto* a = static_cast<Allocation*>(ctx);
+  static constexpr size_t kHeader = 64;  // keeps the data 64-byte aligned
+  static void free_allocation(void* data) {
+    auto* a = *reinterpret_cast<Allocation**>(static_cast<char*>(data) - kHeader);
     a->counters->live.fetch_sub(a->bytes);
     delete a;
   }

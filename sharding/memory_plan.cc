@@ -1,0 +1,355 @@
+#include "sharding/memory_plan.h"
+
+#include <algorithm>
+#include <deque>
+#include <map>
+
+#include "sharding/activation_bytes.h"
+#include "sharding/activation_checkpointing.h"
+#include "sharding/comm_volume.h"
+#include "sharding/flat_layout.h"
+
+namespace dstrain::sharding {
+namespace {
+
+// Gradient reductions the engine leaves in flight during backward (Engine::kReductionsInFlight).
+constexpr size_t kReductionsInFlight = 4;
+// cuBLAS's workspace, which the CUDA caching allocator hands out on the first matmul (measured on
+// an H200 with torch 2.11: 32 MiB).
+constexpr int64_t kCublasWorkspace = int64_t{32} << 20;
+// NVMe state files keep this many host slots per file (Engine::create_nvme_file).
+constexpr int64_t kNvmeSlots = 4;
+constexpr int64_t kNvmeAlign = 4096;
+
+int64_t dtype_bytes(const std::string& dtype) { return dtype == "fp32" ? 4 : 2; }
+
+int64_t align_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+
+// One flat buffer of one unit, as Engine::init_storage places it.
+struct BufferInfo {
+  int64_t padded = 0;  // elements of the whole buffer
+  int64_t shard = 0;   // elements of one rank's shard
+  bool trainable = false;
+  bool gathers = false;  // stage 3: gathered before use, released after
+  int64_t owned = 0;     // elements of optimizer state this rank holds
+};
+
+struct UnitInfo {
+  std::vector<int> own;   // its buffers
+  std::vector<int> uses;  // every buffer its forward reads (tied owners included)
+  bool trainable = false;
+};
+
+struct Layouts {
+  std::vector<BufferInfo> buffers;  // in init order
+  std::vector<UnitInfo> units;
+  int64_t parameters = 0;
+  int64_t trainable_parameters = 0;
+};
+
+Layouts make_layouts(const base::UnitList& units, int world, int64_t stage, bool replicate_frozen) {
+  Layouts out;
+  std::map<std::string, int> owner;  // parameter name -> buffer index
+  for (const auto& unit : units) {
+    UnitInfo info;
+    for (int k = 0; k < kNumBufferKinds; ++k) {
+      const FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), world);
+      if (layout.empty()) continue;
+      BufferInfo b;
+      b.padded = layout.padded_numel;
+      b.shard = layout.shard_numel;
+      b.trainable = layout.kind != BufferKind::kFrozen;
+      const bool whole = stage == 0 || (!b.trainable && (stage < 3 || replicate_frozen));
+      b.gathers = stage == 3 && !whole;
+      b.owned = whole ? b.padded : b.shard;
+      const int index = static_cast<int>(out.buffers.size());
+      for (const FlatEntry& e : layout.entries) {
+        owner[e.name] = index;
+        out.parameters += e.numel;
+        if (b.trainable) out.trainable_parameters += e.numel;
+      }
+      info.trainable = info.trainable || b.trainable;
+      info.own.push_back(index);
+      info.uses.push_back(index);
+      out.buffers.push_back(b);
+    }
+    for (const base::ParamSpec& p : unit->schema()) {
+      if (p.tied_to.empty()) continue;
+      auto it = owner.find(p.tied_to);
+      if (it == owner.end()) continue;
+      if (std::find(info.uses.begin(), info.uses.end(), it->second) == info.uses.end()) {
+        info.uses.push_back(it->second);
+      }
+    }
+    out.units.push_back(std::move(info));
+  }
+  return out;
+}
+
+bool frozen_base_replicated(const base::UnitList& units, const base::Config& cfg,
+                            const PlanOptions& options) {
+  const std::string& mode = cfg.lora.base_sharding;
+  if (mode != "auto") return mode == "replicated";
+  int64_t frozen = 0;
+  for (const auto& unit : units) {
+    for (const base::ParamSpec& p : unit->schema()) {
+      if (!p.trainable && p.tied_to.empty()) frozen += p.numel();
+    }
+  }
+  return options.gpu_bytes == 0 || frozen * dtype_bytes(cfg.train.dtype) <= options.gpu_bytes / 4;
+}
+
+// Parameters and optimizer state by tier (Engine::init_storage, init_stage3_buffer,
+// init_optimizer_state, create_nvme_state).
+void place_state(const Layouts& l, const base::Config& cfg, MemoryPlan& plan) {
+  const int64_t c = dtype_bytes(cfg.train.dtype);
+  const int64_t stage = cfg.zero.stage;
+  const std::string& opt = cfg.offload.optimizer;
+  const std::string& par = cfg.offload.params;
+  double budget = cfg.offload.host_budget_gib * static_cast<double>(int64_t{1} << 30);
+  int64_t max_owned = 0, max_nvme_record = 0, max_param_record = 0;
+  auto add_optimizer = [&](int64_t bytes) {
+    (opt == "none" ? plan.device.optimizer : plan.host.optimizer) += bytes;
+  };
+  for (const BufferInfo& b : l.buffers) {
+    if (b.gathers) {
+      const int64_t bytes = b.shard * c;
+      (par == "none" ? plan.device.params : par == "cpu" ? plan.host.params : plan.nvme.params) += bytes;
+      if (par == "nvme") max_param_record = std::max(max_param_record, b.shard);
+    } else {
+      plan.device.params += b.padded * c;
+    }
+    plan.compute_params += (b.gathers ? b.shard : b.padded) * c;
+    if (!b.trainable) continue;
+    max_owned = std::max(max_owned, b.owned);
+    plan.device.gradients += (stage >= 2 ? b.shard : b.padded) * 4;
+    plan.optimizer_moments += 8 * b.owned;
+    if (opt == "nvme") {  // master and moments together, host memory while the budget lasts
+      const int64_t bytes = 12 * b.owned;
+      plan.master_params += 4 * b.owned;
+      if (static_cast<double>(bytes) <= budget) {
+        budget -= static_cast<double>(bytes);
+        plan.host.optimizer += bytes;
+      } else {
+        plan.nvme.optimizer += bytes;
+        max_nvme_record = std::max(max_nvme_record, b.owned);
+      }
+      continue;
+    }
+    // The fp32 master is the parameters themselves where both are fp32 on the same side.
+    const bool alias = c == 4 && (b.gathers ? (opt != "none") == (par != "none") && par != "nvme"
+                                            : opt == "none");
+    const int64_t master = alias ? 0 : 4 * b.owned;
+    plan.master_params += master;
+    add_optimizer(master + 8 * b.owned);
+  }
+  if (opt != "none") {  // HostOptimizer: two slots of the largest shard
+    plan.host.staging += 2 * max_owned * (4 + (c != 4 ? c : 0));
+  }
+  if (max_nvme_record > 0) plan.host.staging += kNvmeSlots * 3 * align_up(4 * max_nvme_record, kNvmeAlign);
+  if (max_param_record > 0) plan.host.staging += kNvmeSlots * align_up(c * max_param_record, kNvmeAlign);
+  plan.device.persistent = plan.device.params + plan.device.gradients + plan.device.optimizer;
+  plan.host.total = plan.host.optimizer + plan.host.params + plan.host.staging;
+  plan.nvme.total = plan.nvme.optimizer + plan.nvme.params;
+}
+
+// Per unit: activations, under the checkpointing policy.
+std::vector<UnitActivations> unit_activations(const base::UnitList& units, const Layouts& l,
+                                              const ActivationShape& shape) {
+  std::vector<UnitActivations> acts;
+  bool trainable_before = false;
+  for (size_t u = 0; u < units.size(); ++u) {
+    const std::string& name = units[u]->name();
+    if (name == "embed") {
+      acts.push_back(embed_activations(shape));
+    } else if (name == "head") {
+      // lm_head.weight, or the embedding it is tied to.
+      bool head_trainable = false;
+      for (const base::ParamSpec& p : units[u]->schema()) {
+        if (p.name != "lm_head.weight") continue;
+        head_trainable = p.tied_to.empty() ? p.trainable : l.units[0].trainable;
+      }
+      acts.push_back(head_activations(shape, trainable_before, head_trainable));
+    } else {
+      acts.push_back(layer_activations(shape, trainable_before));
+    }
+    trainable_before = trainable_before || l.units[u].trainable;
+  }
+  return acts;
+}
+
+// The live bytes beyond the persistent state through one micro-batch's forward and backward, as
+// Engine::forward_backward walks the units; fills the device parts at the largest point.
+void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base::Config& cfg,
+                      const std::vector<bool>& recompute, const ActivationShape& shape,
+                      MemoryPlan& plan) {
+  const int n = static_cast<int>(units.size());
+  const int64_t c = dtype_bytes(cfg.train.dtype);
+  const int64_t stage = cfg.zero.stage;
+  const int64_t depth = cfg.zero.prefetch_depth;
+  const int64_t wire = cfg.zero.reduce_dtype == "bf16" ? 2 : 4;
+  const bool uploads = cfg.offload.params != "none";
+  const std::vector<UnitActivations> acts = unit_activations(units, l, shape);
+  plan.layer_activation_bytes = n > 2 ? acts[1].saved + acts[1].output : 0;
+
+  // Stage 3: the gathered buffers of units [lo, hi] (each buffer once).
+  auto in_flight = [&](int lo, int hi) {
+    if (stage != 3) return int64_t{0};
+    std::vector<int> seen;
+    int64_t bytes = 0;
+    for (int u = std::max(lo, 0); u <= std::min(hi, n - 1); ++u) {
+      for (int b : l.units[u].uses) {
+        if (!l.buffers[b].gathers || std::find(seen.begin(), seen.end(), b) != seen.end()) continue;
+        seen.push_back(b);
+        bytes += l.buffers[b].padded * c + (uploads ? l.buffers[b].shard * c : 0);
+      }
+    }
+    return bytes;
+  };
+  std::vector<int64_t> kept_before(n + 1, 0);  // what units [0, u) keep for backward
+  for (int u = 0; u < n; ++u) {
+    kept_before[u + 1] = kept_before[u] + acts[u].output + (recompute[u] ? 0 : acts[u].saved);
+  }
+  struct Point {
+    int64_t activations = 0, comm = 0, params = 0, workspace = 0;
+    int64_t total() const { return activations + comm + params + workspace; }
+  };
+  Point best;
+  auto consider = [&](const Point& p) {
+    if (p.total() > best.total()) best = p;
+    plan.activations_at_backward = std::max(plan.activations_at_backward, p.activations);
+  };
+  // The end of the forward: the head's loss, with every unit's activations kept.
+  consider({kept_before[n - 1] + acts[n - 1].saved, 0, in_flight(n - 1 - depth, n - 1),
+            acts[n - 1].forward_ws});
+  std::deque<int64_t> pending;  // reductions in flight, newest last
+  const int64_t grad_in = shape.dtype_bytes * shape.batch * shape.seq * shape.hidden;
+  for (int u = n - 1; u >= 0; --u) {
+    const bool head = u == n - 1;
+    int64_t flat = 0, micro_batch_grad = 0, reduce_in = 0;
+    for (int b : l.units[u].uses) {
+      const BufferInfo& buf = l.buffers[b];
+      if (!buf.trainable) continue;
+      flat += buf.padded * c;  // autograd's gradient of the flat buffer
+      if (stage >= 2) {
+        micro_batch_grad += buf.padded * 4;
+        reduce_in += buf.padded * wire + buf.shard * wire;
+      }
+    }
+    int64_t comm_bytes = 0;
+    for (int64_t r : pending) comm_bytes += r;
+    const int64_t params = in_flight(u - depth, u);
+    // The unit's output and the gradient arriving for it (the head's is a scalar). The loss the
+    // walk holds keeps the head's graph, and with it the fused loss's saved gradients, alive
+    // through the whole backward.
+    const int64_t ends = head ? 0 : 2 * acts[u].output + acts[n - 1].saved;
+    // Inside autograd: every saved tensor of the unit, its activations' gradients (the head's
+    // are its loss gradients scaled, then its flat gradient beside them).
+    consider({kept_before[u] + acts[u].saved + ends, comm_bytes, params,
+              acts[u].backward_ws + (head ? flat : 0)});
+    // After it: the layer's saved tensors are gone (the head's custom function keeps its own
+    // until the unit's run is dropped); the flat gradient beside the per-parameter gradients it
+    // was built from, or beside the fp32 micro-batch gradient it is added to.
+    const int64_t after = kept_before[u] + (head ? acts[u].saved : 0) + ends;
+    consider({after, comm_bytes, params, grad_in + flat + std::max(flat, micro_batch_grad)});
+    // Stages 2 and 3: its reduce-scatters join those in flight before the walk trims them.
+    if (reduce_in > 0) consider({after, comm_bytes + reduce_in, params, grad_in + flat});
+    if (reduce_in > 0) {
+      for (int b : l.units[u].uses) {
+        const BufferInfo& buf = l.buffers[b];
+        if (buf.trainable) pending.push_back(buf.padded * wire + buf.shard * wire);
+      }
+      while (pending.size() > kReductionsInFlight) pending.pop_front();
+    }
+  }
+  plan.device.activations = best.activations;
+  plan.device.comm_buffers = best.comm;
+  plan.device.params_in_flight = best.params;
+  plan.device.workspace = best.workspace;
+
+  // The optimizer step: the grad norm's fp64 squares of one shard, then at stages 1 and 2 every
+  // updated shard in the compute dtype waiting for its all-gather.
+  int64_t max_shard = 0, shards = 0;
+  for (const BufferInfo& b : l.buffers) {
+    if (!b.trainable) continue;
+    max_shard = std::max(max_shard, b.shard);
+    shards += b.shard * c;
+  }
+  const int64_t step_ws = std::max(16 * max_shard, (stage == 1 || stage == 2) ? shards : 0);
+  plan.device.peak = plan.device.persistent + std::max(best.total(), step_ws);
+  if (shape.cuda) {
+    plan.device.workspace += kCublasWorkspace;
+    plan.device.peak += kCublasWorkspace;
+  }
+}
+
+base::Status count_comm(const Layouts& l, const base::Config& cfg, int ranks_per_node,
+                        MemoryPlan& plan) {
+  const int64_t c = dtype_bytes(cfg.train.dtype);
+  const int64_t wire = cfg.zero.reduce_dtype == "bf16" ? 2 : 4;
+  int64_t trainable = 0, gathered = 0, owned = 0, gathered_shards = 0;
+  for (const BufferInfo& b : l.buffers) {
+    if (b.trainable) {
+      trainable += b.padded;
+      owned += b.owned;
+    }
+    if (b.gathers) {
+      gathered += b.padded;
+      gathered_shards += b.shard;
+    }
+  }
+  CommVolumeInput in;
+  in.stage = cfg.zero.stage;
+  in.shard_group = cfg.zero.shard_group;
+  in.world_size = plan.world;
+  in.ranks_per_node = ranks_per_node;
+  in.micro_batches = plan.grad_accumulation;
+  in.gathered_param_bytes = gathered * c;
+  in.trainable_param_bytes = trainable * c;
+  in.grad_bytes = trainable * wire;
+  ASSIGN_OR_RETURN(CommVolume volume, comm_volume_per_step(in));
+  CommBytes& comm = plan.comm;
+  comm.shard_group = cfg.zero.shard_group;
+  comm.ranks_per_node = ranks_per_node;
+  comm.intra_node = volume.intra_node_bytes;
+  comm.inter_node = volume.inter_node_bytes;
+  // PCIe: an offloaded optimizer takes fp32 gradients down and sends updated parameters up; host
+  // parameter shards go up before each gather (twice a micro-batch).
+  const std::string& opt = cfg.offload.optimizer;
+  const std::string& par = cfg.offload.params;
+  if (opt != "none") comm.host_device += owned * (4 + c);
+  if (par != "none") comm.host_device += 2 * plan.grad_accumulation * gathered_shards * c;
+  comm.nvme = 2 * plan.nvme.optimizer;  // read and written back every step
+  if (par == "nvme") comm.nvme += (2 * plan.grad_accumulation + 1) * gathered_shards * c;
+  return base::Status::Ok();
+}
+
+}  // namespace
+
+base::StatusOr<MemoryPlan> plan_memory(const base::UnitList& units, const base::Config& cfg,
+                                       const PlanOptions& options) {
+  if (options.world < 1) {
+    return base::Status::InvalidArgument("plan: world size must be >= 1, got " + std::to_string(options.world));
+  }
+  if (units.size() < 2) return base::Status::InvalidArgument("plan: the model has no units");
+  ASSIGN_OR_RETURN(std::vector<bool> recompute, recompute_plan(units, cfg.train.activation_checkpointing));
+  MemoryPlan plan;
+  plan.world = options.world;
+  const int ranks_per_node = options.ranks_per_node > 0 ? std::min(options.ranks_per_node, options.world)
+                                                        : options.world;
+  // zero.shard_group = "node" shards over the node's ranks and replicates across nodes.
+  plan.shard_world = cfg.zero.shard_group == "node" ? ranks_per_node : options.world;
+  const int64_t per_step = cfg.train.micro_batch * options.world;
+  plan.grad_accumulation = std::max<int64_t>(1, (cfg.train.global_batch + per_step - 1) / per_step);
+  plan.replicate_frozen = frozen_base_replicated(units, cfg, options);
+  const Layouts layouts = make_layouts(units, plan.shard_world, cfg.zero.stage, plan.replicate_frozen);
+  plan.parameters = layouts.parameters;
+  plan.trainable_parameters = layouts.trainable_parameters;
+  place_state(layouts, cfg, plan);
+  const ActivationShape shape = activation_shape(cfg.model, cfg.train, cfg.lora, options.cuda);
+  walk_micro_batch(units, layouts, cfg, recompute, shape, plan);
+  RETURN_IF_ERROR(count_comm(layouts, cfg, ranks_per_node, plan));
+  return plan;
+}
+
+}  // namespace dstrain::sharding
