@@ -41,6 +41,8 @@ struct StepContext {
   // run seed and the row's global sample index. Undefined, or training false: no dropout.
   at::Tensor sample_keys;
   bool training = false;
+  // [B, T] int64 next-token targets, -100 where no loss. Defined: the head returns the loss.
+  at::Tensor targets;
 };
 
 class Unit {
@@ -51,7 +53,8 @@ class Unit {
   virtual const std::vector<ParamSpec>& schema() const = 0;
   // `params` follows schema() order (tied parameters included, as views of their owner).
   // embed: x is token ids [B, T] int64 -> hidden [B, T, H]; layers.N: hidden -> hidden;
-  // head: hidden -> logits [B, T, V].
+  // head: hidden -> logits [B, T, V]; or, when ctx.targets is defined, the summed
+  // cross-entropy against them (an fp32 scalar), computed without the full logits.
   virtual at::Tensor forward(const at::Tensor& x, at::TensorList params,
                              const StepContext& ctx) const = 0;
 };

@@ -64,7 +64,11 @@ base::StatusOr<double> time_op(const Timing& t, const Issue& issue) {
 
 base::StatusOr<std::unique_ptr<sharding::Communicator>> make_communicator(const at::Device& device,
                                                                           World& world) {
-  if (device.is_cuda()) return sharding::make_nccl_communicator(world.comm(), device.index());
+  // The watchdog's limit for one collective: run.collective_timeout_s's default.
+  constexpr double kTimeoutS = 60;
+  if (device.is_cuda()) {
+    return sharding::make_nccl_communicator(world.comm(), device.index(), kTimeoutS);
+  }
   ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm()));
   return std::unique_ptr<sharding::Communicator>(std::move(comm));
 }

@@ -3,6 +3,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAFunctions.h>
 
+#include <cstdio>
 #include <exception>
 #include <utility>
 
@@ -153,7 +154,8 @@ base::StatusOr<int> NcclCommunicator::nccl_version() {
 }
 
 base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_Comm comm,
-                                                                           int device) {
+                                                                           int device,
+                                                                           double timeout_s) {
   int rank = 0, size = 0;
   RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_rank(comm, &rank)));
   RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_size(comm, &size)));
@@ -185,8 +187,9 @@ base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_C
   }
 
   ASSIGN_OR_RETURN(const ncclUniqueId id, share_unique_id(comm, rank));
-  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(rank, size, device));
+  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(rank, size, device, timeout_s));
   RETURN_IF_ERROR(c->init_lanes(id).with_context("rank " + std::to_string(rank)));
+  if (timeout_s > 0) c->watchdog_ = std::thread([raw = c.get()] { raw->watch(); });
   return std::move(c);
 }
 
@@ -235,6 +238,7 @@ base::Status NcclCommunicator::init_lanes(const ncclUniqueId& id) {
 }
 
 NcclCommunicator::~NcclCommunicator() {
+  stop_watchdog();
   // Children before the communicator they were split from. Each lane is drained first (after an
   // abort too: NCCL cancels the aborted kernels, so the stream still drains), so no held tensor is
   // released while the device may still touch it.
@@ -257,12 +261,68 @@ base::Status NcclCommunicator::release_finished() {
   return base::Status::Ok();
 }
 
-void NcclCommunicator::abort() {
+void NcclCommunicator::abort(base::Status why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (aborted_) return;
+  failure_ = std::move(why);
   aborted_ = true;
   for (int i = kLanes - 1; i >= 0; --i) lanes_[i].comm.abort();
 }
 
+// --- Watchdog ---
+
+namespace {
+constexpr auto kWatchInterval = std::chrono::milliseconds(500);
+}  // namespace
+
+void NcclCommunicator::stop_watchdog() {
+  if (!watchdog_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    stopping_ = true;
+  }
+  watch_cv_.notify_all();
+  watchdog_.join();
+}
+
+void NcclCommunicator::watch() {
+  std::unique_lock<std::mutex> lock(watch_mu_);
+  while (!watch_cv_.wait_for(lock, kWatchInterval, [this] { return stopping_; })) {
+    base::Status fault = find_fault();
+    if (fault.ok()) continue;
+    // Said here as well: the issuing thread learns of it only at its next operation.
+    std::fprintf(stderr, "dstrain: %s; aborting the NCCL communicators\n",
+                 fault.message().c_str());
+    abort(std::move(fault));
+    return;
+  }
+}
+
+base::Status NcclCommunicator::find_fault() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (aborted_) return base::Status::Ok();
+  const auto now = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(async_errors_locked());
+  for (Lane& l : lanes_) {
+    if (l.in_flight.empty()) continue;
+    const InFlight& oldest = l.in_flight.front();
+    ASSIGN_OR_RETURN(const bool done, oldest.done->done());
+    const double waited = std::chrono::duration<double>(now - oldest.issued).count();
+    if (!done && waited > timeout_s_) {
+      return base::Status::Distributed(
+          oldest.tag + " did not complete within " + std::to_string(static_cast<int>(timeout_s_)) +
+          " s: a peer rank died, stopped or fell far behind (run.collective_timeout_s)");
+    }
+  }
+  return base::Status::Ok();
+}
+
 base::Status NcclCommunicator::check_async_errors() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return async_errors_locked();
+}
+
+base::Status NcclCommunicator::async_errors_locked() const {
   for (const Lane& l : lanes_) {
     RETURN_IF_ERROR(l.comm.async_error().with_context("rank " + std::to_string(rank_) +
                                                       ": NCCL communicator " + l.name));
@@ -296,8 +356,9 @@ std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, const char* what,
   const std::string tag = "rank " + std::to_string(rank_) + ": " + what + " #" +
                           std::to_string(sequence_++) + " (" + l.name + ")";
   std::unique_ptr<Work> work;
+  std::lock_guard<std::mutex> lock(mu_);
   base::Status st = torch_guarded([&]() -> base::Status {
-    if (aborted_) return base::Status::Distributed("NCCL communicator was aborted");
+    if (aborted_) return failure_;
     RETURN_IF_ERROR(check());
     ASSIGN_OR_RETURN(CudaDeviceScope scope, CudaDeviceScope::enter(device_));
     RETURN_IF_ERROR(release_finished());
@@ -312,7 +373,7 @@ std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, const char* what,
     auto done = std::make_shared<const CudaEvent>(std::move(event));
     // Held until the device is done, so the caching allocator cannot reuse the memory early
     // even if the caller drops its references now.
-    l.in_flight.push_back({done, std::move(tensors)});
+    l.in_flight.push_back({done, std::move(tensors), std::chrono::steady_clock::now(), tag});
     work = std::make_unique<NcclWork>(std::move(done), device_, tag, wait_log_);
     return base::Status::Ok();
   });
@@ -397,6 +458,8 @@ base::Status NcclCommunicator::barrier() {
   RETURN_IF_ERROR(all_reduce(token, ReduceOp::kSum)->wait());
   for (Lane& l : lanes_) {
     RETURN_IF_ERROR(l.stream.synchronize().with_context(std::string("barrier: ") + l.name));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (aborted_) return failure_;
     l.in_flight.clear();
   }
   return check_async_errors();
@@ -404,8 +467,10 @@ base::Status NcclCommunicator::barrier() {
 
 // --- Factory (sharding/nccl_factory.h) ---
 
-base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device) {
-  ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> c, NcclCommunicator::create(comm, device));
+base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device,
+                                                                     double timeout_s) {
+  ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> c,
+                   NcclCommunicator::create(comm, device, timeout_s));
   return std::unique_ptr<Communicator>(std::move(c));
 }
 

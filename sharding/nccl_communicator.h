@@ -25,14 +25,25 @@
 // Every rank issues the same operations in the same order, as NCCL requires; argument errors
 // (wrong device, dtype, size) are found before anything is enqueued and reported by wait().
 // Not thread-safe: one thread issues all operations.
+//
+// A dead or stopped peer never hangs the job: a watchdog thread polls every communicator's
+// asynchronous error and the oldest unfinished operation of each lane; when one has not
+// completed within `timeout_s` (run.collective_timeout_s) of being issued, or NCCL reports an
+// error, it aborts every communicator (ncclCommAbort, which also ends the kernels waiting for the
+// peer, so host synchronisations return), and every later operation fails with a kDistributed
+// status naming this rank, the operation, its sequence number and lane.
 #include <mpi.h>
 #include <nccl.h>
 
 #include <array>
-#include <mutex>
-#include <utility>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <mutex>
+#include <thread>
+#include <utility>
 #include <memory>
 #include <string>
 #include <vector>
@@ -79,7 +90,9 @@ class NcclCommunicator final : public Communicator {
   // main communicator (blocking mode) and splits the gather and scatter ones off it. `device`
   // becomes the calling thread's current device and stays so (one process per GPU); operations
   // select it themselves when called with another device current.
-  static base::StatusOr<std::unique_ptr<NcclCommunicator>> create(MPI_Comm comm, int device);
+  // timeout_s: how long an operation may stay unfinished before the watchdog aborts; 0: never.
+  static base::StatusOr<std::unique_ptr<NcclCommunicator>> create(MPI_Comm comm, int device,
+                                                                  double timeout_s);
   // NCCL_VERSION_CODE of the loaded library (e.g. 22809 for 2.28.9).
   static base::StatusOr<int> nccl_version();
 
@@ -112,8 +125,9 @@ class NcclCommunicator final : public Communicator {
   // Polls every communicator for an asynchronous error; host-only and non-blocking, so a
   // watchdog can call it between steps and abort() on an error or a timeout.
   base::Status check_async_errors() const;
-  // Aborts every communicator (pending operations are cancelled); later operations fail.
-  void abort();
+  // Aborts every communicator (pending operations are cancelled); later operations fail with
+  // `why`.
+  void abort(base::Status why = base::Status::Distributed("NCCL communicator was aborted"));
 
  private:
   enum class LaneId { kMain = 0, kGather = 1, kScatter = 2 };
@@ -122,6 +136,8 @@ class NcclCommunicator final : public Communicator {
   struct InFlight {
     std::shared_ptr<const CudaEvent> done;
     std::vector<at::Tensor> tensors;
+    std::chrono::steady_clock::time_point issued;
+    std::string tag;  // "rank R: op #N (lane)"
   };
   struct Lane {
     const char* name = "";
@@ -131,12 +147,20 @@ class NcclCommunicator final : public Communicator {
     std::deque<InFlight> in_flight;  // issue order, which is completion order on one stream
   };
 
-  NcclCommunicator(int rank, int size, int device) : rank_(rank), size_(size), device_(device) {}
+  NcclCommunicator(int rank, int size, int device, double timeout_s)
+      : rank_(rank), size_(size), device_(device), timeout_s_(timeout_s) {}
   static base::StatusOr<ncclUniqueId> share_unique_id(MPI_Comm comm, int rank);
   base::Status init_lanes(const ncclUniqueId& id);
   Lane& lane(LaneId id) { return lanes_[static_cast<int>(id)]; }
-  // Drops the references of every operation the device has finished, on every lane.
+  // Drops the references of every operation the device has finished, on every lane. Caller
+  // holds mu_.
   base::Status release_finished();
+  // The watchdog thread's loop, and one look at the lanes: a fault, or Ok.
+  void watch();
+  base::Status find_fault();
+  void stop_watchdog();
+  // check_async_errors() with mu_ held by the caller.
+  base::Status async_errors_locked() const;
 
   // Checks that each tensor is a contiguous CUDA tensor on device() with `dtype`.
   base::Status check_tensors(const std::vector<at::Tensor>& tensors, at::ScalarType dtype) const;
@@ -150,9 +174,18 @@ class NcclCommunicator final : public Communicator {
   int rank_ = 0;
   int size_ = 1;
   int device_ = 0;
-  bool aborted_ = false;
+  double timeout_s_ = 0;
   uint64_t sequence_ = 0;  // operations issued, for error messages
+  // Guards the lanes' communicators and in-flight lists between the issuing thread and the
+  // watchdog, and failure_.
+  mutable std::mutex mu_;
+  std::atomic<bool> aborted_{false};
+  base::Status failure_;  // why the communicators were aborted
   std::array<Lane, kLanes> lanes_;
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool stopping_ = false;  // guarded by watch_mu_
+  std::thread watchdog_;
   std::shared_ptr<WaitLog> wait_log_ = std::make_shared<WaitLog>();  // shared with Works
 };
 

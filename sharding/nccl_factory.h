@@ -13,8 +13,10 @@
 namespace dstrain::sharding {
 
 // A Communicator for CUDA tensors on `device` over the ranks of `comm` (collective over `comm`;
-// NCCL ranks equal the ranks of `comm`). See NcclCommunicator for the stream semantics.
-base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device);
+// NCCL ranks equal the ranks of `comm`). See NcclCommunicator for the stream semantics and the
+// watchdog: an operation unfinished after `timeout_s` seconds (0: never) aborts the communicator.
+base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device,
+                                                                     double timeout_s);
 
 // The loaded NCCL library's version as "major.minor.patch", for the start-up log.
 base::StatusOr<std::string> nccl_version_string();

@@ -11,7 +11,7 @@ base::Status unavailable() {
 }
 }  // namespace
 
-base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm, int) {
+base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm, int, double) {
   return unavailable();
 }
 

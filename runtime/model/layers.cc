@@ -1,14 +1,64 @@
 #include "runtime/model/layers.h"
 
 #include <cmath>
+#include <initializer_list>
 #include <optional>
+#include <vector>
+
+#include "runtime/kernels/fused_ops.h"
 
 namespace dstrain::runtime {
+namespace {
+
+// The fused CUDA kernels serve CUDA tensors when this build has them.
+bool use_kernels(const at::Tensor& x) { return x.is_cuda() && kernels::cuda_kernels_built(); }
+
+at::Tensor lora_delta(const at::Tensor& x, const LoraAdapter& a) {
+  const at::Tensor xd = a.dropout_mask.defined() ? x * a.dropout_mask : x;
+  return at::linear(at::linear(xd, a.a), a.b) * a.scale;
+}
+
+// Several projections of one input as one matmul over their concatenated weights (one large
+// GEMM instead of several small ones, the input read once; the copy of the weights is small
+// beside it). Returns [..., sum of out features] in `ws` order; each LoRA adapter is added to
+// its own columns.
+at::Tensor fused_projection(const at::Tensor& x, std::initializer_list<const LinearWeights*> ws) {
+  std::vector<at::Tensor> weights, biases, deltas;
+  bool any_lora = false;
+  for (const LinearWeights* w : ws) {
+    weights.push_back(w->weight);
+    if (w->bias.defined()) biases.push_back(w->bias);
+    any_lora = any_lora || w->lora.a.defined();
+  }
+  const bool with_bias = !biases.empty();
+  if (with_bias && biases.size() != weights.size()) {  // mixed biases: separate matmuls
+    std::vector<at::Tensor> outs;
+    for (const LinearWeights* w : ws) outs.push_back(linear(x, *w));
+    return at::cat(outs, -1);
+  }
+  at::Tensor y = with_bias ? at::linear(x, at::cat(weights), at::cat(biases))
+                           : at::linear(x, at::cat(weights));
+  if (!any_lora) return y;
+  for (const LinearWeights* w : ws) {
+    deltas.push_back(w->lora.a.defined()
+                         ? lora_delta(x, w->lora)
+                         : at::zeros_like(y.narrow(-1, 0, w->weight.size(0))));
+  }
+  return y + at::cat(deltas, -1);
+}
+
+// [B, T, heads * head_dim] -> [B, heads, T, head_dim] with the rotary embedding applied.
+at::Tensor rotated_heads(const at::Tensor& t, int64_t heads, int64_t head_dim,
+                         const at::Tensor& cos, const at::Tensor& sin) {
+  if (use_kernels(t)) return kernels::rope(t, heads, cos, sin).transpose(1, 2);
+  return apply_rope(t.unflatten(-1, {heads, head_dim}).transpose(1, 2), cos, sin);
+}
+
+}  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  const at::Tensor h = x.to(at::kFloat);
-  const at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
-  return weight * (h * at::rsqrt(variance + eps)).to(x.scalar_type());
+  // ATen's rms_norm: one fused kernel forward and one backward on CUDA (the composite elsewhere).
+  return at::rms_norm(x, {x.size(-1)}, weight, eps);
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
@@ -18,8 +68,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 at::Tensor linear(const at::Tensor& x, const LinearWeights& w) {
   at::Tensor y = linear(x, w.weight, w.bias);
   if (!w.lora.a.defined()) return y;
-  const at::Tensor xd = w.lora.dropout_mask.defined() ? x * w.lora.dropout_mask : x;
-  return y + at::linear(at::linear(xd, w.lora.a), w.lora.b) * w.lora.scale;
+  return y + lora_delta(x, w.lora);
 }
 
 at::Tensor rotate_half(const at::Tensor& x) {
@@ -44,15 +93,16 @@ at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const Atten
                      const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask) {
   const int64_t batch = x.size(0);
   const int64_t seq = x.size(1);
-  // [B, T, heads*hd] -> [B, heads, T, hd]
-  auto heads = [&](const at::Tensor& t, int64_t n) {
-    return t.view({batch, seq, n, shape.head_dim}).transpose(1, 2);
-  };
-  at::Tensor q = heads(linear(x, w.q), shape.num_heads);
-  at::Tensor k = heads(linear(x, w.k), shape.num_kv_heads);
-  const at::Tensor v = heads(linear(x, w.v), shape.num_kv_heads);
-  q = apply_rope(q, cos, sin);
-  k = apply_rope(k, cos, sin);
+  const int64_t q_width = shape.num_heads * shape.head_dim;
+  const int64_t kv_width = shape.num_kv_heads * shape.head_dim;
+  const at::Tensor qkv = fused_projection(x, {&w.q, &w.k, &w.v});
+  const at::Tensor q =
+      rotated_heads(qkv.narrow(-1, 0, q_width), shape.num_heads, shape.head_dim, cos, sin);
+  const at::Tensor k =
+      rotated_heads(qkv.narrow(-1, q_width, kv_width), shape.num_kv_heads, shape.head_dim, cos, sin);
+  const at::Tensor v = qkv.narrow(-1, q_width + kv_width, kv_width)
+                           .unflatten(-1, {shape.num_kv_heads, shape.head_dim})
+                           .transpose(1, 2);
 
   std::optional<at::Tensor> attn_mask;
   if (mask.defined()) attn_mask = mask;
@@ -68,7 +118,10 @@ at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const Atten
 }
 
 at::Tensor swiglu_mlp(const at::Tensor& x, const MlpWeights& w) {
-  return linear(at::silu(linear(x, w.gate)) * linear(x, w.up), w.down);
+  const at::Tensor gate_up = fused_projection(x, {&w.gate, &w.up});
+  if (use_kernels(gate_up)) return linear(kernels::swiglu(gate_up), w.down);
+  const int64_t width = w.gate.weight.size(0);
+  return linear(at::silu(gate_up.narrow(-1, 0, width)) * gate_up.narrow(-1, width, width), w.down);
 }
 
 }  // namespace dstrain::runtime

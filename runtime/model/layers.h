@@ -7,7 +7,9 @@
 
 namespace dstrain::runtime {
 
-// x / rms(x) computed in fp32, cast back to x's dtype, then scaled by `weight`.
+// x / rms(x) * weight, computed in fp32 and rounded once to x's dtype (transformers rounds
+// x / rms(x) to the dtype before the weight multiplies: equal in fp32, within one rounding in
+// bf16 and fp16).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 // x @ weight^T (+ bias when defined).

@@ -7,6 +7,7 @@
 #include <string>
 #include <utility>
 
+#include "runtime/model/fused_cross_entropy.h"
 #include "runtime/model/init.h"
 #include "runtime/model/layers.h"
 #include "runtime/model/rope.h"
@@ -190,7 +191,10 @@ class DecoderLayerUnit final : public LlamaUnit {
 
 class HeadUnit final : public LlamaUnit {
  public:
-  explicit HeadUnit(const base::ModelConfig& cfg) : LlamaUnit("head"), eps_(cfg.rms_norm_eps) {
+  explicit HeadUnit(const base::ModelConfig& cfg)
+      : LlamaUnit("head"),
+        eps_(cfg.rms_norm_eps),
+        chunk_tokens_(cross_entropy_chunk_tokens(cfg.vocab_size)) {
     add(norm_spec("model.norm.weight", cfg.hidden_size));
     base::ParamSpec head =
         weight_spec("lm_head.weight", {cfg.vocab_size, cfg.hidden_size}, cfg.init_std);
@@ -198,14 +202,17 @@ class HeadUnit final : public LlamaUnit {
     add(std::move(head));
   }
   at::Tensor forward(const at::Tensor& x, at::TensorList params,
-                     const base::StepContext& /*ctx*/) const override {
-    return at::linear(rms_norm(x, params[kNormSlot], eps_), params[kLmHeadSlot]);
+                     const base::StepContext& ctx) const override {
+    const at::Tensor h = rms_norm(x, params[kNormSlot], eps_);
+    if (!ctx.targets.defined()) return at::linear(h, params[kLmHeadSlot]);
+    return fused_linear_cross_entropy(h, params[kLmHeadSlot], ctx.targets, chunk_tokens_);
   }
 
  private:
   static constexpr int kNormSlot = 0;
   static constexpr int kLmHeadSlot = 1;
   double eps_;
+  int64_t chunk_tokens_;
 };
 
 base::Status positive(const char* key, int64_t value) {

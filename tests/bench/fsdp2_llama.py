@@ -1,6 +1,7 @@
 """PyTorch FSDP2 (fully_shard) peer of dstrain's GPU benchmark: the same Llama shape, batch,
-sequence length, bf16 compute with fp32 reduction, no activation checkpointing, fused AdamW.
-Run: torchrun --nproc_per_node N tests/bench/fsdp2_llama.py [--compile] [--steps 12]
+sequence length, bf16 compute with fp32 reduction, activation checkpointing off or on every decoder
+layer (--ac full, as dstrain's train.activation_checkpointing = "full"), fused AdamW.
+Run: torchrun --nproc_per_node N tests/bench/fsdp2_llama.py [--compile] [--ac full] [--steps 12]
 Prints one JSON line: tokens/s per GPU (median of the steps after the warm-up), peak memory."""
 import argparse
 import json
@@ -22,6 +23,7 @@ def main():
     ap.add_argument("--micro", type=int, default=1)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--shape", default="1b", choices=["1b", "8b"])
+    ap.add_argument("--ac", default="none", choices=["none", "full"])
     args = ap.parse_args()
 
     dist.init_process_group("nccl")
@@ -41,6 +43,8 @@ def main():
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg)
+    if args.ac == "full":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
@@ -65,7 +69,7 @@ def main():
     tok_per_gpu = args.micro * args.seq / statistics.median(times[args.warmup:])
     flops_per_token = 6 * n_params + 12 * cfg.num_hidden_layers * cfg.hidden_size * args.seq
     out = {"peer": "fsdp2" + ("+compile" if args.compile else ""), "world": world,
-           "shape": args.shape, "params": n_params, "tokens_per_s_per_gpu": tok_per_gpu,
+           "shape": args.shape, "ac": args.ac, "params": n_params, "tokens_per_s_per_gpu": tok_per_gpu,
            "mfu": tok_per_gpu * flops_per_token / 989e12,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
     if rank == 0:

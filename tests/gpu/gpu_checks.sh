@@ -3,12 +3,19 @@
 # after `bash .gpu-deps/device-build.sh`. Writes JSON and logs under $OUT:
 #   nccl.log            NCCL communicator tests (ctest -L gpu)
 #   equality.json       fp32 per-step losses on GPUs: 1 rank stage 0 vs 2 ranks stages 0 and 3, and the CPU
-#   bench.jsonl         bf16 ~1B Llama shape, seq 4096: dstrain stage 3 vs PyTorch FSDP2, 1 and 2 GPUs,
-#                       with the share of dstrain's step spent waiting on communication
-# PARTS picks what runs (default: all): nccl equality bench comm.
+#   kernels.log         fused kernels (RoPE, SwiGLU, chunked cross-entropy, whole model) vs the ATen path
+#   profile.json        where the GPU time of two profiled steps of the ~1B bench goes (torch profiler)
+#   bench.jsonl         bf16 ~1B Llama shape, seq 4096: dstrain stage 3 vs PyTorch FSDP2 (eager and
+#                       torch.compile), 1 and 2 GPUs, with the share of dstrain's step spent waiting
+#                       on communication
+#   bench8b.jsonl       the Llama-3-8B shape on 2 GPUs, activation checkpointing on both sides
+#   fault.jsonl         a rank stopped (SIGSTOP) or killed (SIGKILL) mid-training on 2 GPUs: how the
+#                       job ended (NCCL watchdog, run.collective_timeout_s = 20)
+# PARTS picks what runs (default: all): nccl kernels equality profile bench bench8b comm fault.
+# FSDP2_COMPILE=0 leaves out the torch.compile runs of FSDP2 (they take minutes to compile).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-PARTS=${PARTS:-nccl equality bench comm}
+PARTS=${PARTS:-nccl kernels equality profile bench bench8b comm fault}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 source .gpu-deps/env.sh
@@ -20,6 +27,12 @@ nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.csv"
 if has nccl; then
   (cd build-gpu && timeout 180 ctest -L gpu --output-on-failure) > "$OUT/nccl.log" 2>&1
   echo "nccl tests rc=$?" | tee -a "$OUT/summary.txt"
+fi
+
+if has kernels; then
+  build-gpu/tests/runtime/model/model_tests --gtest_filter='Fused*:*FusedOps*' > "$OUT/kernels.log" 2>&1
+  echo "kernel tests rc=$?" | tee -a "$OUT/summary.txt"
+  grep -E "^\[ +(OK|FAILED|SKIPPED) +\]" "$OUT/kernels.log"
 fi
 
 run() {  # run NAME RANKS ARGS...: one training run, its metrics kept as $OUT/NAME.jsonl
@@ -60,40 +73,77 @@ PY
 cat "$OUT/equality.json"
 fi
 
-# bf16 ~1B shape: dstrain then FSDP2 (eager), same global work per GPU (micro-batch 1 per GPU).
-if has bench; then
-for g in 1 2; do
-  [ "$g" -le "$ngpu" ] || continue
-  run bench_dstrain_g$g $g --config configs/bench-1b.toml --set train.global_batch=$g
-  timeout 240 torchrun --nproc_per_node $g tests/bench/fsdp2_llama.py --shape 1b \
-    > "$OUT/bench_fsdp2_g$g.log" 2>&1
-  echo "fsdp2 g$g rc=$?" | tee -a "$OUT/summary.txt"
-done
-python3 - "$OUT" <<'PY' > "$OUT/bench.jsonl"
+# Two profiled steps of the ~1B bench on one GPU: GPU time by kernel kind, idle share.
+if has profile; then
+  run profile_dstrain_g1 1 --config configs/bench-1b.toml --set train.global_batch=1 \
+    --set train.steps=6 --set run.profile_start=4 --set run.profile_steps=2
+  python3 tests/bench/profile_summary.py /tmp/runs/profile_dstrain_g1/profile/rank0.json \
+    > "$OUT/profile.json" 2>&1
+  cat "$OUT/profile.json"
+fi
+
+# bench_summary FLOPS_PER_TOKEN RUN...: dstrain's JSON line per run (median of the steps after
+# the third), then the peers' lines from their logs.
+bench_summary() {
+  python3 - "$OUT" "$@" <<'PY'
 import json, sys, os, statistics
-out = sys.argv[1]
-n = 2048 * 32000 * 2 + 22 * (2048 * 2048 * 2 + 2048 * 256 * 2 + 3 * 2048 * 5632 + 2 * 2048) + 2048
-fpt = 6 * n + 12 * 22 * 2048 * 4096
-for g in (1, 2):
-    p = os.path.join(out, "bench_dstrain_g%d.jsonl" % g)
-    if os.path.exists(p):
+out, fpt = sys.argv[1], float(sys.argv[2])
+for name in sys.argv[3:]:
+    p = os.path.join(out, name + ".jsonl")
+    if name.startswith("bench_dstrain") and os.path.exists(p):
+        g = int(name.rsplit("_g", 1)[1])
         rows = [json.loads(l) for l in open(p) if '"loss"' in l][3:]
         if rows:
             tps = statistics.median(r["tokens_per_s"] for r in rows) / g
-            print(json.dumps({"peer": "dstrain", "world": g, "tokens_per_s_per_gpu": tps,
-                              "mfu": tps * fpt / 989e12,
+            print(json.dumps({"peer": "dstrain", "run": name, "world": g,
+                              "tokens_per_s_per_gpu": tps, "mfu": tps * fpt / 989e12,
                               # the share of the step when compute stood still waiting for a
-                              # collective (CUDA events around every wait; issue 3: <= 5%)
+                              # collective (CUDA events around every wait)
                               "comm_exposed_share": sum(r.get("comm_wait_s", 0) for r in rows)
                                                     / sum(r["step_time_s"] for r in rows),
                               "peak_mem_gib": max(r["gpu_mem_peak_bytes"] for r in rows) / 2**30}))
-    p = os.path.join(out, "bench_fsdp2_g%d.log" % g)
-    if os.path.exists(p):
+    p = os.path.join(out, name + ".log")
+    if not name.startswith("bench_dstrain") and os.path.exists(p):
         for l in open(p):
             if l.startswith("{"):
                 print(l.strip())
 PY
+}
+
+fsdp2() {  # fsdp2 NAME GPUS ARGS...
+  local name=$1 g=$2; shift 2
+  timeout 300 torchrun --nproc_per_node "$g" tests/bench/fsdp2_llama.py "$@" > "$OUT/$name.log" 2>&1
+  echo "$name rc=$?" | tee -a "$OUT/summary.txt"
+}
+
+# bf16 ~1B shape: dstrain, FSDP2 eager and FSDP2 + torch.compile, same global work per GPU
+# (micro-batch 1 per GPU), no activation checkpointing.
+if has bench; then
+names=""
+for g in 1 2; do
+  [ "$g" -le "$ngpu" ] || continue
+  run bench_dstrain_g$g $g --config configs/bench-1b.toml --set train.global_batch=$g
+  fsdp2 bench_fsdp2_g$g $g --shape 1b
+  names="$names bench_dstrain_g$g bench_fsdp2_g$g"
+  if [ "${FSDP2_COMPILE:-1}" = 1 ]; then
+    fsdp2 bench_fsdp2c_g$g $g --shape 1b --compile
+    names="$names bench_fsdp2c_g$g"
+  fi
+done
+n1b=$(( 2048 * 32000 * 2 + 22 * (2048 * 2048 * 2 + 2048 * 256 * 2 + 3 * 2048 * 5632 + 2 * 2048) + 2048 ))
+bench_summary $(( 6 * n1b + 12 * 22 * 2048 * 4096 )) $names > "$OUT/bench.jsonl"
 cat "$OUT/bench.jsonl"
+fi
+
+# The Llama-3-8B shape on 2 GPUs, activation checkpointing on every decoder layer on both sides.
+if has bench8b && [ "$ngpu" -ge 2 ]; then
+  run bench8b_dstrain_g2 2 --config configs/bench-8b.toml
+  mv "$OUT/bench8b_dstrain_g2.jsonl" "$OUT/bench_dstrain8b_g2.jsonl" 2>/dev/null
+  fsdp2 bench8b_fsdp2_g2 2 --shape 8b --ac full --steps 10
+  n8b=$(( 4096 * 128256 * 2 + 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096) + 4096 ))
+  bench_summary $(( 6 * n8b + 12 * 32 * 4096 * 4096 )) \
+    bench_dstrain8b_g2 bench8b_fsdp2_g2 > "$OUT/bench8b.jsonl"
+  cat "$OUT/bench8b.jsonl"
 fi
 
 # Collectives on 2 GPUs: dstrain's NCCL communicator against torch.distributed (NCCL), fp32, the
@@ -125,4 +175,42 @@ for key in sorted(set(ours) | set(torch), key=lambda k: (k[0], k[1])):
                       "ratio": a / b if a and b else None}))
 PY
   cat "$OUT/comm.jsonl"
+fi
+
+# A peer that stops or dies inside NCCL collectives: the survivor's watchdog aborts the NCCL
+# communicators after run.collective_timeout_s and the job ends non-zero, never a hang.
+rank_pid() {  # rank_pid R: the pid of dstrain's rank R
+  for pid in $(pgrep -f "$BIN --config"); do
+    if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+      echo "$pid"; return
+    fi
+  done
+}
+if [ "$ngpu" -ge 2 ] && has fault; then
+  : > "$OUT/fault.jsonl"
+  for sig in STOP KILL; do
+    rm -rf /tmp/runs/fault_$sig
+    start=$(date +%s.%N)
+    timeout 300 $MPIRUN -np 2 $BIN --config configs/bench-1b.toml --set train.global_batch=2 \
+      --set train.steps=100000 --set zero.stage=3 --set run.collective_timeout_s=20 \
+      --set run.dir=/tmp/runs/fault_$sig > "$OUT/fault_$sig.log" 2>&1 &
+    job=$!
+    for _ in $(seq 1 120); do  # until training has logged a step
+      grep -q '"loss"' /tmp/runs/fault_$sig/metrics.jsonl 2>/dev/null && break
+      sleep 1
+    done
+    victim=$(rank_pid 1)
+    signalled=$(date +%s.%N)
+    kill -$sig "$victim"
+    wait $job
+    rc=$?
+    ended=$(date +%s.%N)
+    [ "$sig" = STOP ] && kill -KILL "$victim" 2>/dev/null
+    python3 -c "import json,sys; print(json.dumps({'signal': sys.argv[1], 'exit_code': int(sys.argv[2]),
+      'seconds_to_end': float(sys.argv[4]) - float(sys.argv[3]),
+      'watchdog_message': open(sys.argv[5], errors='replace').read().count('did not complete within') > 0}))" \
+      "$sig" "$rc" "$signalled" "$ended" "$OUT/fault_$sig.log" >> "$OUT/fault.jsonl"
+    grep -E "dstrain: |error" "$OUT/fault_$sig.log" | head -5
+  done
+  cat "$OUT/fault.jsonl"
 fi

@@ -23,6 +23,9 @@
 namespace dstrain::sharding {
 namespace {
 
+// The watchdog's limit for an unfinished operation (run.collective_timeout_s's default).
+constexpr double kTimeoutS = 60;
+
 int local_rank() {
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
@@ -45,7 +48,7 @@ class NcclCommunicatorTest : public ::testing::Test {
   void SetUp() override {
     if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs one CUDA device per rank";
     device_ = local_rank();
-    auto comm = NcclCommunicator::create(MPI_COMM_WORLD, device_);
+    auto comm = NcclCommunicator::create(MPI_COMM_WORLD, device_, kTimeoutS);
     ASSERT_TRUE(comm.ok()) << comm.status().to_string();
     comm_ = std::move(comm).value();
     guard_.emplace(static_cast<c10::DeviceIndex>(device_));
@@ -105,7 +108,7 @@ TEST(NcclLibraryTest, VersionIsReported) {
 }
 
 TEST(NcclLibraryTest, NegativeDeviceIsRefusedOnEveryRank) {
-  auto comm = make_nccl_communicator(MPI_COMM_WORLD, -1);
+  auto comm = make_nccl_communicator(MPI_COMM_WORLD, -1, kTimeoutS);
   ASSERT_FALSE(comm.ok());
   EXPECT_EQ(comm.status().code(), base::StatusCode::kInvalidArgument) << comm.status().to_string();
 }
@@ -117,7 +120,7 @@ TEST(NcclLibraryTest, ABadDeviceOnOneRankFailsEveryRankWithoutHanging) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   const int bad_rank = size - 1;
   const int device = local_rank();  // collective: every rank calls it
-  auto comm = make_nccl_communicator(MPI_COMM_WORLD, rank == bad_rank ? -1 : device);
+  auto comm = make_nccl_communicator(MPI_COMM_WORLD, rank == bad_rank ? -1 : device, kTimeoutS);
   ASSERT_FALSE(comm.ok());
   if (rank == bad_rank) {
     EXPECT_EQ(comm.status().code(), base::StatusCode::kInvalidArgument);

@@ -1,0 +1,18 @@
+// Builds without the CUDA toolkit: no fused kernels; callers take the ATen path.
+#include <c10/util/Exception.h>
+
+#include "runtime/kernels/fused_ops.h"
+
+namespace dstrain::kernels {
+
+bool cuda_kernels_built() { return false; }
+
+at::Tensor rope(const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "dstrain was built without CUDA kernels (no CUDA toolkit at configure time)");
+}
+
+at::Tensor swiglu(const at::Tensor&) {
+  TORCH_CHECK(false, "dstrain was built without CUDA kernels (no CUDA toolkit at configure time)");
+}
+
+}  // namespace dstrain::kernels

@@ -1,0 +1,127 @@
+#include "runtime/model/fused_cross_entropy.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+
+namespace dstrain::runtime {
+namespace {
+
+constexpr int64_t kIgnoreIndex = -100;
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct ChunkResult {
+  at::Tensor loss;       // fp32 scalar: the chunk's summed cross-entropy
+  at::Tensor grad_logits;  // d loss / d logits in the compute dtype, [c, V]
+};
+
+// Loss and logit gradient of one chunk. The softmax is formed in place in the fp32 logits, so a
+// chunk costs one fp32 [c, V] buffer plus its compute-dtype copy.
+ChunkResult chunk_loss(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
+                       bool need_grad) {
+  at::Tensor logits = at::matmul(h, weight.t()).to(at::kFloat);
+  const at::Tensor valid = targets.ne(kIgnoreIndex);
+  const at::Tensor safe = at::where(valid, targets, at::zeros_like(targets));
+  const at::Tensor lse = at::logsumexp(logits, -1, /*keepdim=*/true);
+  const at::Tensor picked = logits.gather(1, safe.unsqueeze(1));
+  ChunkResult r;
+  r.loss = ((lse - picked).squeeze(1) * valid.to(at::kFloat)).sum();
+  if (!need_grad) return r;
+  // softmax - one_hot(target), zero on ignored rows.
+  logits.sub_(lse).exp_();
+  logits.scatter_add_(1, safe.unsqueeze(1),
+                      at::full({logits.size(0), 1}, -1.0, logits.options()));
+  logits.mul_(valid.to(at::kFloat).unsqueeze(1));
+  r.grad_logits = logits.to(h.scalar_type());
+  return r;
+}
+
+// dw (fp32) += grad_logits^T @ x. On CUDA the low-precision matmul accumulates straight into
+// the fp32 buffer (cuBLAS with an fp32 output); elsewhere the operands are widened.
+void accumulate_weight_grad(at::Tensor& dw, const at::Tensor& grad_logits, const at::Tensor& x) {
+  if (x.scalar_type() == at::kFloat) {
+    dw.addmm_(grad_logits.t(), x);
+  } else if (x.is_cuda()) {
+    at::addmm_out(dw, dw, grad_logits.t(), x, at::kFloat);
+  } else {
+    dw.addmm_(grad_logits.t().to(at::kFloat), x.to(at::kFloat));
+  }
+}
+
+// The summed loss of `x` [N, H] against `t` [N], and the gradients asked for (fp32 for the
+// weight: it sums over every chunk).
+struct ChunkedLoss {
+  at::Tensor loss;
+  at::Tensor dx;
+  at::Tensor dw;
+};
+
+ChunkedLoss chunked_loss(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& t,
+                         int64_t chunk_tokens, bool grad_x, bool grad_w) {
+  const int64_t n = x.size(0);
+  ChunkedLoss out;
+  out.loss = at::zeros({}, x.options().dtype(at::kFloat));
+  if (grad_x) out.dx = at::empty_like(x);
+  if (grad_w) out.dw = at::zeros(weight.sizes(), weight.options().dtype(at::kFloat));
+  for (int64_t begin = 0; begin < n; begin += chunk_tokens) {
+    const int64_t len = std::min(chunk_tokens, n - begin);
+    const at::Tensor xc = x.narrow(0, begin, len);
+    ChunkResult r = chunk_loss(xc, weight, t.narrow(0, begin, len), grad_x || grad_w);
+    out.loss.add_(r.loss);
+    if (grad_x) {
+      at::Tensor dx_rows = out.dx.narrow(0, begin, len);
+      at::mm_out(dx_rows, r.grad_logits, weight);
+    }
+    if (grad_w) accumulate_weight_grad(out.dw, r.grad_logits, xc);
+  }
+  return out;
+}
+
+class FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCrossEntropy> {
+ public:
+  // Runs with grad mode off (autograd::Function); the gradients for the scalar loss are kept
+  // for backward, which only scales them by the incoming gradient.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden,
+                            const at::Tensor& weight, const at::Tensor& targets,
+                            int64_t chunk_tokens) {
+    ChunkedLoss r = chunked_loss(hidden.reshape({-1, hidden.size(-1)}), weight,
+                                 targets.reshape({-1}), chunk_tokens, hidden.requires_grad(),
+                                 weight.requires_grad());
+    ctx->saved_data["dx"] = r.dx.defined() ? r.dx.view(hidden.sizes()) : r.dx;
+    ctx->saved_data["dw"] = r.dw;
+    ctx->saved_data["w_dtype"] = weight.scalar_type();
+    return r.loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const at::Tensor& g = grad_out[0];
+    at::Tensor dx = ctx->saved_data["dx"].toTensor();
+    at::Tensor dw = ctx->saved_data["dw"].toTensor();
+    // In place: backward runs once, and the saved gradients are not needed afterwards.
+    if (dx.defined()) dx.mul_(g.to(dx.scalar_type()));
+    // Scaled in fp32, rounded once to the weight's dtype.
+    if (dw.defined()) dw = dw.mul_(g).to(ctx->saved_data["w_dtype"].toScalarType());
+    return {dx, dw, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+int64_t cross_entropy_chunk_tokens(int64_t vocab, int64_t budget_bytes) {
+  return std::max<int64_t>(1, budget_bytes / (std::max<int64_t>(vocab, 1) * 4));
+}
+
+at::Tensor fused_linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight,
+                                      const at::Tensor& targets, int64_t chunk_tokens) {
+  TORCH_CHECK(chunk_tokens > 0, "fused_linear_cross_entropy: chunk_tokens must be > 0");
+  if (!hidden.requires_grad() && !weight.requires_grad()) {  // evaluation: no graph
+    return chunked_loss(hidden.reshape({-1, hidden.size(-1)}), weight, targets.reshape({-1}),
+                        chunk_tokens, /*grad_x=*/false, /*grad_w=*/false)
+        .loss;
+  }
+  return FusedLinearCrossEntropy::apply(hidden, weight, targets, chunk_tokens);
+}
+
+}  // namespace dstrain::runtime
