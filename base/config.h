@@ -13,6 +13,8 @@ struct RunConfig {
   int64_t seed = 1234;
   std::string device = "auto";       // auto | cpu | cuda
   double collective_timeout_s = 60;  // a host wait on an MPI collective longer than this fails; 0: none
+  int64_t profile_start = 0;  // first step (1-based) the torch profiler records
+  int64_t profile_steps = 0;  // how many steps; 0: no profile
 };
 
 struct RopeScalingConfig {
@@ -53,6 +55,8 @@ struct DataConfig {
   std::string format = "tokens";    // tokens | sft
   std::string eval_path;            // held-out token file; empty: no evaluation
   int64_t eval_batches = 4;         // micro-batches per evaluation per rank
+  double eval_fraction = 0.0;       // without eval_path: share of documents held out for evaluation
+  bool packing = false;             // several documents per sequence, attention kept within each
 };
 
 struct TrainConfig {
@@ -83,6 +87,7 @@ struct ZeroConfig {
   int64_t stage = 0;                // 0..3
   int64_t prefetch_depth = 1;       // units gathered ahead (stage 3)
   std::string reduce_dtype = "fp32";  // fp32 | bf16
+  std::string shard_group = "world";  // world | node (hybrid: shard within, replicate across nodes)
 };
 
 struct OffloadConfig {

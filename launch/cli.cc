@@ -5,6 +5,7 @@
 #include <cctype>
 #include <cstdint>
 #include <sstream>
+#include <utility>
 
 namespace dstrain::launch {
 namespace po = boost::program_options;
@@ -12,8 +13,11 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: dstrain [train] --config FILE [--set KEY=VALUE]... [--resume auto|never|PATH]\n"
-    "       dstrain plan    --config FILE [--world N] [--json] [--set KEY=VALUE]...\n"
-    "       dstrain prepare --input FILE... --output FILE [--format text|sft]\n"
+    "       dstrain plan    --config FILE | --hf-dir DIR [--world N] [--gpu-mem GiB] [--host-mem GiB]\n"
+    "                       [--nvme GiB] [--ranks-per-node N] [--json] [--set KEY=VALUE]...\n"
+    "       dstrain prepare --input FILE... --output FILE [--format text|sft|chat] [--tokenizer PATH|byte]\n"
+    "                       [--chat-template llama3|chatml|deepseek]\n"
+    "                       [--workers N]\n"
     "       dstrain inspect --checkpoint DIR\n"
     "       dstrain export  --checkpoint DIR --format hf|peft --out DIR [--dtype fp32|bf16|fp16]\n"
     "                       [--max-shard-size 5GB] [--merge true|false] [--force]\n"
@@ -37,6 +41,11 @@ po::options_description plan_options() {
   po::options_description d("plan");
   d.add_options()
       ("world", po::value<int>()->default_value(0), "ranks to plan for (default: 1)")
+      ("gpu-mem", po::value<double>(), "GiB of memory per GPU to check against (default: not checked)")
+      ("host-mem", po::value<double>(), "GiB of host memory per node (default: this machine's)")
+      ("nvme", po::value<double>(), "GiB free for offload.nvme_dir per node (default: free there now)")
+      ("ranks-per-node", po::value<int>(), "ranks (GPUs) per node (default: all on one node)")
+      ("hf-dir", po::value<std::string>(), "plan for a Hugging Face model directory (its config.json)")
       ("json", po::bool_switch(), "print JSON instead of a table");
   return d;
 }
@@ -47,7 +56,13 @@ po::options_description prepare_options() {
       ("input,i", po::value<std::vector<std::string>>()->multitoken(), "text or JSONL files")
       ("output,o", po::value<std::string>(), "token file to write (.dstok)")
       ("format", po::value<std::string>()->default_value("text"),
-       "text: one document per file; sft: JSONL with prompt and completion");
+       "text: one document per file; sft: JSONL with prompt and completion; chat: JSONL "
+       "conversations rendered with --chat-template")
+      ("chat-template", po::value<std::string>(), "chat: llama3, chatml or deepseek")
+      ("tokenizer", po::value<std::string>()->default_value("byte"),
+       "tokenizer.json, tokenizer.model, a Hugging Face model directory, or byte (built-in)")
+      ("workers", po::value<int>()->default_value(0),
+       "worker threads, each with its own tokenizer (0: one per hardware thread)");
   return d;
 }
 
@@ -163,8 +178,16 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
   if (vm.count("resume")) cmd.resume = vm["resume"].as<std::string>();
   if (vm.count("world")) cmd.world = vm["world"].as<int>();
   if (vm.count("json")) cmd.json = vm["json"].as<bool>();
+  if (vm.count("gpu-mem")) cmd.gpu_mem_gib = vm["gpu-mem"].as<double>();
+  if (vm.count("host-mem")) cmd.host_mem_gib = vm["host-mem"].as<double>();
+  if (vm.count("nvme")) cmd.nvme_gib = vm["nvme"].as<double>();
+  if (vm.count("ranks-per-node")) cmd.ranks_per_node = vm["ranks-per-node"].as<int>();
+  if (vm.count("hf-dir")) cmd.hf_dir = vm["hf-dir"].as<std::string>();
   if (vm.count("input")) cmd.inputs = vm["input"].as<std::vector<std::string>>();
   if (vm.count("output")) cmd.output = vm["output"].as<std::string>();
+  if (vm.count("tokenizer")) cmd.tokenizer = vm["tokenizer"].as<std::string>();
+  if (vm.count("chat-template")) cmd.chat_template = vm["chat-template"].as<std::string>();
+  if (vm.count("workers")) cmd.workers = vm["workers"].as<int>();
   if (vm.count("format")) {
     (cmd.kind == CommandKind::kExport ? cmd.export_format : cmd.prepare_format) =
         vm["format"].as<std::string>();
@@ -189,13 +212,29 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
     cmd.max_shard_bytes = *bytes;
   }
 
-  if ((cmd.kind == CommandKind::kTrain || cmd.kind == CommandKind::kPlan) && cmd.config_path.empty()) {
-    return usage_error("--config FILE is required");
+  if ((cmd.kind == CommandKind::kTrain || cmd.kind == CommandKind::kPlan) && cmd.config_path.empty() &&
+      !(cmd.kind == CommandKind::kPlan && !cmd.hf_dir.empty())) {
+    return usage_error(cmd.kind == CommandKind::kPlan ? "plan: --config FILE or --hf-dir DIR is required"
+                                                      : "--config FILE is required");
+  }
+  if (cmd.kind == CommandKind::kPlan) {
+    const std::pair<const char*, double> sizes[] = {
+        {"gpu-mem", cmd.gpu_mem_gib}, {"host-mem", cmd.host_mem_gib}, {"nvme", cmd.nvme_gib}};
+    for (const auto& [name, gib] : sizes) {
+      if (vm.count(name) && !(gib >= 0)) return usage_error(std::string("plan: --") + name + " must be >= 0 GiB");
+    }
+    if (cmd.ranks_per_node < 0) return usage_error("plan: --ranks-per-node must be >= 1");
   }
   if (cmd.kind == CommandKind::kPrepare) {
     if (cmd.inputs.empty() || cmd.output.empty()) return usage_error("prepare: --input and --output are required");
-    if (cmd.prepare_format != "text" && cmd.prepare_format != "sft") {
-      return usage_error("prepare: --format must be text or sft, got '" + cmd.prepare_format + "'");
+    if (cmd.workers < 0) return usage_error("prepare: --workers must be >= 0, got " + std::to_string(cmd.workers));
+    if (cmd.prepare_format != "text" && cmd.prepare_format != "sft" && cmd.prepare_format != "chat") {
+      return usage_error("prepare: --format must be text, sft or chat, got '" + cmd.prepare_format + "'");
+    }
+    if ((cmd.prepare_format == "chat") != !cmd.chat_template.empty()) {
+      return usage_error("prepare: --chat-template is required with --format chat and only "
+                         "allowed with it, got --format " + cmd.prepare_format +
+                         (cmd.chat_template.empty() ? "" : " --chat-template " + cmd.chat_template));
     }
   }
   if (cmd.kind == CommandKind::kInspect && cmd.checkpoint_dir.empty()) {

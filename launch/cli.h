@@ -17,10 +17,18 @@ struct Command {
   // plan
   int world = 0;                       // 0: the launcher's world size
   bool json = false;
+  double gpu_mem_gib = -1;             // per GPU; < 0: not checked
+  double host_mem_gib = -1;            // per node; < 0: this machine's
+  double nvme_gib = -1;                // free per node; < 0: free space under offload.nvme_dir
+  int ranks_per_node = 0;              // 0: every rank on one node
+  std::string hf_dir;                  // plan from a Hugging Face model directory's config.json
   // prepare
   std::vector<std::string> inputs;
   std::string output;
   std::string prepare_format = "text";  // text | sft
+  std::string tokenizer = "byte";       // tokenizer.json, tokenizer.model, a HF directory, or byte
+  std::string chat_template;            // --format chat: llama3 | chatml | deepseek
+  int workers = 0;                      // 0: one per hardware thread
   // inspect, export
   std::string checkpoint_dir;
   // export

@@ -7,6 +7,7 @@
 #include "launch/commands.h"
 #include "launch/device.h"
 #include "launch/signals.h"
+#include "launch/topology.h"
 #include "launch/config/config_loader.h"
 #include "runtime/trainer.h"
 #include "sharding/mpi_communicator.h"
@@ -24,16 +25,35 @@ base::Status run_train(const Command& cmd, World& world) {
     }
   }
   ASSIGN_OR_RETURN(at::Device device, select_device(cfg.run.device, world));
+  // Hybrid sharding: split before any communication thread exists (MPI_THREAD_SERIALIZED).
+  std::unique_ptr<Topology> topology;
+  if (cfg.zero.shard_group == "node") {
+    ASSIGN_OR_RETURN(topology, Topology::create(world.comm()));
+    if (world.rank() == 0) std::printf("topology: %s\n", topology->describe().c_str());
+  }
   ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm(),
                                                                   cfg.run.collective_timeout_s));
   // On GPUs the engine's collectives run over NCCL; host-side reductions stay on MPI.
   std::unique_ptr<sharding::Communicator> nccl;
-  if (device.is_cuda()) {
-    ASSIGN_OR_RETURN(nccl, sharding::make_nccl_communicator(world.comm(), device.index()));
-    if (world.rank() == 0) {
-      ASSIGN_OR_RETURN(std::string version, sharding::nccl_version_string());
-      std::printf("device: one GPU per rank (cuda:<local rank>), NCCL %s\n", version.c_str());
-    }
+  if (device.is_cuda() && !topology) {
+    ASSIGN_OR_RETURN(nccl, sharding::make_nccl_communicator(world.comm(), device.index(),
+                                                                cfg.run.collective_timeout_s));
+  }
+  // zero.shard_group = "node": the engine shards over the node and all-reduces across nodes. On
+  // the CPU both groups run on the host communicator's thread (one thread inside MPI).
+  std::unique_ptr<sharding::Communicator> node_comm, replicas;
+  if (topology && device.is_cuda()) {
+    ASSIGN_OR_RETURN(node_comm, sharding::make_nccl_communicator(topology->intra_node(), device.index(),
+                                                                      cfg.run.collective_timeout_s));
+    ASSIGN_OR_RETURN(replicas, sharding::make_nccl_communicator(topology->inter_node(), device.index(),
+                                                                     cfg.run.collective_timeout_s));
+  } else if (topology) {
+    ASSIGN_OR_RETURN(node_comm, comm->create_sharing_thread(topology->intra_node()));
+    ASSIGN_OR_RETURN(replicas, comm->create_sharing_thread(topology->inter_node()));
+  }
+  if (device.is_cuda() && world.rank() == 0) {
+    ASSIGN_OR_RETURN(std::string version, sharding::nccl_version_string());
+    std::printf("device: one GPU per rank (cuda:<local rank>), NCCL %s\n", version.c_str());
   }
   // A run.dir another rank just created must exist before rank 0's metrics file is opened.
   RETURN_IF_ERROR(comm->barrier());
@@ -41,7 +61,8 @@ base::Status run_train(const Command& cmd, World& world) {
   run.resume = cmd.resume;
   run.config_toml = config_to_toml(cfg);
   run.dstrain_version = DSTRAIN_VERSION;
-  run.engine_comm = nccl.get();
+  run.engine_comm = topology ? node_comm.get() : nccl.get();
+  run.engine_replicas = replicas.get();
   // Installed after MPI_Init so that the handlers are ours, not the MPI library's.
   ASSIGN_OR_RETURN(std::unique_ptr<StopSignals> signals, StopSignals::install());
   run.stop_requested = [&stop = *signals] { return stop.requested(); };

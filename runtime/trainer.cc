@@ -17,6 +17,7 @@
 #include "runtime/model/lora.h"
 #include "runtime/model/rope.h"
 #include "runtime/progress.h"
+#include "runtime/step_profiler.h"
 
 namespace dstrain::runtime {
 namespace {
@@ -96,9 +97,15 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   base::UnitList units = build_llama(cfg.model);
   if (cfg.lora.enabled) RETURN_IF_ERROR(apply_lora(units, cfg.lora));
   options.replicate_frozen = replicate_frozen_base(cfg.lora.base_sharding, units, t->compute_dtype_, device);
+  if ((cfg.zero.shard_group == "node") != (run.engine_replicas != nullptr)) {
+    return base::Status::Internal("zero.shard_group = \"" + cfg.zero.shard_group +
+                                  "\" needs the node's and the replicas' communicators exactly "
+                                  "when it is \"node\"");
+  }
   sharding::Communicator& engine_comm = run.engine_comm != nullptr ? *run.engine_comm : comm;
   t->engine_comm_ = &engine_comm;
-  ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(std::move(units), options, engine_comm, init));
+  ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(std::move(units), options, engine_comm, init,
+                                                        run.engine_replicas));
   if (t->is_root()) {
     ASSIGN_OR_RETURN(t->metrics_, MetricsWriter::open(cfg.run.dir + "/metrics.jsonl"));
   }
@@ -132,6 +139,7 @@ base::StatusOr<sharding::MicroBatch> Trainer::micro_batch(const Dataset& ds,
   mb.input_ids = t.input_ids;
   mb.target_ids = t.target_ids;
   mb.ctx = make_step_context(cfg_.model, t.position_ids, compute_dtype_);
+  mb.ctx.attn_mask = t.attn_mask;  // packed batches; undefined (plain causal) otherwise
   if (global_indices != nullptr) {
     std::vector<int64_t> keys;
     for (int64_t g : *global_indices) keys.push_back(sample_key(cfg_.run.seed, g));
@@ -234,15 +242,20 @@ base::StatusOr<TrainSummary> Trainer::run() {
     char line[256];
     std::snprintf(line, sizeof(line),
                   "dstrain: %lld parameters, %d rank(s), zero stage %lld, %s, global batch %lld "
-                  "(micro %lld x %lld accumulation), seq_len %lld, %lld samples",
+                  "(micro %lld x %lld accumulation), seq_len %lld, %lld %s",
                   static_cast<long long>(engine_->num_parameters()), comm_.size(),
                   static_cast<long long>(cfg_.zero.stage), tc.dtype.c_str(),
                   static_cast<long long>(tc.global_batch), static_cast<long long>(tc.micro_batch),
                   static_cast<long long>(sampler_.accumulation_steps()),
-                  static_cast<long long>(tc.seq_len), static_cast<long long>(train_.num_samples()));
+                  static_cast<long long>(tc.seq_len), static_cast<long long>(train_.num_samples()),
+                  cfg_.data.packing ? "packed samples" : "samples");
     progress.message(line);
   }
+  StepProfiler profiler(std::max<int64_t>(cfg_.run.profile_start, 1) - 1, cfg_.run.profile_steps,
+                       device_.is_cuda(),
+                       cfg_.run.dir + "/profile/rank" + std::to_string(comm_.rank()) + ".json");
   for (int64_t step = summary.start_step; step < tc.steps; ++step) {
+    profiler.before_step(step);
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = learning_rate(cfg_.optim, step, tc.steps);
 
@@ -269,6 +282,7 @@ base::StatusOr<TrainSummary> Trainer::run() {
       local_ce += ce;
     }
     ASSIGN_OR_RETURN(sharding::StepResult result, engine_->step(lr));
+    RETURN_IF_ERROR(profiler.after_step(step));
     ASSIGN_OR_RETURN(double comm_wait, engine_comm_->take_wait_seconds());
     ASSIGN_OR_RETURN(std::vector<double> ce_total, sum_over_ranks(comm_, {local_ce}));
     // Peaks over all ranks in one collective: host RSS, device memory, unhidden communication,
@@ -314,7 +328,7 @@ base::StatusOr<TrainSummary> Trainer::run() {
       summary.last_eval_loss = eval_loss;
       if (is_root()) {
         RETURN_IF_ERROR(metrics_->write({{"step", step + 1}, {"eval_loss", eval_loss},
-                                         {"eval_perplexity", std::exp(eval_loss)}}));
+                                         {"eval_ppl", std::exp(eval_loss)}}));
         char text[96];
         std::snprintf(text, sizeof(text), "eval at step %lld: loss %.4f, perplexity %.2f",
                       static_cast<long long>(step + 1), eval_loss, std::exp(eval_loss));

@@ -27,6 +27,9 @@ struct RunOptions {
   // The engine's collectives (NCCL for CUDA tensors); nullptr: the host communicator, which
   // always carries the trainer's and the checkpointer's small host-side reductions.
   sharding::Communicator* engine_comm = nullptr;
+  // zero.shard_group = "node": engine_comm spans this node's ranks and this one the ranks holding
+  // the same shard on the other nodes (sharding::Engine::create). nullptr: no replicas.
+  sharding::Communicator* engine_replicas = nullptr;
   // Polled once per step on every rank; when it holds on any rank, the ranks commit a checkpoint
   // after that step and run() returns Status::Preempted (exit 75). Empty: never.
   std::function<bool()> stop_requested;

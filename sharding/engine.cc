@@ -17,22 +17,27 @@ namespace dstrain::sharding {
 
 namespace {
 
-at::Tensor cross_entropy_sum(const at::Tensor& logits, const at::Tensor& targets) {
-  const int64_t vocab = logits.size(-1);
-  return at::cross_entropy_loss(logits.reshape({-1, vocab}).to(at::kFloat), targets.reshape({-1}),
-                                /*weight=*/{}, at::Reduction::Sum, /*ignore_index=*/-100);
+// The micro-batch with its targets handed to the model: the head unit then returns the summed
+// cross-entropy (computed chunk by chunk) instead of the full logits.
+MicroBatch with_loss_targets(const MicroBatch& mb) {
+  MicroBatch out = mb;
+  out.ctx.targets = mb.target_ids;
+  return out;
 }
 
 base::Status torch_error(const std::exception& e, const std::string& where) {
   return base::Status::Internal(where + ": " + e.what());
 }
 
-// Completes a gradient reduction: waits for the collective and folds its result in.
+// Completes a gradient reduction: waits for the collective, issues and waits for the one across
+// replicas that follows it (hybrid sharding), and folds the result in.
 struct PendingReduction final : Work {
   std::unique_ptr<Work> work;
+  std::function<std::unique_ptr<Work>()> then;
   std::function<void()> done;
   base::Status wait() override {
     base::Status st = work->wait();
+    if (st.ok() && then) st = then()->wait();
     if (st.ok() && done) done();
     return st;
   }
@@ -40,8 +45,9 @@ struct PendingReduction final : Work {
 
 }  // namespace
 
-Engine::Engine(base::UnitList units, const EngineOptions& options, Communicator& comm)
-    : units_(std::move(units)), options_(options), comm_(comm) {}
+Engine::Engine(base::UnitList units, const EngineOptions& options, Communicator& comm,
+               Communicator* replicas)
+    : units_(std::move(units)), options_(options), comm_(comm), replicas_(replicas) {}
 
 Engine::~Engine() {
   // Collectives still in flight reference our tensors: let them finish first.
@@ -56,7 +62,8 @@ Engine::~Engine() {
 base::StatusOr<std::unique_ptr<Engine>> Engine::create(base::UnitList units,
                                                        const EngineOptions& options,
                                                        Communicator& comm,
-                                                       const ParamInitFn& init) {
+                                                       const ParamInitFn& init,
+                                                       Communicator* replicas) {
   if (options.zero.stage < 0 || options.zero.stage > 3) {
     return base::Status::InvalidArgument("zero.stage " + std::to_string(options.zero.stage) +
                                          " is out of range (0 to 3)");
@@ -69,7 +76,7 @@ base::StatusOr<std::unique_ptr<Engine>> Engine::create(base::UnitList units,
   if (units.empty()) return base::Status::InvalidArgument("engine: the model has no units");
   ASSIGN_OR_RETURN(std::vector<bool> recompute,
                    recompute_plan(units, options.activation_checkpointing));
-  std::unique_ptr<Engine> engine(new Engine(std::move(units), options, comm));
+  std::unique_ptr<Engine> engine(new Engine(std::move(units), options, comm, replicas));
   engine->recompute_ = std::move(recompute);
   try {
     RETURN_IF_ERROR(engine->init_storage(init));
@@ -392,8 +399,13 @@ base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::
     if (!grads[i].defined()) continue;
     Buffer& b = *targets[i];
     if (options_.zero.stage >= 2) {
-      if (!b.mb_grad.defined()) b.mb_grad = at::zeros({b.layout.padded_numel}, b.grad.options());
-      b.mb_grad.add_(grads[i]);
+      if (b.mb_grad.defined()) {
+        b.mb_grad.add_(grads[i]);
+      } else {
+        // The first gradient of this micro-batch becomes the accumulator (widened once), which
+        // saves zero-filling and re-reading a whole-unit buffer per unit.
+        b.mb_grad = grads[i].to(b.grad.scalar_type()).contiguous();
+      }
     } else {
       b.grad.add_(grads[i]);
     }
@@ -401,6 +413,11 @@ base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::
   run = UnitRun();  // the graph is consumed; drop the activations now
   if (reduce_now) RETURN_IF_ERROR(start_reduction(u));
   return base::Status::Ok();
+}
+
+std::function<std::unique_ptr<Work>()> Engine::across_replicas(const at::Tensor& t) {
+  if (replicas_ == nullptr) return nullptr;
+  return [r = replicas_, t]() { return r->all_reduce(t, ReduceOp::kSum); };
 }
 
 base::Status Engine::start_reduction(int u) {
@@ -424,13 +441,38 @@ base::Status Engine::start_reduction(int u) {
       pending->done = [bp, in, out]() { bp->grad.add_(out); };
     } else if (wire == at::kFloat) {
       pending->work = comm_.all_reduce(b.grad, ReduceOp::kSum);
+      pending->then = across_replicas(b.grad);
     } else {
       at::Tensor sum = b.grad.to(wire);
       pending->work = comm_.all_reduce(sum, ReduceOp::kSum);
+      pending->then = across_replicas(sum);
       pending->done = [bp, sum]() { bp->grad.copy_(sum); };
     }
     pending_.push_back(std::move(pending));
   }
+  return base::Status::Ok();
+}
+
+base::Status Engine::reduce_shards_across_replicas() {
+  if (replicas_ == nullptr || options_.zero.stage < 2) return base::Status::Ok();
+  const at::ScalarType wire = options_.zero.reduce_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  std::vector<std::unique_ptr<Work>> works;
+  std::vector<std::pair<Buffer*, at::Tensor>> sums;  // accumulators sent in the wire dtype
+  for (auto& st : state_) {
+    for (Buffer& b : st->buffers) {
+      if (!b.present() || !b.trainable) continue;
+      at::Tensor t = wire == b.grad.scalar_type() ? b.grad : b.grad.to(wire);
+      if (!t.is_same(b.grad)) sums.emplace_back(&b, t);
+      works.push_back(replicas_->all_reduce(t, ReduceOp::kSum));
+    }
+  }
+  base::Status first;
+  for (auto& w : works) {
+    base::Status st = w->wait();
+    if (first.ok() && !st.ok()) first = st;
+  }
+  RETURN_IF_ERROR(first);
+  for (auto& [b, t] : sums) b->grad.copy_(t);
   return base::Status::Ok();
 }
 
@@ -454,9 +496,9 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
     // Stages 2 and 3 reduce-scatter every micro-batch: fold in the previous one's results first.
     if (options_.zero.stage >= 2) RETURN_IF_ERROR(finish_reductions());
     std::vector<UnitRun> runs(n);
-    RETURN_IF_ERROR(forward_units(mb, runs, /*need_grad=*/true).status());
-    // The loss joins the last unit's graph, so its backward starts from a scalar.
-    at::Tensor ce = cross_entropy_sum(runs[n - 1].out, mb.target_ids);
+    // The last unit's output is the loss, so its backward starts from a scalar.
+    ASSIGN_OR_RETURN(at::Tensor ce,
+                     forward_units(with_loss_targets(mb), runs, /*need_grad=*/true));
     const double ce_value = ce.item<double>();
     runs[n - 1].out = ce * (loss_weight * loss_scale_);
     at::Tensor grad;
@@ -482,6 +524,8 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
 base::StatusOr<double> Engine::grad_norm_squared() {
   // Each rank sums the squares of the part it owns on the device; one all-reduce gives the
   // global value and one host read brings it back (a NaN anywhere propagates to every rank).
+  // Under hybrid sharding the replicas hold equal gradients: summing over the shard group alone
+  // counts each shard once.
   const int64_t stage = options_.zero.stage;
   at::Tensor total = at::zeros({1}, step_count_.options().dtype(at::kDouble));
   for (auto& st : state_) {
@@ -489,7 +533,8 @@ base::StatusOr<double> Engine::grad_norm_squared() {
       if (!b.present() || !b.trainable) continue;
       const ShardRange mine = shard_range(b.layout, comm_.rank());
       at::Tensor owned = stage >= 2 ? b.grad : b.grad.narrow(0, mine.begin, mine.numel());
-      total += owned.to(at::kDouble).pow(2).sum();
+      // The norm reduces in fp32 without a widened copy of the buffer; squares sum in fp64.
+      total += at::linalg_vector_norm(owned, 2).to(at::kDouble).pow(2);
     }
   }
   RETURN_IF_ERROR(all_reduce_now(comm_, total, ReduceOp::kSum));
@@ -500,6 +545,7 @@ base::StatusOr<StepResult> Engine::step(double lr) {
   StepResult result;
   try {
     RETURN_IF_ERROR(finish_reductions());
+    RETURN_IF_ERROR(reduce_shards_across_replicas());
     ASSIGN_OR_RETURN(double norm_sq, grad_norm_squared());
     const double norm = std::sqrt(norm_sq) / loss_scale_;
     result.grad_norm = norm;
@@ -593,8 +639,9 @@ base::StatusOr<double> Engine::eval_loss_sum(const MicroBatch& mb) {
   try {
     c10::NoGradGuard no_grad;
     std::vector<UnitRun> runs(units_.size());
-    ASSIGN_OR_RETURN(at::Tensor logits, forward_units(mb, runs, /*need_grad=*/false));
-    return cross_entropy_sum(logits, mb.target_ids).item<double>();
+    ASSIGN_OR_RETURN(at::Tensor ce,
+                     forward_units(with_loss_targets(mb), runs, /*need_grad=*/false));
+    return ce.item<double>();
   } catch (const std::exception& e) {
     return torch_error(e, "evaluation");
   }
@@ -658,6 +705,7 @@ const char* state_kind_name(StateKind k) {
 std::vector<StateSlice> Engine::state_slices(bool owned_only) {
   const int64_t stage = options_.zero.stage;
   std::vector<StateSlice> out;
+  if (owned_only && replicas_ != nullptr && replicas_->rank() != 0) return out;
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
       if (!b.present()) continue;

@@ -42,6 +42,11 @@ std::vector<KeySpec> build_schema() {
              "seconds a rank waits for an MPI collective before it ends the job with exit 4 "
              "naming the collective (a peer died or stopped); 0: wait forever. Raise it when "
              "one rank can pause far longer than its peers (slow checkpoint storage)"),
+      number(DSTRAIN_KEY(run.profile_start), at_least(0),
+             "first step (counted from 1) that the torch profiler records"),
+      number(DSTRAIN_KEY(run.profile_steps), at_least(0),
+             "steps the torch profiler records from run.profile_start, written as a Chrome trace "
+             "per rank to run.dir/profile/rank<R>.json; 0: no profile"),
 
       text(DSTRAIN_KEY(model.hf_dir),
            "Hugging Face checkpoint directory (config.json + safetensors); empty: build the "
@@ -88,6 +93,12 @@ std::vector<KeySpec> build_schema() {
              "tokens: a plain token stream; sft: prompt/response examples"),
       text(DSTRAIN_KEY(data.eval_path), "held-out token file; empty: no evaluation"),
       number(DSTRAIN_KEY(data.eval_batches), at_least(1), "micro-batches per evaluation per rank"),
+      number(DSTRAIN_KEY(data.eval_fraction), right_open(0, 1),
+             "without data.eval_path: the share of documents (of windows, for an unpacked "
+             "\"tokens\" stream) held out of training for evaluation; 0: none"),
+      flag(DSTRAIN_KEY(data.packing),
+           "pack several documents into each sequence; attention and positions stay within "
+           "each document (needs a file with documents)"),
 
       number(DSTRAIN_KEY(train.steps), at_least(1), "optimizer steps to run"),
       number(DSTRAIN_KEY(train.global_batch), at_least(1),
@@ -97,7 +108,8 @@ std::vector<KeySpec> build_schema() {
       choice(DSTRAIN_KEY(train.dtype), {"fp32", "bf16", "fp16"},
              "compute dtype of forward and backward (master weights stay fp32)"),
       number(DSTRAIN_KEY(train.eval_every), at_least(0),
-             "evaluate every N steps; 0: never; > 0 requires data.eval_path"),
+             "evaluate every N steps; 0: never; > 0 requires data.eval_path or "
+             "data.eval_fraction"),
       choice(DSTRAIN_KEY(train.activation_checkpointing), {"none", "full", "selective"},
              "recompute activations in backward: none, every unit but the head (full), or every "
              "other decoder layer (selective)"),
@@ -123,6 +135,8 @@ std::vector<KeySpec> build_schema() {
              "stage 3: units gathered ahead of the one computing"),
       choice(DSTRAIN_KEY(zero.reduce_dtype), {"fp32", "bf16"},
              "dtype of gradient reduction across ranks"),
+      choice(DSTRAIN_KEY(zero.shard_group), {"world", "node"},
+             "ranks that split the state: all, or each node's (replicated across nodes)"),
 
       choice(DSTRAIN_KEY(offload.optimizer), offload_modes,
              "where optimizer state lives between steps"),

@@ -96,10 +96,18 @@ base::Status check_training(const base::Config& cfg, const KeyOrigins& origins) 
                 "train.global_batch must be a multiple of train.micro_batch, got " +
                     show(cfg, "train.global_batch") + ", " + show(cfg, "train.micro_batch"));
   }
-  if (cfg.train.eval_every > 0 && cfg.data.eval_path.empty()) {
-    return fail(cfg, origins, {"train.eval_every", "data.eval_path"},
-                "train.eval_every > 0 requires data.eval_path, got " +
-                    show(cfg, "train.eval_every") + ", " + show(cfg, "data.eval_path"));
+  if (cfg.train.eval_every > 0 && cfg.data.eval_path.empty() && cfg.data.eval_fraction == 0) {
+    return fail(cfg, origins, {"train.eval_every", "data.eval_path", "data.eval_fraction"},
+                "train.eval_every > 0 requires data.eval_path or data.eval_fraction > 0, got " +
+                    show(cfg, "train.eval_every") + ", " + show(cfg, "data.eval_path") + ", " +
+                    show(cfg, "data.eval_fraction"));
+  }
+  // Both would name the evaluation data; neither silently wins.
+  if (!cfg.data.eval_path.empty() && cfg.data.eval_fraction > 0) {
+    return fail(cfg, origins, {"data.eval_fraction", "data.eval_path"},
+                "data.eval_fraction > 0 holds out part of data.path, which conflicts with a "
+                "separate data.eval_path; set one of them, got " +
+                    show(cfg, "data.eval_fraction") + ", " + show(cfg, "data.eval_path"));
   }
   if (cfg.lora.enabled && cfg.lora.targets.empty()) {
     return fail(

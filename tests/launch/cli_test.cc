@@ -85,6 +85,38 @@ TEST(Cli, PlanPrepareBench) {
   EXPECT_EQ(bench->bench_device, "auto");
 }
 
+TEST(Cli, PrepareChatNeedsItsTemplate) {
+  auto chat = parse({"prepare", "-i", "c.jsonl", "-o", "c.dstok", "--format", "chat",
+                     "--chat-template", "chatml", "--tokenizer", "tok.json"});
+  ASSERT_TRUE(chat.ok()) << chat.status().message();
+  EXPECT_EQ(chat->prepare_format, "chat");
+  EXPECT_EQ(chat->chat_template, "chatml");
+  for (auto args : std::vector<std::vector<const char*>>{
+           {"prepare", "-i", "c.jsonl", "-o", "c.dstok", "--format", "chat"},
+           {"prepare", "-i", "c.jsonl", "-o", "c.dstok", "--format", "sft", "--chat-template", "llama3"}}) {
+    auto cmd = parse(args);
+    ASSERT_FALSE(cmd.ok());
+    EXPECT_EQ(base::exit_code(cmd.status()), 2);
+    EXPECT_NE(cmd.status().message().find("--chat-template"), std::string::npos);
+  }
+}
+
+TEST(Cli, PrepareTokenizerAndWorkers) {
+  auto dflt = parse({"prepare", "-i", "a.txt", "-o", "o.dstok"});
+  ASSERT_TRUE(dflt.ok());
+  EXPECT_EQ(dflt->tokenizer, "byte");
+  EXPECT_EQ(dflt->workers, 0);  // one per hardware thread
+  auto set = parse({"prepare", "-i", "a.txt", "-o", "o.dstok", "--tokenizer", "models/llama3",
+                    "--workers", "6"});
+  ASSERT_TRUE(set.ok()) << set.status().message();
+  EXPECT_EQ(set->tokenizer, "models/llama3");
+  EXPECT_EQ(set->workers, 6);
+  auto negative = parse({"prepare", "-i", "a.txt", "-o", "o.dstok", "--workers", "-1"});
+  ASSERT_FALSE(negative.ok());
+  EXPECT_EQ(base::exit_code(negative.status()), 2);
+  EXPECT_NE(negative.status().message().find("--workers"), std::string::npos);
+}
+
 TEST(Cli, BenchDeviceIsAutoCpuOrCuda) {
   for (const char* device : {"auto", "cpu", "cuda"}) {
     auto cmd = parse({"bench", "comm", "--device", device});

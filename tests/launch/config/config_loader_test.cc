@@ -217,8 +217,15 @@ TEST(ConfigErrors, ContradictoryPairs) {
             "x.toml:2: train.global_batch: train.global_batch must be a multiple of "
             "train.micro_batch, got train.global_batch = 10, train.micro_batch = 4");
   EXPECT_EQ(error_of("[train]\neval_every = 50\n"),
-            "x.toml:2: train.eval_every: train.eval_every > 0 requires data.eval_path, got "
-            "train.eval_every = 50, data.eval_path = \"\"");
+            "x.toml:2: train.eval_every: train.eval_every > 0 requires data.eval_path or "
+            "data.eval_fraction > 0, got train.eval_every = 50, data.eval_path = \"\", "
+            "data.eval_fraction = 0.0");
+  EXPECT_EQ(error_of("[data]\neval_path = \"e.dstok\"\neval_fraction = 0.1\n"),
+            "x.toml:3: data.eval_fraction: data.eval_fraction > 0 holds out part of data.path, "
+            "which conflicts with a separate data.eval_path; set one of them, got "
+            "data.eval_fraction = 0.1, data.eval_path = \"e.dstok\"");
+  EXPECT_EQ(error_of("[data]\neval_fraction = 1.0\n"),
+            "x.toml:2: data.eval_fraction: must be in [0, 1), got 1");
   EXPECT_EQ(error_of("[zero]\nstage = 3\n[offload]\nparams = \"cpu\"\n"),
             "x.toml:4: offload.params: offload.params other than \"none\" requires "
             "offload.optimizer other than \"none\", got offload.params = \"cpu\", "
@@ -336,7 +343,7 @@ base::Config non_default_config() {
   cfg.model.sliding_window = 4096;
   cfg.model.tie_embeddings = true;
   cfg.model.init_std = 0.006;
-  cfg.data = {"/data/train.dstok", "sft", "/data/eval.dstok", 7};
+  cfg.data = {"/data/train.dstok", "sft", "/data/eval.dstok", 7, 0.0, true};
   cfg.train.steps = 1000;
   cfg.train.global_batch = 64;
   cfg.train.micro_batch = 4;
