@@ -22,18 +22,17 @@ struct ChunkResult {
 ChunkResult chunk_loss(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
                        bool need_grad) {
   at::Tensor logits = at::matmul(h, weight.t()).to(at::kFloat);
-  const at::Tensor valid = targets.ne(kIgnoreIndex);
-  const at::Tensor safe = at::where(valid, targets, at::zeros_like(targets));
+  // 1 for rows with a target, 0 for ignored ones; their index is clamped to a valid column.
+  const at::Tensor counted = targets.ne(kIgnoreIndex).to(at::kFloat).unsqueeze(1);
+  const at::Tensor column = targets.clamp_min(0).unsqueeze(1);
   const at::Tensor lse = at::logsumexp(logits, -1, /*keepdim=*/true);
-  const at::Tensor picked = logits.gather(1, safe.unsqueeze(1));
   ChunkResult r;
-  r.loss = ((lse - picked).squeeze(1) * valid.to(at::kFloat)).sum();
+  r.loss = ((lse - logits.gather(1, column)) * counted).sum();
   if (!need_grad) return r;
   // softmax - one_hot(target), zero on ignored rows.
   logits.sub_(lse).exp_();
-  logits.scatter_add_(1, safe.unsqueeze(1),
-                      at::full({logits.size(0), 1}, -1.0, logits.options()));
-  logits.mul_(valid.to(at::kFloat).unsqueeze(1));
+  logits.scatter_add_(1, column, at::full({logits.size(0), 1}, -1.0, logits.options()));
+  logits.mul_(counted);
   r.grad_logits = logits.to(h.scalar_type());
   return r;
 }
