@@ -9,6 +9,7 @@
 
 #include "offload/pinned_host_allocator.h"
 #include "sharding/activation_checkpointing.h"
+#include "sharding/async_host_step.h"
 #include "sharding/engine_state.h"
 #include "sharding/gathered_storage.h"
 #include "sharding/host_tensor.h"
@@ -50,7 +51,8 @@ Engine::Engine(base::UnitList units, const EngineOptions& options, Communicator&
     : units_(std::move(units)), options_(options), comm_(comm), replicas_(replicas) {}
 
 Engine::~Engine() {
-  // Collectives still in flight reference our tensors: let them finish first.
+  // The host step and collectives still in flight reference our tensors: let them finish first.
+  (void)wait_host_step();
   for (auto& w : pending_) (void)w->wait();
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
@@ -221,6 +223,7 @@ base::Status Engine::transition(Buffer& b, GatherState to) {
   switch (to) {
     case GatherState::kGathering:
       if (b.state == GatherState::kGathered) return base::Status::Ok();  // nothing to fetch
+      RETURN_IF_ERROR(wait_host_update(b));  // the overlapped host step writes the shard
       // Fresh memory for the same storage object; the gather writes it through a raw pointer.
       allocate_storage(b.full, static_cast<size_t>(b.full.numel() * b.full.element_size()));
       if (params_on_nvme()) {
@@ -501,6 +504,8 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
                      forward_units(with_loss_targets(mb), runs, /*need_grad=*/true));
     const double ce_value = ce.item<double>();
     runs[n - 1].out = ce * (loss_weight * loss_scale_);
+    // Backward writes the gradients the overlapped host step reads and clears.
+    RETURN_IF_ERROR(wait_host_step());
     at::Tensor grad;
     int issued = n - 1;  // under stage 3, gathers are issued for units [issued, n - 1]
     for (int u = n - 1; u >= 0; --u) {
@@ -544,6 +549,7 @@ base::StatusOr<double> Engine::grad_norm_squared() {
 base::StatusOr<StepResult> Engine::step(double lr) {
   StepResult result;
   try {
+    RETURN_IF_ERROR(wait_host_step());
     RETURN_IF_ERROR(finish_reductions());
     RETURN_IF_ERROR(reduce_shards_across_replicas());
     ASSIGN_OR_RETURN(double norm_sq, grad_norm_squared());
@@ -571,9 +577,10 @@ base::StatusOr<StepResult> Engine::step(double lr) {
         good_steps_ = 0;
       }
     }
+    // An overlapped host step clears each gradient itself once it has read it.
     for (auto& st : state_) {
       for (Buffer& b : st->buffers) {
-        if (b.present() && b.trainable) b.grad.zero_();
+        if (b.present() && b.trainable && b.host_shard < 0) b.grad.zero_();
       }
     }
   } catch (const std::exception& e) {
@@ -705,6 +712,9 @@ const char* state_kind_name(StateKind k) {
 std::vector<StateSlice> Engine::state_slices(bool owned_only) {
   const int64_t stage = options_.zero.stage;
   std::vector<StateSlice> out;
+  // The slices view the state the overlapped host step writes. Its error, if any, stays with
+  // the engine and fails the next call that can return it.
+  (void)wait_host_step();
   if (owned_only && replicas_ != nullptr && replicas_->rank() != 0) return out;
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
@@ -738,12 +748,14 @@ EngineScalars Engine::scalars() const {
 }
 
 void Engine::set_scalars(const EngineScalars& s) {
+  (void)wait_host_step();  // it read the step count when it started; keeps the error for later
   step_count_.fill_(s.adam_step);
   loss_scale_ = s.loss_scale;
   good_steps_ = s.good_steps;
 }
 
 base::Status Engine::finish_load() {
+  RETURN_IF_ERROR(wait_host_step());
   try {
     RETURN_IF_ERROR(refresh_compute_params());
   } catch (const std::exception& e) {

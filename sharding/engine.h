@@ -30,6 +30,8 @@
 
 namespace dstrain::sharding {
 
+class AsyncHostStep;
+
 // Fills `out` (one fp32 CPU tensor per schema entry, tied entries included) for a unit.
 using ParamInitFn = std::function<base::Status(const base::Unit&, at::TensorList out)>;
 
@@ -189,6 +191,13 @@ class Engine {
   // (offload.optimizer = cpu). Both refresh the compute parameters.
   base::Status device_step(double lr, double grad_scale);
   base::Status host_step(double lr, double grad_scale);
+  // offload.overlap_step: the host step runs on its own thread and the next forward waits for
+  // each unit's shards only as it reaches them (stage 3, optimizer on the host, parameters not
+  // on NVMe). Everything else that reads or writes the state waits for the whole step first.
+  bool overlap_host_step() const;
+  base::Status start_host_step(std::vector<HostShard> shards, const offload::AdamWHyper& hyper);
+  base::Status wait_host_step();
+  base::Status wait_host_update(const Buffer& b);
   // fp32 optimizer state of `numel` elements: host memory when offloaded, else the device.
   base::StatusOr<at::Tensor> optimizer_tensor(int64_t numel);
   // The fp32 master from `mine` (unless `b.master` is already set: an alias) and zero moments,
@@ -223,6 +232,9 @@ class Engine {
   std::vector<std::unique_ptr<Work>> pending_;  // gradient reductions in flight
   std::shared_ptr<offload::HostAllocator> host_allocator_;  // offload tiers only
   std::unique_ptr<HostOptimizer> host_optimizer_;
+  std::unique_ptr<AsyncHostStep> host_run_;  // the overlapped host step in flight, or null
+  std::vector<HostShard> host_shards_;       // its shards, alive until it has been waited for
+  base::Status host_error_;                  // a failed overlapped step: every later call fails
   std::unique_ptr<NvmeStateFile> nvme_state_;   // offload.optimizer = nvme
   std::unique_ptr<NvmeStateFile> nvme_params_;  // offload.params = nvme
   int next_param_record_ = 0;

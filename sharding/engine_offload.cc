@@ -1,9 +1,16 @@
 // The engine's offload tiers (DESIGN.md "Offload tiers", docs/architecture.md): where the
 // optimizer state and the parameter shards live when they are not on the device, the host
 // optimizer step, and paging NVMe-resident state in and out for checkpoints and loads.
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
 #include <cstdio>
+#include <optional>
 
 #include "base/fs.h"
+#include "sharding/async_host_step.h"
 #include "offload/uring_io_engine.h"
 #include "sharding/engine.h"
 #include "sharding/engine_state.h"
@@ -103,7 +110,9 @@ base::Status Engine::host_step(double lr, double grad_scale) {
   hyper.eps = options_.optim.eps;
   hyper.step = static_cast<int64_t>(step_count_.item<double>());
   hyper.grad_scale = grad_scale;
-  // Unit order, so the pipeline's first download starts with the first unit.
+  // Unit order, so the pipeline's first download starts with the first unit (and, overlapped,
+  // the next forward's first unit is the first one ready).
+  const bool overlap = overlap_host_step();
   std::vector<HostShard> shards;
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
@@ -126,14 +135,77 @@ base::Status Engine::host_step(double lr, double grad_scale) {
         s.out = b.updated;
       }
       s.weight_decay = b.layout.kind == BufferKind::kDecay ? options_.optim.weight_decay : 0.0;
+      if (overlap) b.host_shard = static_cast<int>(shards.size());
       shards.push_back(std::move(s));
     }
   }
+  if (overlap) return start_host_step(std::move(shards), hyper);
   RETURN_IF_ERROR(host_optimizer_->step(shards, hyper, nvme_state_.get(), nvme_params_.get()));
   return refresh_compute_params(/*after_host_step=*/true);
 }
 
+bool Engine::overlap_host_step() const {
+  // Below stage 3 the updated shards are all-gathered right after the step, a collective on
+  // the calling thread; NVMe-resident parameters share their file with the forward's reads.
+  return options_.offload.overlap_step && options_.zero.stage == 3 && optimizer_on_host() &&
+         !params_on_nvme();
+}
+
+base::Status Engine::start_host_step(std::vector<HostShard> shards,
+                                     const offload::AdamWHyper& hyper) {
+  host_shards_ = std::move(shards);
+  // On a GPU the gradients come down on a side stream, ordered after the backward that wrote
+  // them by an event recorded here on the compute stream; the step's thread makes the side
+  // stream current, so its copies never queue behind the next forward's kernels.
+  std::shared_ptr<c10::Event> ready;
+  std::optional<c10::Stream> side;
+  if (options_.device.is_cuda()) {
+    const c10::impl::VirtualGuardImpl impl(options_.device.type());
+    ready = std::make_shared<c10::Event>(options_.device.type());
+    ready->record(impl.getStream(options_.device));
+    side = impl.getStreamFromGlobalPool(options_.device);
+  }
+  host_run_ = AsyncHostStep::start([this, hyper, ready, side](const AsyncHostStep::ShardDone& done) {
+    std::optional<c10::StreamGuard> on_side;
+    if (side) {
+      on_side.emplace(*side);
+      ready->block(*side);
+    }
+    // Each gradient is cleared for the next step once its shard is done (on the side stream:
+    // the next backward runs only after wait_host_step(), which follows the synchronize below).
+    base::Status st = host_optimizer_->step(host_shards_, hyper, nvme_state_.get(), nullptr,
+                                            [&](int i) {
+                                              host_shards_[i].grad.zero_();
+                                              done(i);
+                                            });
+    if (side) side->synchronize();
+    return st;
+  });
+  return base::Status::Ok();
+}
+
+base::Status Engine::wait_host_step() {
+  if (host_run_) {
+    base::Status st = host_run_->wait_all();
+    host_run_.reset();
+    host_shards_.clear();
+    for (auto& unit : state_) {
+      for (Buffer& b : unit->buffers) b.host_shard = -1;
+    }
+    if (!st.ok() && host_error_.ok()) host_error_ = st.with_context("host optimizer step");
+  }
+  return host_error_;
+}
+
+base::Status Engine::wait_host_update(const Buffer& b) {
+  if (!host_run_ || b.host_shard < 0) return host_error_;
+  base::Status st = host_run_->wait_for(b.host_shard);
+  if (!st.ok()) return wait_host_step();  // the step failed: collect and keep its error
+  return base::Status::Ok();
+}
+
 base::Status Engine::page_in_state() {
+  RETURN_IF_ERROR(wait_host_step());
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
       if (b.param_record >= 0 && !b.shard_param.defined()) {
@@ -152,6 +224,7 @@ base::Status Engine::page_in_state() {
 }
 
 base::Status Engine::page_out_state(bool write_back) {
+  RETURN_IF_ERROR(wait_host_step());
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
       if (b.param_record >= 0 && b.shard_param.defined()) {

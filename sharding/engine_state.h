@@ -43,6 +43,7 @@ struct Engine::Buffer {
                                  // and moments exist only while paged in
   int param_record = -1;         // offload.params = nvme: its record in the parameter file;
                                  // `shard_param` exists only while paged in
+  int host_shard = -1;           // offload.overlap_step: its shard in the host step in flight
 
   bool present() const { return !layout.empty(); }
   // The slice of `grad` that matches `master`.

@@ -39,7 +39,8 @@ base::Status HostOptimizer::update(HostShard& shard, const at::Tensor& grad,
 }
 
 base::Status HostOptimizer::step(std::vector<HostShard>& shards, const offload::AdamWHyper& hyper,
-                                 NvmeStateFile* nvme, NvmeStateFile* nvme_params) {
+                                 NvmeStateFile* nvme, NvmeStateFile* nvme_params,
+                                 const std::function<void(int)>& shard_done) {
   const int n = static_cast<int>(shards.size());
   std::vector<std::future<base::Status>> updates(n);
   // Where each shard's low-precision result lands on the host (a staging slot, or `out` itself).
@@ -67,6 +68,7 @@ base::Status HostOptimizer::step(std::vector<HostShard>& shards, const offload::
       }
     }
     if (on_nvme(i)) keep_first(nvme->release(s.nvme_shard));
+    if (first.ok() && shard_done) shard_done(i);
   };
   if (n > 0 && on_nvme(0)) keep_first(nvme->fetch(shards[0].nvme_shard));
   for (int i = 0; i < n && first.ok(); ++i) {

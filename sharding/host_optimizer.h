@@ -7,6 +7,7 @@
 // shard i + 1 and uploads shard i - 1.
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -38,10 +39,13 @@ class HostOptimizer {
 
   // One AdamW step over every shard, in order; `hyper.weight_decay` is taken from each shard.
   // Shards with an nvme_shard take their state from `nvme` (fetched one shard ahead, written
-  // back behind); shards with an nvme_param write their result to that record of `nvme_params`. Returns after every `out` has been written (device copies included) and every
-  // write-back has finished.
+  // back behind); shards with an nvme_param write their result to that record of `nvme_params`.
+  // Returns after every `out` has been written (device copies included) and every write-back has
+  // finished. `shard_done(i)`, when given, is called on the calling thread as soon as shard i's
+  // `out` is written and its gradient no longer read, in increasing order of i.
   base::Status step(std::vector<HostShard>& shards, const offload::AdamWHyper& hyper,
-                    NvmeStateFile* nvme = nullptr, NvmeStateFile* nvme_params = nullptr);
+                    NvmeStateFile* nvme = nullptr, NvmeStateFile* nvme_params = nullptr,
+                    const std::function<void(int)>& shard_done = {});
 
  private:
   struct Slot {

@@ -147,6 +147,9 @@ std::vector<KeySpec> build_schema() {
       number(DSTRAIN_KEY(offload.host_budget_gib), at_least(0),
              "optimizer = nvme: GiB of host memory per rank for optimizer state; units that fit "
              "stay in host memory, the rest go to NVMe"),
+      flag(DSTRAIN_KEY(offload.overlap_step),
+           "zero.stage 3 with an offloaded optimizer: the host AdamW runs on its own thread and "
+           "the next forward waits only for the unit it reaches (same results either way)"),
 
       flag(DSTRAIN_KEY(lora.enabled), "train low-rank adapters instead of all weights"),
       number(DSTRAIN_KEY(lora.rank), at_least(1), "rank r of each adapter"),

@@ -73,14 +73,37 @@ if has adam; then
 fi
 
 if has offload; then
+  # OFFLOAD_OVERLAP: offload.overlap_step values to run (the host AdamW overlapping the next
+  # forward, or after backward as one block); the pinned copy bandwidth of this machine in both
+  # directions comes first, for the PCIe bound.
   shape=${OFFLOAD_SHAPE:-13b}
   dims=$SHAPE_13B; [ "$shape" = 7b ] && dims=$SHAPE_7B
   threads=$(nproc)
-  run offload_$shape $threads --config configs/bench-1b.toml $dims --set zero.stage=3 --set train.global_batch=1 \
-    --set train.seq_len=2048 --set train.steps=6 --set train.activation_checkpointing=full \
-    --set offload.optimizer=cpu --set offload.params=cpu
-  summarise offload_$shape "{\"run\": \"offload\", \"shape\": \"$shape\", \"threads\": $threads}" \
-    | tee "$OUT/offload.jsonl"
+  timeout 120 python3 - <<'PY' | tee "$OUT/pcie.json"
+import json, torch
+n = 1 << 30
+host = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+dev = torch.empty(n, dtype=torch.uint8, device="cuda")
+out = {}
+for name, dst, src in (("h2d_gbps", dev, host), ("d2h_gbps", host, dev)):
+    dst.copy_(src); torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5): dst.copy_(src, non_blocking=True)
+    end.record(); torch.cuda.synchronize()
+    out[name] = 5 * n / (start.elapsed_time(end) / 1e3) / 1e9
+print(json.dumps(out))
+PY
+  : > "$OUT/offload.jsonl"
+  for overlap in ${OFFLOAD_OVERLAP:-true}; do
+    run offload_${shape}_$overlap $threads --config configs/bench-1b.toml $dims --set zero.stage=3 \
+      --set train.global_batch=1 --set train.seq_len=2048 --set train.steps=${OFFLOAD_STEPS:-6} \
+      --set train.activation_checkpointing=full --set offload.optimizer=cpu --set offload.params=cpu \
+      --set offload.overlap_step=$overlap
+    summarise offload_${shape}_$overlap \
+      "{\"run\": \"offload\", \"shape\": \"$shape\", \"threads\": $threads, \"overlap_step\": $overlap}" \
+      | tee -a "$OUT/offload.jsonl"
+  done
 fi
 
 if has aio; then

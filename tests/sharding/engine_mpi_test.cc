@@ -451,6 +451,54 @@ INSTANTIATE_TEST_SUITE_P(
                       CheckpointCase{0, false, "full", 0.3}, CheckpointCase{3, true, "full", 0.3}),
     checkpoint_case_name);
 
+// offload.overlap_step: the host AdamW of step t runs on its own thread while step t + 1's
+// forward goes on, each unit waiting only for its own shards. A forward that read a shard
+// before its update, a backward that wrote a gradient the step still reads, or state read
+// mid-update would change the numbers: the trajectories must be bitwise those of the
+// synchronous host step, with and without parameter offload, tied and untied.
+TEST(OverlappedHostStep, BitwiseEqualToTheSynchronousStep) {
+  auto comm = MpiCommunicator::create(MPI_COMM_WORLD);
+  ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+  const int world = (*comm)->size();
+  const int64_t per_rank = kGlobalBatch / world;
+  const int64_t first = world_rank() * per_rank;
+  for (const bool tie : {false, true}) {
+    for (const char* params : {"none", "cpu"}) {
+      const base::ModelConfig cfg = tiny_model(tie);
+      Trajectory runs[2];
+      std::vector<std::vector<double>> slices[2];  // state read right after each step
+      for (const bool overlap : {false, true}) {
+        EngineOptions options = engine_options(3);
+        options.offload.optimizer = "cpu";
+        options.offload.params = params;
+        options.offload.overlap_step = overlap;
+        options.offload_threads = 1;
+        auto init = [](const base::Unit& unit, at::TensorList out) {
+          return runtime::init_unit_params(unit, out, kSeed);
+        };
+        auto engine = Engine::create(runtime::build_llama(cfg), options, **comm, init);
+        ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+        runs[overlap] = train(**engine, **comm, cfg, first, per_rank, /*micro=*/2);
+        // One more step, then the state as a checkpoint reads it while the step may still run.
+        HostBatch hb = make_micro_batch(cfg, kSteps + 1, first, per_rank);
+        ASSERT_TRUE((*engine)->forward_backward(hb.mb, 1.0 / 64, true).ok());
+        ASSERT_TRUE((*engine)->step(3e-3).ok());
+        for (const StateSlice& slice : (*engine)->state_slices(/*owned_only=*/true)) {
+          const at::Tensor t = slice.data.to(at::kDouble).contiguous();
+          slices[overlap].emplace_back(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+        }
+      }
+      const std::string what = std::string(tie ? "tied" : "untied") + ", params " + params;
+      ASSERT_EQ(static_cast<int64_t>(runs[1].losses.size()), kSteps) << what;
+      EXPECT_EQ(runs[1].losses, runs[0].losses) << what;
+      EXPECT_EQ(runs[1].grad_norms, runs[0].grad_norms) << what;
+      EXPECT_EQ(runs[1].eval_loss, runs[0].eval_loss) << what;
+      EXPECT_EQ(max_relative_diff(runs[0].params, runs[1].params), 0.0) << what;
+      EXPECT_EQ(slices[1], slices[0]) << what;
+    }
+  }
+}
+
 TEST(CheckpointingPlan, PoliciesPickUnitsByName) {
   base::ModelConfig cfg = tiny_model(/*tie=*/false);
   cfg.num_layers = 5;
