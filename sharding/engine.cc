@@ -1,6 +1,9 @@
 #include "sharding/engine.h"
 
+#include <c10/core/Event.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
@@ -235,9 +238,7 @@ base::Status Engine::transition(Buffer& b, GatherState to) {
         nvme_params_->discard(b.param_record);
         b.gather = comm_.all_gather(b.upload, b.full);
       } else if (params_on_host()) {
-        // Pinned memory: the upload is queued on the current stream, which the gather follows.
-        b.upload = b.shard_param.to(options_.device, /*non_blocking=*/true);
-        b.gather = comm_.all_gather(b.upload, b.full);
+        RETURN_IF_ERROR(upload_and_gather(b));
       } else {
         b.gather = comm_.all_gather(b.shard_param, b.full);
       }
@@ -256,6 +257,27 @@ base::Status Engine::transition(Buffer& b, GatherState to) {
       break;
   }
   b.state = to;
+  return base::Status::Ok();
+}
+
+base::Status Engine::upload_and_gather(Buffer& b) {
+  if (!options_.device.is_cuda()) {
+    b.upload = b.shard_param.to(options_.device);
+    b.gather = comm_.all_gather(b.upload, b.full);
+    return base::Status::Ok();
+  }
+  // Pinned memory goes up on a stream of its own, so the copy overlaps the kernels queued on the
+  // compute stream. That stream first waits for the work queued so far, which may still read
+  // the memory just allocated for `full` (the caching allocator hands out blocks by the compute
+  // stream's order); the gather, issued with the upload stream current, follows the copy.
+  const c10::impl::VirtualGuardImpl impl(options_.device.type());
+  if (!upload_stream_) upload_stream_ = impl.getStreamFromGlobalPool(options_.device);
+  c10::Event queued(options_.device.type());
+  queued.record(impl.getStream(options_.device));
+  const c10::StreamGuard on_upload(*upload_stream_);
+  queued.block(*upload_stream_);
+  b.upload = b.shard_param.to(options_.device, /*non_blocking=*/true);
+  b.gather = comm_.all_gather(b.upload, b.full);
   return base::Status::Ok();
 }
 

@@ -14,9 +14,11 @@
 // is the same walk: a recomputed unit's forward runs under no-grad keeping only its input, and
 // backward re-runs it with grad enabled (after the stage-3 re-gather) just before its gradient.
 #include <ATen/ATen.h>
+#include <c10/core/Stream.h>
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -153,6 +155,8 @@ class Engine {
   base::Status init_stage3_buffer(Buffer& b, const at::Tensor& flat);
   // Stage 3: the one place where a buffer's full storage is allocated, gathered or released.
   base::Status transition(Buffer& b, GatherState to);
+  // offload.params = cpu: the shard's upload to the device and the all-gather that follows it.
+  base::Status upload_and_gather(Buffer& b);
   // Stage 3 (no-ops below): issue the gathers of unit u's buffers (tied owners' included), wait
   // for them, or release those not read by any unit in [keep_lo, keep_hi].
   base::Status prefetch(int unit);
@@ -232,6 +236,7 @@ class Engine {
   std::vector<std::unique_ptr<Work>> pending_;  // gradient reductions in flight
   std::shared_ptr<offload::HostAllocator> host_allocator_;  // offload tiers only
   std::unique_ptr<HostOptimizer> host_optimizer_;
+  std::optional<c10::Stream> upload_stream_;  // offload.params = cpu on a GPU: the uploads' stream
   std::unique_ptr<AsyncHostStep> host_run_;  // the overlapped host step in flight, or null
   std::vector<HostShard> host_shards_;       // its shards, alive until it has been waited for
   base::Status host_error_;                  // a failed overlapped step: every later call fails
