@@ -169,9 +169,11 @@ base::StatusOr<double> Trainer::evaluate() {
 base::Status Trainer::save_checkpoint(int64_t step, Progress& progress, TrainSummary& summary) {
   std::vector<checkpoint::SavedCheckpoint> committed;
   if (step >= 0) {
-    // Offloaded to NVMe, the state is paged in for the save (which copies or writes it at once).
+    // Offloaded to NVMe, the state is paged in for the save and dropped again once the save has
+    // written it or, when asynchronous, taken its own copy of it.
     RETURN_IF_ERROR(engine_->page_in_state());
     ASSIGN_OR_RETURN(committed, checkpointer_->start_save(*engine_, step));
+    if (cfg_.offload.optimizer == "nvme") checkpointer_->wait_for_snapshot();
     RETURN_IF_ERROR(engine_->page_out_state(/*write_back=*/false));
   } else {
     ASSIGN_OR_RETURN(std::optional<checkpoint::SavedCheckpoint> last, checkpointer_->finish_pending());
@@ -181,7 +183,8 @@ base::Status Trainer::save_checkpoint(int64_t step, Progress& progress, TrainSum
     summary.last_checkpoint = c.dir;
     if (!is_root()) continue;
     RETURN_IF_ERROR(metrics_->write(
-        {{"step", c.step}, {"event", "checkpoint"}, {"path", c.dir}, {"stall_s", c.stall_s}}));
+        {{"step", c.step}, {"event", "checkpoint"}, {"path", c.dir}, {"stall_s", c.stall_s},
+         {"commit_s", c.commit_s}}));
     char stall[48];
     std::snprintf(stall, sizeof(stall), " (training waited %.3f s)", c.stall_s);
     progress.message("checkpoint at step " + std::to_string(c.step) + ": " + c.dir + stall);
@@ -281,6 +284,9 @@ base::StatusOr<TrainSummary> Trainer::run() {
                                                             i + 1 == mbs.size()));
       local_ce += ce;
     }
+    // An asynchronous checkpoint copies the state during this step's forward and backward; the
+    // optimizer step changes it, so the copy must be done first.
+    checkpointer_->wait_for_snapshot();
     ASSIGN_OR_RETURN(sharding::StepResult result, engine_->step(lr));
     RETURN_IF_ERROR(profiler.after_step(step));
     ASSIGN_OR_RETURN(double comm_wait, engine_comm_->take_wait_seconds());

@@ -13,6 +13,10 @@
 #include <future>
 #include <map>
 
+#include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
 #include "base/fs.h"
 #include "runtime/checkpoint/checksum.h"
 #include "runtime/checkpoint/index.h"
@@ -81,17 +85,43 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Where the state is final for a save: an event on the device's current stream, behind the
+// optimizer step's kernels, for CUDA slices; none for host slices (their writes are done when
+// the training thread gets here).
+std::optional<c10::Event> mark_state_ready(const std::vector<sharding::StateSlice>& slices) {
+  for (const sharding::StateSlice& s : slices) {
+    if (!s.data.is_cuda()) continue;
+    const c10::Device device = s.data.device();
+    c10::Event ready(device.type());
+    ready.record(c10::impl::VirtualGuardImpl(device.type()).getStream(device));
+    return ready;
+  }
+  return std::nullopt;
+}
+
 // Host copies of the owned slices, so training can change the originals while they are written.
-// `buffers` keeps the copies' memory from one save to the next: allocating and faulting in fresh
-// pages costs about twice the copy itself.
+// Runs on the writer thread. `buffers` keeps the copies' memory from one save to the next:
+// allocating and faulting in fresh pages costs about twice the copy itself. CUDA slices are
+// copied on a pool stream that first waits for `ready`, so the copy overlaps the training
+// thread's kernels on the compute stream instead of queueing among them; this returns once the
+// bytes have landed.
 std::vector<sharding::StateSlice> snapshot(std::vector<sharding::StateSlice> slices,
-                                           std::vector<at::Tensor>& buffers) {
+                                           std::vector<at::Tensor>& buffers,
+                                           const std::optional<c10::Event>& ready) {
   bool reuse = buffers.size() == slices.size();
   for (size_t i = 0; reuse && i < slices.size(); ++i) {
     reuse = buffers[i].numel() == slices[i].data.numel() &&
             buffers[i].scalar_type() == slices[i].data.scalar_type();
   }
   if (!reuse) buffers.clear();
+  std::optional<c10::Stream> side;
+  std::optional<c10::StreamGuard> on_side;
+  if (ready) {
+    const c10::Device device(ready->device_type(), ready->device_index());
+    side = c10::impl::VirtualGuardImpl(device.type()).getStreamFromGlobalPool(device);
+    ready->block(*side);
+    on_side.emplace(*side);
+  }
   for (size_t i = 0; i < slices.size(); ++i) {
     sharding::StateSlice& s = slices[i];
     if (!reuse) {
@@ -100,9 +130,10 @@ std::vector<sharding::StateSlice> snapshot(std::vector<sharding::StateSlice> sli
       if (s.data.is_cuda()) opts = opts.pinned_memory(true);
       buffers.push_back(at::empty({s.data.numel()}, opts));
     }
-    buffers[i].copy_(s.data.reshape({-1}));
+    buffers[i].copy_(s.data.reshape({-1}), /*non_blocking=*/s.data.is_cuda());
     s.data = buffers[i];
   }
+  if (side) side->synchronize();
   return slices;
 }
 
@@ -113,10 +144,13 @@ Checkpointer::Checkpointer(CheckpointOptions options, sharding::Communicator& co
   if (const char* delay = std::getenv("DSTRAIN_TEST_CHECKPOINT_DELAY_MS")) {
     test_delay_ms_ = std::atoll(delay);
   }
+  if (const char* delay = std::getenv("DSTRAIN_TEST_SNAPSHOT_DELAY_MS")) {
+    test_snapshot_delay_ms_ = std::atoll(delay);
+  }
 }
 
 Checkpointer::~Checkpointer() {
-  if (writer_.joinable()) writer_.join();
+  if (writer_.joinable()) writer_.join();  // the copy too: the engine outlives this
   wait_for_pruning();
 }
 
@@ -296,7 +330,8 @@ base::StatusOr<std::vector<SavedCheckpoint>> Checkpointer::start_save(sharding::
   const auto t0 = std::chrono::steady_clock::now();
   if (!options_.config.async) {
     ASSIGN_OR_RETURN(std::string dir, save(engine, step));
-    committed.push_back({step, std::move(dir), seconds_since(t0)});
+    const double save_s = seconds_since(t0);
+    committed.push_back({step, std::move(dir), save_s, save_s});
     return committed;
   }
   ASSIGN_OR_RETURN(std::optional<SavedCheckpoint> previous, finish_pending());
@@ -306,37 +341,68 @@ base::StatusOr<std::vector<SavedCheckpoint>> Checkpointer::start_save(sharding::
   Pending p;
   p.step = step;
   p.scalars = engine.scalars();
-  std::vector<sharding::StateSlice> copy;
+  std::vector<sharding::StateSlice> slices;
+  std::optional<c10::Event> ready;
   try {
-    copy = snapshot(engine.state_slices(/*owned_only=*/true), host_copy_);
+    // Through the engine's API, which finishes any deferred write of its own first.
+    slices = engine.state_slices(/*owned_only=*/true);
+    ready = mark_state_ready(slices);
   } catch (const std::exception& e) {
-    p.status = torch_error(e, "copying state for checkpoint at step " + std::to_string(step));
+    p.status = torch_error(e, "reading state for checkpoint at step " + std::to_string(step));
   }
-  p.stall_s = seconds_since(t1);
   pending_ = std::move(p);
-  if (!pending_->status.ok()) return committed;  // reported by the agreement in finish_pending()
-  const std::string path =
-      root_ + "/" + step_dir_name(step) + ".tmp/" + rank_file_name(comm_.rank());
-  // The thread owns `copy`; it touches only files under step-N.tmp/, no collectives.
-  writer_ = std::thread([this, path, copy = std::move(copy)]() {
-    Pending& out = *pending_;
-    try {
-      out.status = write_rank_file(copy, path, out);
-    } catch (const std::exception& e) {
-      out.status = torch_error(e, "writing checkpoint " + path);
-    }
-  });
+  if (pending_->status.ok()) {
+    const std::string path =
+        root_ + "/" + step_dir_name(step) + ".tmp/" + rank_file_name(comm_.rank());
+    std::promise<void> copied;
+    snapshot_taken_ = copied.get_future();
+    // The thread owns `slices` (views of the engine's state until the copy replaces them) and
+    // host_copy_ until joined; it touches only files under step-N.tmp/, no collectives. It sets
+    // `copied` on every path, so wait_for_snapshot() cannot hang.
+    writer_ = std::thread([this, path, slices = std::move(slices), ready = std::move(ready),
+                           copied = std::move(copied)]() mutable {
+      Pending& out = *pending_;
+      std::vector<sharding::StateSlice> copy;
+      try {
+        if (test_snapshot_delay_ms_ > 0) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(test_snapshot_delay_ms_));
+        }
+        copy = snapshot(std::move(slices), host_copy_, ready);
+      } catch (const std::exception& e) {
+        out.status = torch_error(e, "copying state for checkpoint " + path);
+      }
+      slices.clear();
+      copied.set_value();
+      if (!out.status.ok()) return;  // reported by the agreement in finish_pending()
+      try {
+        out.status = write_rank_file(copy, path, out);
+      } catch (const std::exception& e) {
+        out.status = torch_error(e, "writing checkpoint " + path);
+      }
+    });
+  }
+  pending_->stall_s = seconds_since(t1);
   return committed;
 }
 
+void Checkpointer::wait_for_snapshot() {
+  if (!snapshot_taken_.valid()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  snapshot_taken_.wait();
+  snapshot_taken_ = {};
+  if (pending_) pending_->stall_s += seconds_since(t0);
+}
+
 base::StatusOr<std::optional<SavedCheckpoint>> Checkpointer::finish_pending() {
+  wait_for_snapshot();
   if (!pending_) return std::optional<SavedCheckpoint>();
   const auto t0 = std::chrono::steady_clock::now();
   if (writer_.joinable()) writer_.join();
   Pending p = std::move(*pending_);
   pending_.reset();
   ASSIGN_OR_RETURN(std::string dir, commit_all(p));
-  return std::optional<SavedCheckpoint>(SavedCheckpoint{p.step, std::move(dir), p.stall_s + seconds_since(t0)});
+  const double commit_s = seconds_since(t0);
+  return std::optional<SavedCheckpoint>(SavedCheckpoint{p.step, std::move(dir), p.stall_s + commit_s, commit_s});
 }
 
 base::StatusOr<std::vector<std::string>> Checkpointer::committed_dirs() {
@@ -432,6 +498,7 @@ ResumeAttempt Checkpointer::verify_whole_files(const std::string& dir, const Che
 }
 
 ResumeAttempt Checkpointer::attempt_load(sharding::Engine& engine, const std::string& dir, int64_t* step) {
+  wait_for_snapshot();  // the load writes the state a save in flight may still be copying
   const auto t0 = std::chrono::steady_clock::now();
   // Nothing is written into the engine until every rank has a sound index, a plan for it and
   // the files it needs open at their recorded sizes.

@@ -10,15 +10,21 @@
 // an unchanged world size each rank reads its own file. A corrupt checkpoint is therefore found
 // while it loads, and `--resume auto` falls back to the previous one from there.
 //
-// With checkpoint.async the save is split: start_save() copies every owned slice to host memory
-// (pinned on CUDA), hands the copy to a background thread that writes the rank file, and returns;
-// the collective half (agreement, index, rename, latest) runs on the main thread at the next
-// start_save() or finish_pending(), in the same order on every rank. The copy costs host memory
-// equal to the rank's owned state until the write ends.
+// With checkpoint.async the save is split: start_save() hands the owned slices to a background
+// thread and returns; that thread copies them to host memory (pinned on CUDA, on a stream of its
+// own), then writes the rank file from the copy. The state a save reads changes only at the next
+// optimizer step, so the copy overlaps the next forward and backward: whoever is about to change
+// the state first calls wait_for_snapshot() (the trainer before each optimizer step; load() and
+// finish_pending() do it themselves). The collective half (agreement, index, rename, latest)
+// runs on the main thread at the next start_save() or finish_pending(), in the same order on
+// every rank. The copy costs host memory equal to the rank's owned state until the write ends.
 //
 // Test-only: DSTRAIN_TEST_CHECKPOINT_DELAY_MS, when set, makes each rank sleep that long after
 // creating its rank file and before writing its data, so tests can act while step-N.tmp/ exists.
+// DSTRAIN_TEST_SNAPSHOT_DELAY_MS makes the background thread of an asynchronous save sleep that
+// long before it copies the state, so tests can check that nothing changes the state first.
 #include <cstdint>
+#include <future>
 #include <optional>
 #include <string>
 #include <thread>
@@ -46,11 +52,14 @@ struct CheckpointOptions {
   int64_t block_bytes = kDefaultBlockBytes;   // checksummed unit; a multiple of kDirectIoAlignment
 };
 
-// A committed checkpoint, and how long training waited for it on this rank.
+// A committed checkpoint, and how long training waited for it on this rank: stall_s in all, of
+// which commit_s at the commit (for an asynchronous save: waiting for the writer, the agreement,
+// the index; for a synchronous one, the whole save).
 struct SavedCheckpoint {
   int64_t step = 0;
   std::string dir;
   double stall_s = 0.0;
+  double commit_s = 0.0;
 };
 
 // The checkpoint a resume loaded.
@@ -74,7 +83,12 @@ class Checkpointer {
   base::StatusOr<std::string> save(sharding::Engine& engine, int64_t step);
   // The training loop's entry: with checkpoint.async, finishes the save in flight and starts this
   // one in the background; otherwise save(). Returns the checkpoints this call committed.
+  // The engine's state must not change until wait_for_snapshot() has returned.
   base::StatusOr<std::vector<SavedCheckpoint>> start_save(sharding::Engine& engine, int64_t step);
+  // Blocks until the save in flight holds its own copy of the state, so the caller may change
+  // it; returns at once when there is none. Local, not collective: a failed copy is reported by
+  // the commit, on every rank. The time waited counts in that save's stall_s.
+  void wait_for_snapshot();
   // Commits the background save in flight, if any; call at the end of training.
   base::StatusOr<std::optional<SavedCheckpoint>> finish_pending();
   // After a commit, rank 0 deletes the checkpoints beyond checkpoint.keep on a thread of its
@@ -138,10 +152,16 @@ class Checkpointer {
   CheckpointIo& io_;
   std::string root_ = options_.run_dir + "/checkpoints";
   int64_t test_delay_ms_ = 0;
-  // The background write and what it reports; `pending_` is read only after joining `writer_`.
+  int64_t test_snapshot_delay_ms_ = 0;
+  // The background copy and write, and what they report. The writer sets `pending_`'s status,
+  // size, crc and blocks, which are read only after joining it; stall_s is the main thread's.
   std::thread writer_;
   std::optional<Pending> pending_;
-  // The host copy an asynchronous save writes from, kept for the next one (see snapshot()).
+  // Ready once the writer holds its copy of the state (valid from start_save() until
+  // wait_for_snapshot()).
+  std::future<void> snapshot_taken_;
+  // The host copy an asynchronous save writes from, kept for the next one (see snapshot()); the
+  // writer's while it runs.
   std::vector<at::Tensor> host_copy_;
   // Deletes old complete checkpoints only (never step-N.tmp/, which a save may be writing);
   // `prune_status_` is read only after joining it.

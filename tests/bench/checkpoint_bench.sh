@@ -8,7 +8,8 @@
 # synchronously and once with checkpoint.async = true, then resumes from the last checkpoint (a
 # load and no training). Times come from metrics.jsonl: `stall_s` of the 2nd and 3rd checkpoint
 # events (steady state: the first async save also allocates its host copy, the last one waits for
-# its write at the end of training; both are printed too), and `load_s` of the resume event: the
+# its write at the end of training; both are printed too; `async_commit_s` is the part of the
+# steady-state stall spent at the commit), and `load_s` of the resume event: the
 # whole resume, which reads every block once with direct I/O and verifies it as it loads (the
 # log's "read and verified in X s" line is the read alone, with its direct-I/O share). An asynchronous
 # save hides its write only behind the training steps until the next save: on a GPU, where a step
@@ -142,6 +143,10 @@ def stall(run, step):
     return event(run, "checkpoint", step)["stall_s"]
 sync_s = (stall("sync", 2 * every) + stall("sync", 3 * every)) / 2
 async_s = (stall("async", 2 * every) + stall("async", 3 * every)) / 2
+# The part of the async stall spent at the commit (waiting for the writer, agreement, index); the
+# rest is the save's start and the wait for its copy of the state before the next optimizer step.
+async_commit_s = (event("async", "checkpoint", 2 * every)["commit_s"] +
+                  event("async", "checkpoint", 3 * every)["commit_s"]) / 2
 load_s = event("load", "resume", 4 * every)["load_s"]
 def fio_gbps(name, rw):
     job = json.load(open(f"{scratch}/{name}"))["jobs"][0][rw]
@@ -156,7 +161,7 @@ print(json.dumps({
     "device": device, "ranks": ranks, "checkpoint_every": every, "disk_tool": tool, "checkpoint_bytes": nbytes,
     "caches_dropped": dropped,
     "sync_save_s": round(sync_s, 3), "async_stall_s": round(async_s, 3),
-    "async_stall_over_sync": round(async_s / sync_s, 4),
+    "async_stall_over_sync": round(async_s / sync_s, 4), "async_commit_s": round(async_commit_s, 3),
     "async_first_save_stall_s": round(stall("async", every), 3),
     "async_last_save_stall_s": round(stall("async", 4 * every), 3),
     "save_GBps": round(save, 3), "fio_write_direct_fsync_GBps": round(fio_w, 3),

@@ -1,7 +1,8 @@
 // The checkpointer across ranks: a save at one stage loads bitwise into engines of every stage,
 // a write that fails on one rank (ENOSPC injected) fails on all and leaves the earlier checkpoint
 // and `latest` as they were, and retention keeps checkpoint.keep of them. An asynchronous save
-// holds the state of its step although training changes the engine before it is committed.
+// holds the state of its step although training changes the engine before it is committed, also
+// when its copy of the state is taken after start_save() has returned.
 // Loads verify what they read: a bad block found during a resharded load is named on every rank
 // with its byte range, and --resume auto falls back from there to the previous checkpoint; a
 // short file is caught before anything is loaded; version-1 checkpoints still load.
@@ -10,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -227,7 +230,9 @@ TEST_F(CheckpointerMpi, AsyncSaveHoldsItsStepAndCommitsAtTheNextCall) {
   auto first = ck.start_save(*engine, 4);
   ASSERT_TRUE(first.ok()) << first.status().to_string();
   EXPECT_TRUE(first->empty());
-  // Training goes on: the engine changes while the write is in flight.
+  // Training goes on: the engine changes while the write is in flight, once the copy is taken
+  // (the trainer waits for it before the optimizer step).
+  ck.wait_for_snapshot();
   for (sharding::StateSlice& s : engine->state_slices(true)) s.data.add_(1.0);
   engine->set_scalars({5.0, 1.0, 0});
   EXPECT_EQ(latest(), "") << "nothing is committed before the next call";
@@ -261,6 +266,53 @@ TEST_F(CheckpointerMpi, AsyncSaveHoldsItsStepAndCommitsAtTheNextCall) {
   MPI_Barrier(MPI_COMM_WORLD);
   EXPECT_EQ(latest(), "step-00000004");
   EXPECT_TRUE(verify_checkpoint(run_dir_ + "/checkpoints/step-00000004").ok());
+}
+
+// The copy of an asynchronous save runs after start_save() returns (held back here by the
+// test-only delay); wait_for_snapshot() blocks until it is taken and counts in stall_s. A state
+// change right after that wait, as the optimizer step makes, stays out of the checkpoint, which
+// loads to exactly the state a synchronous save of the same engine loads to.
+TEST_F(CheckpointerMpi, DeferredAsyncCopyHoldsTheStateOfItsStepAndCountsItsWait) {
+  constexpr double kDelayS = 0.3;
+  auto engine = make_engine(*comm_, 3, 1);
+  ASSERT_TRUE(engine);
+  fill_moments(*engine);
+  engine->set_scalars({4.0, 1.0, 0});
+  const auto expect = full_state(*engine, *comm_);
+  {
+    Checkpointer sync(options(3), *comm_, posix_);
+    ASSERT_TRUE(sync.save(*engine, 3).ok());
+  }
+  CheckpointOptions o = options(3);
+  o.config.async = true;
+  ASSERT_EQ(setenv("DSTRAIN_TEST_SNAPSHOT_DELAY_MS", "300", 1), 0);
+  Checkpointer ck(o, *comm_, posix_);
+  ASSERT_EQ(unsetenv("DSTRAIN_TEST_SNAPSHOT_DELAY_MS"), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto started = ck.start_save(*engine, 4);
+  const double start_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(started.ok()) << started.status().to_string();
+  EXPECT_LT(start_s, kDelayS) << "start_save() waited for the copy";
+  ck.wait_for_snapshot();
+  ck.wait_for_snapshot();  // a second wait is a no-op
+  for (sharding::StateSlice& s : engine->state_slices(true)) s.data.mul_(-3.0).add_(1.0);
+  engine->set_scalars({5.0, 1.0, 0});
+  auto done = ck.finish_pending();
+  ASSERT_TRUE(done.ok()) << done.status().to_string();
+  ASSERT_TRUE(done->has_value());
+  EXPECT_GE((*done)->stall_s, kDelayS * 0.9) << "the wait for the copy is part of the stall";
+  EXPECT_LE((*done)->commit_s, (*done)->stall_s);
+
+  auto loaded = make_engine(*comm_, 3, 99);
+  ASSERT_TRUE(loaded);
+  Checkpointer reader(options(3), *comm_, posix_);
+  for (int64_t step : {int64_t{3}, int64_t{4}}) {
+    auto got_step = reader.load(*loaded, ckpt(step));
+    ASSERT_TRUE(got_step.ok()) << got_step.status().to_string();
+    EXPECT_EQ(*got_step, step);
+    const auto got = full_state(*loaded, *comm_);
+    for (const auto& [key, t] : expect) EXPECT_TRUE(at::equal(got.at(key), t)) << step << " " << key;
+  }
 }
 
 TEST_F(CheckpointerMpi, RetentionKeepsTheNewest) {
