@@ -14,9 +14,17 @@ namespace {
 
 // Gradient reductions the engine leaves in flight during backward (Engine::kReductionsInFlight).
 constexpr size_t kReductionsInFlight = 4;
-// cuBLAS's workspace, which the CUDA caching allocator hands out on the first matmul (measured on
-// an H200 with torch 2.11: 32 MiB).
+// cuBLAS's workspace (ATen's CublasHandlePool.cpp, torch 2.11): 32 MiB on Hopper and Blackwell
+// (CUBLAS_WORKSPACE_CONFIG's default there), taken from the caching allocator at a handle's first
+// matmul and kept for the process. ATen keeps one per (cuBLAS handle, stream), cuBLASLt shares it,
+// and handles are per thread: the forward (and a checkpointed unit's recompute) runs its matmuls
+// on the calling thread, autograd runs every CUDA backward op on its own device thread, so a
+// training rank holds two.
 constexpr int64_t kCublasWorkspace = int64_t{32} << 20;
+constexpr int64_t kCublasThreads = 2;
+// The CUDA caching allocator rounds every request up to this (kMinBlockSize,
+// c10/cuda/CUDACachingAllocator.cpp).
+constexpr int64_t kCudaBlockRound = 512;
 // NVMe state files keep this many host slots per file (Engine::create_nvme_file).
 constexpr int64_t kNvmeSlots = 4;
 constexpr int64_t kNvmeAlign = 4096;
@@ -101,28 +109,39 @@ bool frozen_base_replicated(const base::UnitList& units, const base::Config& cfg
 
 // Parameters and optimizer state by tier (Engine::init_storage, init_stage3_buffer,
 // init_optimizer_state, create_nvme_state).
-void place_state(const Layouts& l, const base::Config& cfg, MemoryPlan& plan) {
+// `cuda`: device tensors are counted as the caching allocator's blocks (cuda_allocated_bytes).
+void place_state(const Layouts& l, const base::Config& cfg, bool cuda, MemoryPlan& plan) {
   const int64_t c = dtype_bytes(cfg.train.dtype);
+  auto on_device = [cuda](int64_t bytes) { return cuda ? cuda_allocated_bytes(bytes) : bytes; };
   const int64_t stage = cfg.zero.stage;
   const std::string& opt = cfg.offload.optimizer;
   const std::string& par = cfg.offload.params;
   double budget = cfg.offload.host_budget_gib * static_cast<double>(int64_t{1} << 30);
   int64_t max_owned = 0, max_nvme_record = 0, max_param_record = 0;
-  auto add_optimizer = [&](int64_t bytes) {
-    (opt == "none" ? plan.device.optimizer : plan.host.optimizer) += bytes;
+  // One fp32 optimizer tensor of `numel` elements (Engine::optimizer_tensor).
+  auto add_optimizer = [&](int64_t numel) {
+    if (opt == "none") {
+      plan.device.optimizer += on_device(4 * numel);
+    } else {
+      plan.host.optimizer += 4 * numel;
+    }
   };
   for (const BufferInfo& b : l.buffers) {
     if (b.gathers) {
       const int64_t bytes = b.shard * c;
-      (par == "none" ? plan.device.params : par == "cpu" ? plan.host.params : plan.nvme.params) += bytes;
+      if (par == "none") {
+        plan.device.params += on_device(bytes);
+      } else {
+        (par == "cpu" ? plan.host.params : plan.nvme.params) += bytes;
+      }
       if (par == "nvme") max_param_record = std::max(max_param_record, b.shard);
     } else {
-      plan.device.params += b.padded * c;
+      plan.device.params += on_device(b.padded * c);
     }
     plan.compute_params += (b.gathers ? b.shard : b.padded) * c;
     if (!b.trainable) continue;
     max_owned = std::max(max_owned, b.owned);
-    plan.device.gradients += (stage >= 2 ? b.shard : b.padded) * 4;
+    plan.device.gradients += on_device((stage >= 2 ? b.shard : b.padded) * 4);
     plan.optimizer_moments += 8 * b.owned;
     if (opt == "nvme") {  // master and moments together, host memory while the budget lasts
       const int64_t bytes = 12 * b.owned;
@@ -139,9 +158,10 @@ void place_state(const Layouts& l, const base::Config& cfg, MemoryPlan& plan) {
     // The fp32 master is the parameters themselves where both are fp32 on the same side.
     const bool alias = c == 4 && (b.gathers ? (opt != "none") == (par != "none") && par != "nvme"
                                             : opt == "none");
-    const int64_t master = alias ? 0 : 4 * b.owned;
-    plan.master_params += master;
-    add_optimizer(master + 8 * b.owned);
+    plan.master_params += alias ? 0 : 4 * b.owned;
+    if (!alias) add_optimizer(b.owned);  // the master
+    add_optimizer(b.owned);              // exp_avg
+    add_optimizer(b.owned);              // exp_avg_sq
   }
   if (opt != "none") {  // HostOptimizer: two slots of the largest shard
     plan.host.staging += 2 * max_owned * (4 + (c != 4 ? c : 0));
@@ -223,6 +243,7 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
   consider({kept_before[n - 1] + acts[n - 1].saved, 0, in_flight(n - 1 - depth, n - 1),
             acts[n - 1].forward_ws});
   std::deque<int64_t> pending;  // reductions in flight, newest last
+  int64_t last_reduced = 0;     // the reductions of the last unit that had any
   const int64_t grad_in = shape.dtype_bytes * shape.batch * shape.seq * shape.hidden;
   for (int u = n - 1; u >= 0; --u) {
     const bool head = u == n - 1;
@@ -234,6 +255,8 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
       if (stage >= 2) {
         micro_batch_grad += buf.padded * 4;
         reduce_in += buf.padded * wire + buf.shard * wire;
+      } else if (wire != 4) {
+        reduce_in += buf.padded * wire;  // the all-reduced copy of the fp32 gradient
       }
     }
     int64_t comm_bytes = 0;
@@ -252,14 +275,19 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
     // was built from, or beside the fp32 micro-batch gradient it is added to.
     const int64_t after = kept_before[u] + (head ? acts[u].saved : 0) + ends;
     consider({after, comm_bytes, params, grad_in + flat + std::max(flat, micro_batch_grad)});
-    // Stages 2 and 3: its reduce-scatters join those in flight before the walk trims them.
+    // Its reductions join those in flight: at stages 2 and 3 reduce-scatters, which the engine
+    // trims to its window once they are issued; at stages 0 and 1 with reduce_dtype = bf16 the
+    // copies all-reduced in place, which the engine keeps until the step (it drains reductions
+    // during backward only at stages 2 and 3). fp32 all-reduces use the gradients themselves.
     if (reduce_in > 0) consider({after, comm_bytes + reduce_in, params, grad_in + flat});
     if (reduce_in > 0) {
       for (int b : l.units[u].uses) {
         const BufferInfo& buf = l.buffers[b];
-        if (buf.trainable) pending.push_back(buf.padded * wire + buf.shard * wire);
+        if (!buf.trainable) continue;
+        pending.push_back(buf.padded * wire + (stage >= 2 ? buf.shard * wire : 0));
       }
-      while (pending.size() > kReductionsInFlight) pending.pop_front();
+      while (stage >= 2 && pending.size() > kReductionsInFlight) pending.pop_front();
+      last_reduced = reduce_in;
     }
   }
   plan.device.activations = best.activations;
@@ -267,19 +295,25 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
   plan.device.params_in_flight = best.params;
   plan.device.workspace = best.workspace;
 
-  // The optimizer step: the grad norm's fp64 squares of one shard, then at stages 1 and 2 every
-  // updated shard in the compute dtype waiting for its all-gather.
-  int64_t max_shard = 0, shards = 0;
+  // The optimizer step: the grad norm reduces each gradient in place (Engine::grad_norm_squared)
+  // and AdamW is fused and in place, so neither keeps a buffer-sized temporary; at stages 1 and 2
+  // every updated shard waits in the compute dtype for its all-gather. On CUDA the NCCL
+  // communicator keeps a collective's tensors until the host issues another collective after the
+  // device has finished it (NcclCommunicator::release_finished). During the backward each unit's
+  // reduce-scatter releases those done before it, so the engine's window is what stays; but the
+  // last unit's reductions, issued just before the step and not yet done on the device when the
+  // norm's all-reduce is issued, stay allocated through the norm and AdamW until the step's first
+  // all-gather (stages 1, 2) or the next forward's (stage 3).
+  int64_t shards = 0;
   for (const BufferInfo& b : l.buffers) {
-    if (!b.trainable) continue;
-    max_shard = std::max(max_shard, b.shard);
-    shards += b.shard * c;
+    if (b.trainable) shards += b.shard * c;
   }
-  const int64_t step_ws = std::max(16 * max_shard, (stage == 1 || stage == 2) ? shards : 0);
+  const int64_t held = shape.cuda ? last_reduced : 0;
+  const int64_t step_ws = std::max(held, (stage == 1 || stage == 2) ? shards : 0);
   plan.device.peak = plan.device.persistent + std::max(best.total(), step_ws);
   if (shape.cuda) {
-    plan.device.workspace += kCublasWorkspace;
-    plan.device.peak += kCublasWorkspace;
+    plan.device.workspace += kCublasThreads * kCublasWorkspace;
+    plan.device.peak += kCublasThreads * kCublasWorkspace;
   }
 }
 
@@ -326,6 +360,10 @@ base::Status count_comm(const Layouts& l, const base::Config& cfg, int ranks_per
 
 }  // namespace
 
+int64_t cuda_allocated_bytes(int64_t bytes) {
+  return bytes <= 0 ? 0 : align_up(bytes, kCudaBlockRound);
+}
+
 base::StatusOr<MemoryPlan> plan_memory(const base::UnitList& units, const base::Config& cfg,
                                        const PlanOptions& options) {
   if (options.world < 1) {
@@ -345,7 +383,7 @@ base::StatusOr<MemoryPlan> plan_memory(const base::UnitList& units, const base::
   const Layouts layouts = make_layouts(units, plan.shard_world, cfg.zero.stage, plan.replicate_frozen);
   plan.parameters = layouts.parameters;
   plan.trainable_parameters = layouts.trainable_parameters;
-  place_state(layouts, cfg, plan);
+  place_state(layouts, cfg, options.cuda, plan);
   const ActivationShape shape = activation_shape(cfg.model, cfg.train, cfg.lora, options.cuda);
   walk_micro_batch(units, layouts, cfg, recompute, shape, plan);
   RETURN_IF_ERROR(count_comm(layouts, cfg, ranks_per_node, plan));

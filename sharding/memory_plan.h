@@ -31,8 +31,8 @@ struct DeviceBytes {
   int64_t gradients = 0;         // fp32 accumulators
   int64_t optimizer = 0;         // fp32 master (unless it is the parameters) and AdamW moments
   int64_t activations = 0;       // kept for backward, one micro-batch, at their largest
-  int64_t comm_buffers = 0;      // reduce-scatter inputs and outputs in flight
-  int64_t workspace = 0;         // autograd's gradient temporaries, the loss chunk, the step's copies
+  int64_t comm_buffers = 0;      // gradient reductions in flight (their inputs and outputs)
+  int64_t workspace = 0;         // autograd's gradient temporaries, the loss chunk, cuBLAS
   int64_t persistent = 0;        // params + gradients + optimizer
   int64_t peak = 0;              // the most live at one time (at most the sum of the parts)
 };
@@ -75,6 +75,13 @@ struct MemoryPlan {
   int64_t activations_at_backward = 0;
   CommBytes comm;
 };
+
+// What the CUDA caching allocator (c10/cuda/CUDACachingAllocator.cpp) counts as allocated for
+// one tensor of `bytes`: its statistic counts blocks, and every request is rounded up to 512
+// bytes. (A large-pool block keeps up to 1 MiB more when the rest of the free block it is cut
+// from is too small to split off; whether it is depends on what the pool holds at that moment,
+// so the plan does not count it.)
+int64_t cuda_allocated_bytes(int64_t bytes);
 
 // `units`: the built model (LoRA applied). `cfg.model` must be the resolved architecture.
 base::StatusOr<MemoryPlan> plan_memory(const base::UnitList& units, const base::Config& cfg,

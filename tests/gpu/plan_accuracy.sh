@@ -3,9 +3,12 @@
 # peak the CUDA caching allocator reports (gpu_mem_peak_bytes in metrics.jsonl: max allocated
 # bytes, creation included), beside the plan's per-rank device peak for the same config. Run in
 # one device call after `bash .gpu-deps/device-build.sh` (../shared/gpu/README.md), from the
-# project root; about 3 minutes. Prints one JSON object per configuration, then a summary line:
+# project root; about 4 minutes. Prints one JSON object per configuration, then a summary line:
 #   {"name": ..., "predicted_bytes": P, "measured_bytes": M, "ratio": P / M}
-#   {"summary": true, "configs": N, "max_abs_error": max |ratio - 1|}
+#   {"summary": true, "configs": N, "within_10pct": K, "max_abs_error": max |ratio - 1|}
+# The ninth run repeats 1B stage 2 with full checkpointing under CUDA_LAUNCH_BLOCKING=1: the host
+# cannot run ahead of the device there, so the reductions the NCCL communicator holds are only the
+# engine's window, which is what the plan counts (docs/plan.md, "Not modelled").
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -22,7 +25,7 @@ measure() {  # measure NAME ARGS...: train one rank, plan the same config, print
   local name=$1; shift
   local dir=/tmp/plan-runs/$name
   rm -rf "$dir"
-  timeout 150 mpirun --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=8 -x LD_LIBRARY_PATH -np 1 \
+  timeout 150 mpirun --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=8 -x LD_LIBRARY_PATH ${MPI_EXTRA:-} -np 1 \
     $BIN "$@" --set run.dir="$dir" --set log.progress_bar=false --set checkpoint.enabled=false \
     > "$OUT/plan_$name.log" 2>&1
   local rc=$?
@@ -62,11 +65,15 @@ measure tiny_stage3_selective_mb2   $TINY --set zero.stage=3 --set train.micro_b
   --set train.activation_checkpointing=selective
 measure tiny_lora_stage1_full_mb4   $TINY --set zero.stage=1 --set train.micro_batch=4 \
   --set train.activation_checkpointing=full --set lora.enabled=true --set lora.targets=q,v
+MPI_EXTRA="-x CUDA_LAUNCH_BLOCKING=1" \
+measure 1b_stage2_full_mb2_launch_blocking $ONE_B --set zero.stage=2 --set train.micro_batch=2 \
+  --set train.global_batch=2 --set train.activation_checkpointing=full
 
 python3 - "$OUT/plan_accuracy.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 errs = [abs(r["ratio"] - 1) for r in rows if "ratio" in r]
 print(json.dumps({"summary": True, "configs": len(rows), "compared": len(errs),
+                  "within_10pct": sum(e <= 0.10 for e in errs),
                   "max_abs_error": round(max(errs), 4) if errs else None}))
 PY

@@ -13,6 +13,7 @@ namespace dstrain::sharding {
 namespace {
 
 constexpr int64_t kVocab = 1024, kHidden = 256, kInter = 704, kLayers = 4;
+constexpr int64_t kMiB = int64_t{1} << 20;
 
 // A unit with a schema and no forward: the plan reads names and schemas only.
 class SchemaUnit final : public base::Unit {
@@ -36,10 +37,10 @@ base::ParamSpec spec(std::string name, std::vector<int64_t> shape, bool decay = 
   return p;
 }
 
-base::UnitList llama_units() {
+base::UnitList llama_units(int layers = kLayers) {
   base::UnitList units;
   units.push_back(std::make_unique<SchemaUnit>("embed", std::vector<base::ParamSpec>{spec("embed", {kVocab, kHidden})}));
-  for (int i = 0; i < kLayers; ++i) {
+  for (int i = 0; i < layers; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     units.push_back(std::make_unique<SchemaUnit>(
         "layers." + std::to_string(i),
@@ -127,6 +128,86 @@ TEST(MemoryPlan, CheckpointingKeepsLessForBackward) {
   cfg.train.activation_checkpointing = "none";
   cfg.train.micro_batch = 2;
   EXPECT_LT(plan(cfg, 1).activations_at_backward, none) << "half the micro-batch";
+}
+
+TEST(MemoryPlan, CudaAllocatorRoundsEveryTensorTo512Bytes) {
+  EXPECT_EQ(cuda_allocated_bytes(0), 0);
+  EXPECT_EQ(cuda_allocated_bytes(1), 512);
+  EXPECT_EQ(cuda_allocated_bytes(512), 512);
+  EXPECT_EQ(cuda_allocated_bytes(513), 1024);
+  EXPECT_EQ(cuda_allocated_bytes(10 * kMiB + 1), 10 * kMiB + 512);
+  // Stage 3 over 8 ranks: a layer's no-decay buffer (two norms, 512 elements) leaves a shard of
+  // 64 elements, the head's (one norm) one of 32: a bf16 parameter shard and four fp32 tensors
+  // (gradient, master, two moments), each a 512-byte block on CUDA. Every other shard is a
+  // multiple of 512 bytes.
+  base::Config cfg = config();
+  cfg.zero.stage = 3;
+  PlanOptions cuda = cpu_options(8);
+  cuda.cuda = true;
+  auto on_gpu = plan_memory(llama_units(), cfg, cuda);
+  ASSERT_TRUE(on_gpu.ok());
+  const MemoryPlan on_cpu = plan(cfg, 8);
+  const int64_t layer = (512 - 2 * 64) + 4 * (512 - 4 * 64);
+  const int64_t head = (512 - 2 * 32) + 4 * (512 - 4 * 32);
+  EXPECT_EQ(on_gpu->device.persistent - on_cpu.device.persistent, kLayers * layer + head);
+}
+
+TEST(MemoryPlan, CudaCountsOneCublasWorkspacePerMatmulThread) {
+  // A micro-batch this small leaves the walk's own workspace far below one cuBLAS workspace.
+  base::Config cfg = config();
+  cfg.train.micro_batch = 1;
+  cfg.train.global_batch = 1;
+  cfg.train.seq_len = 8;
+  PlanOptions cuda = cpu_options();
+  cuda.cuda = true;
+  auto on_gpu = plan_memory(llama_units(), cfg, cuda);
+  ASSERT_TRUE(on_gpu.ok());
+  const MemoryPlan on_cpu = plan(cfg, 1);
+  ASSERT_LT(on_cpu.device.workspace, 4 * kMiB);
+  // The forward's thread and autograd's device thread: 32 MiB each.
+  EXPECT_GE(on_gpu->device.workspace, 2 * 32 * kMiB);
+  EXPECT_LT(on_gpu->device.workspace, 2 * 32 * kMiB + 4 * kMiB);
+}
+
+TEST(MemoryPlan, ReductionsInFlightAreBoundedByTheEnginesWindow) {
+  // Stage 2 with every layer recomputed: the reduce-scatters dominate the backward. The engine
+  // keeps kReductionsInFlight = 4 of them (two units' decay and no-decay buffers) besides the
+  // unit just reduced, however deep the model.
+  base::Config cfg = config();
+  cfg.zero.stage = 2;
+  cfg.train.activation_checkpointing = "full";
+  const PlanOptions o = cpu_options(2);
+  auto shallow = plan_memory(llama_units(4), cfg, o);
+  auto deep = plan_memory(llama_units(12), cfg, o);
+  ASSERT_TRUE(shallow.ok() && deep.ok());
+  EXPECT_GT(shallow->device.comm_buffers, 0);
+  EXPECT_EQ(deep->device.comm_buffers, shallow->device.comm_buffers);
+  // Input (padded) and output (shard) in fp32 per buffer: the head's and two layers' buffers at
+  // most, with 2 ranks.
+  const int64_t layer = 4 * kHidden * kHidden + 3 * kInter * kHidden + 2 * kHidden;
+  const int64_t head = kVocab * kHidden + kHidden;
+  EXPECT_LE(shallow->device.comm_buffers, (head + 2 * layer) * (4 + 2));
+}
+
+TEST(MemoryPlan, Bf16AllReducesAtStage0KeepEveryCopyUntilTheStep) {
+  // Stages 0 and 1 with reduce_dtype = bf16 all-reduce a bf16 copy of each fp32 gradient, and the
+  // engine drains none of them before the step: late in the backward most trainable buffers'
+  // copies are alive at once.
+  base::Config cfg = config();
+  cfg.zero.stage = 0;
+  cfg.train.micro_batch = 1;  // few activations: the copies make the peak
+  cfg.train.global_batch = 2;
+  cfg.train.seq_len = 8;
+  const MemoryPlan fp32_wire = plan(cfg, 2);
+  cfg.zero.reduce_dtype = "bf16";
+  const MemoryPlan bf16_wire = plan(cfg, 2);
+  EXPECT_EQ(fp32_wire.device.comm_buffers, 0);
+  const int64_t layer = 4 * kHidden * kHidden + 3 * kInter * kHidden + 2 * kHidden;
+  const int64_t head = kVocab * kHidden + kHidden;
+  const int64_t all = 2 * (kVocab * kHidden + kLayers * layer + head);
+  EXPECT_GT(bf16_wire.device.comm_buffers, all / 2);
+  EXPECT_LE(bf16_wire.device.comm_buffers, all);
+  EXPECT_GT(bf16_wire.device.peak, fp32_wire.device.peak);
 }
 
 TEST(FitAdvice, EverySuggestedChangeFitsWhenPlannedAgain) {
