@@ -9,6 +9,8 @@
 #                       torch.compile), 1 and 2 GPUs, with the share of dstrain's step spent waiting
 #                       on communication
 #   bench8b.jsonl       the Llama-3-8B shape on 2 GPUs, activation checkpointing on both sides
+#   perf_table.md       docs/performance.md's dstrain-vs-FSDP2 table from the two above
+#                       (tests/bench/perf_table.py)
 #   fault.jsonl         a rank stopped (SIGSTOP) or killed (SIGKILL) mid-training on 2 GPUs: how the
 #                       job ended (NCCL watchdog, run.collective_timeout_s = 20)
 # PARTS picks what runs (default: all): nccl kernels equality profile bench bench8b comm fault.
@@ -144,6 +146,12 @@ if has bench8b && [ "$ngpu" -ge 2 ]; then
   bench_summary $(( 6 * n8b + 12 * 32 * 4096 * 4096 )) \
     bench_dstrain8b_g2 bench8b_fsdp2_g2 > "$OUT/bench8b.jsonl"
   cat "$OUT/bench8b.jsonl"
+fi
+
+# The table of docs/performance.md, from bench.jsonl and bench8b.jsonl.
+if has bench || has bench8b; then
+  python3 tests/bench/perf_table.py "$OUT" "$(date -u +%F)" > "$OUT/perf_table.md"
+  cat "$OUT/perf_table.md"
 fi
 
 # Collectives on 2 GPUs: dstrain's NCCL communicator against torch.distributed (NCCL), fp32, the
