@@ -118,6 +118,7 @@ struct CheckpointConfig {
 struct LogConfig {
   int64_t every = 1;                // console progress line every N steps
   bool progress_bar = true;
+  std::string level = "info";       // info | debug (per-rank communication diagnostics)
 };
 
 struct Config {

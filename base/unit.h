@@ -36,6 +36,13 @@ struct StepContext {
   at::Tensor rope_sin;      // [B, T, head_dim]
   at::Tensor attn_mask;     // undefined: causal (+ sliding window) mask is implied;
                             // defined: boolean [B, 1, T, T], true = attend (packed documents)
+  // Packed documents again, for variable-length (flash) attention over the B * T slots laid end
+  // to end: document d is slots [cu_seqlens[d], cu_seqlens[d + 1]), int32 on the activations'
+  // device; max_seqlen is the longest. Defined for every packed batch; attention takes the
+  // variable-length path where it serves (CUDA, bf16/fp16) and the mask elsewhere, so attn_mask
+  // may be left undefined only where the variable-length path serves.
+  at::Tensor cu_seqlens;
+  int64_t max_seqlen = 0;
   // Randomness (LoRA dropout) is keyed per sample, never per rank, so any world size and any
   // recomputation replays it: sample_keys [B] int64 on the CPU, one key per row, derived from the
   // run seed and the row's global sample index. Undefined, or training false: no dropout.

@@ -25,31 +25,43 @@ base::Status run_train(const Command& cmd, World& world) {
     }
   }
   ASSIGN_OR_RETURN(at::Device device, select_device(cfg.run.device, world));
+  std::shared_ptr<sharding::CommTrace> trace;
+  if (cfg.log.level == "debug") {
+    ASSIGN_OR_RETURN(trace, sharding::CommTrace::open(cfg.run.dir + "/comm/rank" +
+                                                      std::to_string(world.rank()) + ".log"));
+  }
   // Hybrid sharding: split before any communication thread exists (MPI_THREAD_SERIALIZED).
   std::unique_ptr<Topology> topology;
   if (cfg.zero.shard_group == "node") {
     ASSIGN_OR_RETURN(topology, Topology::create(world.comm()));
     if (world.rank() == 0) std::printf("topology: %s\n", topology->describe().c_str());
   }
-  ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm(),
-                                                                  cfg.run.collective_timeout_s));
+  // log.level = "debug": every communicator of this rank writes to one diagnostics file.
+  auto options = [&](std::string group) {
+    sharding::CommOptions o;
+    o.timeout_s = cfg.run.collective_timeout_s;
+    o.trace = trace;
+    o.group = std::move(group);
+    return o;
+  };
+  ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm(), options("world")));
   // On GPUs the engine's collectives run over NCCL; host-side reductions stay on MPI.
   std::unique_ptr<sharding::Communicator> nccl;
   if (device.is_cuda() && !topology) {
     ASSIGN_OR_RETURN(nccl, sharding::make_nccl_communicator(world.comm(), device.index(),
-                                                                cfg.run.collective_timeout_s));
+                                                            options("world")));
   }
   // zero.shard_group = "node": the engine shards over the node and all-reduces across nodes. On
   // the CPU both groups run on the host communicator's thread (one thread inside MPI).
   std::unique_ptr<sharding::Communicator> node_comm, replicas;
   if (topology && device.is_cuda()) {
     ASSIGN_OR_RETURN(node_comm, sharding::make_nccl_communicator(topology->intra_node(), device.index(),
-                                                                      cfg.run.collective_timeout_s));
+                                                                      options("node")));
     ASSIGN_OR_RETURN(replicas, sharding::make_nccl_communicator(topology->inter_node(), device.index(),
-                                                                     cfg.run.collective_timeout_s));
+                                                                     options("replicas")));
   } else if (topology) {
-    ASSIGN_OR_RETURN(node_comm, comm->create_sharing_thread(topology->intra_node()));
-    ASSIGN_OR_RETURN(replicas, comm->create_sharing_thread(topology->inter_node()));
+    ASSIGN_OR_RETURN(node_comm, comm->create_sharing_thread(topology->intra_node(), "node"));
+    ASSIGN_OR_RETURN(replicas, comm->create_sharing_thread(topology->inter_node(), "replicas"));
   }
   if (device.is_cuda() && world.rank() == 0) {
     ASSIGN_OR_RETURN(std::string version, sharding::nccl_version_string());

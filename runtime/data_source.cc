@@ -83,7 +83,7 @@ at::Tensor packed_attention_mask(const at::Tensor& segments) {
   return at::logical_and(same, causal).unsqueeze(1);
 }
 
-BatchTensors to_tensors(const Batch& batch, at::Device device) {
+BatchTensors to_tensors(const Batch& batch, at::Device device, bool dense_mask) {
   const auto i64 = at::TensorOptions().dtype(at::kLong);
   BatchTensors t;
   t.input_ids = at::from_blob(const_cast<int64_t*>(batch.input_ids.data()),
@@ -93,9 +93,16 @@ BatchTensors to_tensors(const Batch& batch, at::Device device) {
   if (batch.packed()) {
     t.position_ids = at::from_blob(const_cast<int64_t*>(batch.position_ids.data()),
                                    {batch.rows, batch.seq_len}, i64).to(device, false, true);
-    const at::Tensor segments = at::from_blob(const_cast<int64_t*>(batch.segment_ids.data()),
-                                              {batch.rows, batch.seq_len}, i64).to(device, false, true);
-    t.attn_mask = packed_attention_mask(segments);
+    if (dense_mask) {
+      const at::Tensor segments =
+          at::from_blob(const_cast<int64_t*>(batch.segment_ids.data()), {batch.rows, batch.seq_len},
+                        i64).to(device, false, true);
+      t.attn_mask = packed_attention_mask(segments);
+    }
+    const DocumentBoundaries docs =
+        document_boundaries(batch.segment_ids, batch.rows, batch.seq_len);
+    t.cu_seqlens = at::tensor(docs.cu_seqlens, at::kInt).to(device);
+    t.max_seqlen = docs.max_seqlen;
   } else {
     t.position_ids = at::arange(batch.seq_len, i64.device(device)).unsqueeze(0).expand({batch.rows, batch.seq_len});
   }

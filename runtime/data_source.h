@@ -27,13 +27,19 @@ struct BatchTensors {
   at::Tensor input_ids;
   at::Tensor target_ids;
   at::Tensor position_ids;
-  at::Tensor attn_mask;  // packed batches only: block-diagonal causal [B, 1, T, T] bool
+  at::Tensor attn_mask;  // packed batches with dense_mask: block-diagonal causal [B, 1, T, T] bool
+  // Packed batches only: the same documents as variable-length attention's boundaries over the
+  // B * T flattened slots (int32 [num_docs + 1] on `device`) and the longest one.
+  at::Tensor cu_seqlens;
+  int64_t max_seqlen = 0;
   int64_t num_targets = 0;
 };
 
 // For packed batches: `segments` [B, T] int64 -> [B, 1, T, T] bool, true where query slot i may
 // attend key slot j (same segment, j <= i).
 at::Tensor packed_attention_mask(const at::Tensor& segments);
-BatchTensors to_tensors(const Batch& batch, at::Device device);
+// `dense_mask` false leaves attn_mask undefined for packed batches (the boundaries alone serve
+// variable-length attention; see varlen_attention_serves).
+BatchTensors to_tensors(const Batch& batch, at::Device device, bool dense_mask = true);
 
 }  // namespace dstrain::runtime

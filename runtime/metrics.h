@@ -25,6 +25,10 @@ class MetricsWriter {
 
   // The line, then its scalars; both flushed before returning.
   base::Status write(const nlohmann::json& line);
+  // A resumed run's first logged step: TensorBoard's restart record, so that the steps the
+  // interrupted run logged past its checkpoint are dropped (EventFileWriter::write_session_start).
+  // metrics.jsonl keeps every line; its "resume" event line marks the same point.
+  base::Status mark_restart(int64_t first_step) { return events_->write_session_start(first_step); }
   const std::string& path() const { return path_; }
 
  private:

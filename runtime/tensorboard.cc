@@ -27,6 +27,9 @@ constexpr uint32_t kEventWallTime = 1;
 constexpr uint32_t kEventStep = 2;
 constexpr uint32_t kEventFileVersion = 3;
 constexpr uint32_t kEventSummary = 5;
+constexpr uint32_t kEventSessionLog = 7;
+constexpr uint32_t kSessionLogStatus = 1;
+constexpr uint64_t kSessionLogStart = 1;  // SessionLog.SessionStatus.START
 constexpr uint32_t kSummaryValue = 1;
 constexpr uint32_t kValueTag = 1;
 constexpr uint32_t kValueSimpleValue = 2;
@@ -136,6 +139,15 @@ std::string encode_scalars_event(double wall_time, int64_t step, const std::vect
   return out;
 }
 
+std::string encode_session_start_event(double wall_time, int64_t step) {
+  std::string session_log;
+  put_key(session_log, kSessionLogStatus, kVarint);
+  put_varint(session_log, kSessionLogStart);
+  std::string out = event_header(wall_time, step);
+  put_bytes(out, kEventSessionLog, session_log);
+  return out;
+}
+
 base::StatusOr<std::unique_ptr<EventFileWriter>> EventFileWriter::open(const std::string& dir) {
   RETURN_IF_ERROR(base::make_dirs(dir));
   char host[256] = {};
@@ -157,6 +169,10 @@ EventFileWriter::~EventFileWriter() { std::fclose(file_); }
 
 base::Status EventFileWriter::write_scalars(int64_t step, const std::vector<Scalar>& scalars) {
   return write_record(encode_scalars_event(now_seconds(), step, scalars));
+}
+
+base::Status EventFileWriter::write_session_start(int64_t first_step) {
+  return write_record(encode_session_start_event(now_seconds(), first_step));
 }
 
 base::Status EventFileWriter::write_record(std::string_view payload) {

@@ -16,6 +16,7 @@
 #include "runtime/model/llama.h"
 #include "runtime/model/lora.h"
 #include "runtime/model/rope.h"
+#include "runtime/model/varlen_attention.h"
 #include "runtime/progress.h"
 #include "runtime/step_profiler.h"
 
@@ -133,13 +134,18 @@ base::StatusOr<sharding::MicroBatch> Trainer::micro_batch(const Dataset& ds,
                                                           const std::vector<int64_t>* global_indices,
                                                           int64_t* num_targets) const {
   ASSIGN_OR_RETURN(Batch batch, ds.batch(ids));
-  BatchTensors t = to_tensors(batch, device_);
+  // Packed batches: no dense mask where variable-length attention serves every layer.
+  BatchTensors t = to_tensors(batch, device_,
+                              !varlen_attention_serves(device_, compute_dtype_,
+                                                       cfg_.model.resolved_head_dim()));
   *num_targets = t.num_targets;
   sharding::MicroBatch mb;
   mb.input_ids = t.input_ids;
   mb.target_ids = t.target_ids;
   mb.ctx = make_step_context(cfg_.model, t.position_ids, compute_dtype_);
   mb.ctx.attn_mask = t.attn_mask;  // packed batches; undefined (plain causal) otherwise
+  mb.ctx.cu_seqlens = t.cu_seqlens;
+  mb.ctx.max_seqlen = t.max_seqlen;
   if (global_indices != nullptr) {
     std::vector<int64_t> keys;
     for (int64_t g : *global_indices) keys.push_back(sample_key(cfg_.run.seed, g));
@@ -231,6 +237,7 @@ base::StatusOr<TrainSummary> Trainer::run() {
     if (is_root()) {
       RETURN_IF_ERROR(metrics_->write({{"step", summary.start_step}, {"event", "resume"},
                                        {"path", *resume_dir}, {"load_s", load_s}}));
+      RETURN_IF_ERROR(metrics_->mark_restart(summary.start_step + 1));
     }
   } else if (!cfg_.model.hf_dir.empty()) {
     // A fresh run from a Hugging Face checkpoint: each rank reads only the ranges it keeps.
@@ -290,6 +297,8 @@ base::StatusOr<TrainSummary> Trainer::run() {
     ASSIGN_OR_RETURN(sharding::StepResult result, engine_->step(lr));
     RETURN_IF_ERROR(profiler.after_step(step));
     ASSIGN_OR_RETURN(double comm_wait, engine_comm_->take_wait_seconds());
+    // log.level = "debug": the summary line of everything issued since the last one.
+    RETURN_IF_ERROR(engine_comm_->end_step(step + 1));
     ASSIGN_OR_RETURN(std::vector<double> ce_total, sum_over_ranks(comm_, {local_ce}));
     // Peaks over all ranks in one collective: host RSS, device memory, unhidden communication,
     // and whether any rank was asked to stop (riding along, so agreeing costs no extra latency).

@@ -20,6 +20,10 @@ class Work {
  public:
   virtual ~Work() = default;
   virtual base::Status wait() = 0;
+  // Blocks the calling thread until the device has finished the operation, without completing
+  // it (wait() still must be called). Where wait() blocks the thread anyway (MPI) there is no
+  // device to wait for, and this returns at once.
+  virtual base::Status synchronize_device() { return base::Status::Ok(); }
 };
 
 class Communicator {
@@ -41,6 +45,11 @@ class Communicator {
   // (NCCL, timed with CUDA events; the call blocks until those waits are over). What
   // communication failed to hide behind compute.
   virtual base::StatusOr<double> take_wait_seconds() = 0;
+  // End of training step `step` (1-based) for the communication diagnostics (log.level =
+  // "debug", sharding/comm_trace.h): writes the step's summary line. Communicators sharing one
+  // trace share its summary, so one call per step on any of them covers all. Ok and nothing
+  // written when the communicator has no trace.
+  virtual base::Status end_step(int64_t step) = 0;
 };
 
 // Blocking convenience: issue and wait.

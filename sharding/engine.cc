@@ -45,6 +45,7 @@ struct PendingReduction final : Work {
     if (st.ok() && done) done();
     return st;
   }
+  base::Status synchronize_device() override { return work->synchronize_device(); }
 };
 
 }  // namespace
@@ -534,6 +535,20 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
       // The saved graph reads the parameters again: re-gather them, earlier units ahead.
       for (; issued > std::max(u - depth, 0); --issued) RETURN_IF_ERROR(prefetch(issued - 1));
       RETURN_IF_ERROR(gather(u));
+      // Under NCCL a wait() never blocks the host, so without this the host runs ahead of the
+      // device and the communicator keeps every reduce-scatter the device has not finished.
+      // Before this unit's reductions push the oldest out of the window, wait for the device to
+      // finish those: this unit's first reduce-scatter then releases them, and the window bounds
+      // the memory. The device still has the next unit's backward queued.
+      if (options_.zero.stage >= 2) {
+        size_t incoming = 0;
+        for (const Buffer& b : state_[u]->buffers) incoming += b.present() && b.trainable ? 1 : 0;
+        const size_t leaving = std::min(pending_.size(),
+                                        pending_.size() + incoming > kReductionsInFlight
+                                            ? pending_.size() + incoming - kReductionsInFlight
+                                            : size_t{0});
+        for (size_t i = 0; i < leaving; ++i) RETURN_IF_ERROR(pending_[i]->synchronize_device());
+      }
       at::Tensor grad_in;
       RETURN_IF_ERROR(backward_unit(u, runs, grad, mb.ctx, &grad_in, reduce_now));
       // Fold in the reductions of earlier units as backward goes on, so each unit's gradient

@@ -76,7 +76,19 @@ struct Task {
   std::string what;  // "rank R: op #N (detail)", for error messages
   std::function<base::Status()> fn;
   std::promise<base::Status> done;
+  // Diagnostics, only with a trace (the group is copied: the thread may outlive its issuer).
+  std::shared_ptr<CommTrace> trace;
+  CommOp op = CommOp::kBarrier;
+  uint64_t seq = 0;
+  int64_t bytes = 0;
+  std::string group;
+  std::chrono::steady_clock::time_point issued;
 };
+
+double ms_between(std::chrono::steady_clock::time_point a,
+                  std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
 }  // namespace
 
 struct MpiCommShared {
@@ -103,13 +115,17 @@ std::string seconds_text(double s) {
 
 class FutureWork final : public Work {
  public:
-  FutureWork(std::future<base::Status> f, std::string what, std::shared_ptr<MpiCommShared> shared)
-      : f_(std::move(f)), what_(std::move(what)), shared_(std::move(shared)) {}
+  FutureWork(std::future<base::Status> f, std::string what, std::shared_ptr<MpiCommShared> shared,
+             CommOp op, std::shared_ptr<CommTrace> trace)
+      : f_(std::move(f)), what_(std::move(what)), shared_(std::move(shared)), op_(op),
+        trace_(std::move(trace)) {}
   base::Status wait() override {
     const auto start = std::chrono::steady_clock::now();
     base::Status st = wait_bounded();
-    shared_->waited_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              std::chrono::steady_clock::now() - start).count();
+    const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - start).count();
+    shared_->waited_ns += ns;
+    if (trace_) trace_->add_wait(op_, static_cast<double>(ns) * 1e-9);
     return st;
   }
 
@@ -139,6 +155,8 @@ class FutureWork final : public Work {
   std::future<base::Status> f_;
   std::string what_;
   std::shared_ptr<MpiCommShared> shared_;
+  CommOp op_;
+  std::shared_ptr<CommTrace> trace_;  // null: no diagnostics
 };
 
 // LibTorch reports errors by throwing; on this thread an escaping exception would terminate the
@@ -168,9 +186,16 @@ void run_queue(std::shared_ptr<MpiCommShared> shared) {
       s.queue.pop_front();
       s.in_flight = task->what;
     }
+    const auto started = std::chrono::steady_clock::now();
     base::Status st = s.timed_out ? base::Status::Distributed(
                                         "abandoned after an earlier collective timed out")
                                   : run_guarded(task->fn);
+    if (task->trace) {
+      task->trace->record({task->op, task->group, "mpi", task->seq, task->bytes},
+                          {{"queue_ms", ms_between(task->issued, started)},
+                           {"run_ms", ms_between(started, std::chrono::steady_clock::now())}},
+                          st.ok());
+    }
     task->done.set_value(st.ok() ? st : st.with_context(task->what));
   }
 }
@@ -208,13 +233,23 @@ std::string describe(const at::Tensor& t) {
   return std::to_string(t.numel()) + " x " + c10::toString(t.scalar_type());
 }
 
+// Undefined tensors are reported by the task; here they count as empty.
+int64_t nbytes(const at::Tensor& t) { return t.defined() ? static_cast<int64_t>(t.nbytes()) : 0; }
+
 }  // namespace
 
 base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Comm comm,
                                                                           double timeout_s) {
-  if (!(timeout_s >= 0)) {
+  CommOptions options;
+  options.timeout_s = timeout_s;
+  return create(comm, std::move(options));
+}
+
+base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Comm comm,
+                                                                          CommOptions options) {
+  if (!(options.timeout_s >= 0)) {
     return base::Status::InvalidArgument("MPI communicator: timeout must be >= 0 seconds, got " +
-                                         seconds_text(timeout_s));
+                                         seconds_text(options.timeout_s));
   }
   int provided = 0;
   RETURN_IF_ERROR(MPI_CHECK(MPI_Query_thread(&provided)));
@@ -222,27 +257,32 @@ base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Com
     return base::Status::Internal("MPI communicator needs MPI_THREAD_SERIALIZED or better");
   }
   ASSIGN_OR_RETURN(MPI_Comm dup, duplicate(comm));
-  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup, timeout_s, nullptr));
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup, std::move(options), nullptr));
 }
 
 base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create_sharing_thread(
-    MPI_Comm comm) const {
+    MPI_Comm comm, std::string group) const {
   MPI_Comm dup = MPI_COMM_NULL;
   RETURN_IF_ERROR(run_on_queue(*shared_, "duplicating a communicator", [comm, &dup]() {
     ASSIGN_OR_RETURN(dup, duplicate(comm));
     return base::Status::Ok();
   }));
-  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup, shared_->timeout_s, shared_));
+  CommOptions options;
+  options.timeout_s = shared_->timeout_s;
+  options.trace = trace_;
+  options.group = std::move(group);
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup, std::move(options), shared_));
 }
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm, double timeout_s,
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, CommOptions options,
                                  std::shared_ptr<MpiCommShared> shared)
-    : comm_(comm), shared_(std::move(shared)) {
+    : comm_(comm), trace_(std::move(options.trace)), group_(std::move(options.group)),
+      shared_(std::move(shared)) {
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
   if (!shared_) {
     shared_ = std::make_shared<MpiCommShared>();
-    shared_->timeout_s = timeout_s;
+    shared_->timeout_s = options.timeout_s;
     thread_ = std::thread(run_queue, shared_);
   }
 }
@@ -272,24 +312,35 @@ MpiCommunicator::~MpiCommunicator() {
   MPI_Comm_free(&comm_);
 }
 
-std::unique_ptr<Work> MpiCommunicator::enqueue(const char* op, const std::string& detail,
+std::unique_ptr<Work> MpiCommunicator::enqueue(CommOp op, int64_t bytes, const std::string& detail,
                                                std::function<base::Status()> fn) {
   auto task = std::make_shared<Task>();
   std::future<base::Status> f = task->done.get_future();
-  task->what = "rank " + std::to_string(rank_) + ": " + op + " #" + std::to_string(sequence_++) +
-               (detail.empty() ? "" : " (" + detail + ")");
+  const uint64_t seq = sequence_++;
+  task->what = "rank " + std::to_string(rank_) + ": " + comm_op_name(op) + " #" +
+               std::to_string(seq) + (detail.empty() ? "" : " (" + detail + ")");
   task->fn = std::move(fn);
+  if (trace_) {
+    trace_->count(op, bytes);
+    task->trace = trace_;
+    task->op = op;
+    task->seq = seq;
+    task->bytes = bytes;
+    task->group = group_;
+    task->issued = std::chrono::steady_clock::now();
+  }
   std::string name = task->what;
   {
     std::lock_guard<std::mutex> lock(shared_->mu);
     shared_->queue.push_back(std::move(task));
   }
   shared_->cv.notify_one();
-  return std::make_unique<FutureWork>(std::move(f), std::move(name), shared_);
+  return std::make_unique<FutureWork>(std::move(f), std::move(name), shared_, op, trace_);
 }
 
 std::unique_ptr<Work> MpiCommunicator::all_reduce(at::Tensor t, ReduceOp op) {
-  return enqueue("all_reduce", describe(t), [comm = comm_, t, op]() -> base::Status {
+  return enqueue(CommOp::kAllReduce, nbytes(t), describe(t),
+                 [comm = comm_, t, op]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(t, "all_reduce"));
     ASSIGN_OR_RETURN(const int count, mpi_count(t.numel(), "all_reduce"));
     Staged s = stage(t);
@@ -302,7 +353,7 @@ std::unique_ptr<Work> MpiCommunicator::all_reduce(at::Tensor t, ReduceOp op) {
 }
 
 std::unique_ptr<Work> MpiCommunicator::all_gather(at::Tensor shard, at::Tensor full) {
-  return enqueue("all_gather", describe(full),
+  return enqueue(CommOp::kAllGather, nbytes(full), describe(full),
                  [comm = comm_, size = size_, shard, full]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(shard, "all_gather"));
     RETURN_IF_ERROR(check_cpu_contiguous(full, "all_gather"));
@@ -320,7 +371,7 @@ std::unique_ptr<Work> MpiCommunicator::all_gather(at::Tensor shard, at::Tensor f
 
 std::unique_ptr<Work> MpiCommunicator::reduce_scatter(at::Tensor full, at::Tensor shard,
                                                       ReduceOp op) {
-  return enqueue("reduce_scatter", describe(full),
+  return enqueue(CommOp::kReduceScatter, nbytes(full), describe(full),
                  [comm = comm_, size = size_, full, shard, op]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(full, "reduce_scatter"));
     RETURN_IF_ERROR(check_cpu_contiguous(shard, "reduce_scatter"));
@@ -339,7 +390,8 @@ std::unique_ptr<Work> MpiCommunicator::reduce_scatter(at::Tensor full, at::Tenso
 }
 
 std::unique_ptr<Work> MpiCommunicator::broadcast(at::Tensor t, int root) {
-  return enqueue("broadcast", describe(t), [comm = comm_, t, root]() -> base::Status {
+  return enqueue(CommOp::kBroadcast, nbytes(t), describe(t),
+                 [comm = comm_, t, root]() -> base::Status {
     RETURN_IF_ERROR(check_cpu_contiguous(t, "broadcast"));
     ASSIGN_OR_RETURN(const int bytes,
                      mpi_count(t.numel() * t.element_size(), "broadcast (bytes)"));
@@ -349,11 +401,17 @@ std::unique_ptr<Work> MpiCommunicator::broadcast(at::Tensor t, int root) {
 }
 
 base::Status MpiCommunicator::barrier() {
-  return enqueue("barrier", "", [comm = comm_]() { return MPI_CHECK(MPI_Barrier(comm)); })->wait();
+  return enqueue(CommOp::kBarrier, 0, "", [comm = comm_]() {
+           return MPI_CHECK(MPI_Barrier(comm));
+         })->wait();
 }
 
 base::StatusOr<double> MpiCommunicator::take_wait_seconds() {
   return static_cast<double>(shared_->waited_ns.exchange(0)) * 1e-9;
+}
+
+base::Status MpiCommunicator::end_step(int64_t step) {
+  return trace_ ? trace_->end_step(step) : base::Status::Ok();
 }
 
 }  // namespace dstrain::sharding

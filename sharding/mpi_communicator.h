@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "sharding/comm_trace.h"
 #include "sharding/communicator.h"
 
 namespace dstrain::sharding {
@@ -27,11 +28,17 @@ class MpiCommunicator final : public Communicator {
   // dead peer never completes the collective, and MPI itself cannot be interrupted.
   static base::StatusOr<std::unique_ptr<MpiCommunicator>> create(MPI_Comm comm,
                                                                   double timeout_s = 0);
+  // The same with diagnostics: a non-null options.trace gets a line per collective (lane "mpi",
+  // group options.group) and the wait time per kind (sharding/comm_trace.h).
+  static base::StatusOr<std::unique_ptr<MpiCommunicator>> create(MPI_Comm comm,
+                                                                  CommOptions options);
   // A communicator over `comm` (a sub-group of the node or of the replicas, for hybrid sharding)
   // whose collectives run on this one's thread, in one issue order with this one's: under
   // MPI_THREAD_SERIALIZED only one thread may be inside MPI, and one queue also keeps the
   // collectives of several groups in the same order on every rank. Must be destroyed before this.
-  base::StatusOr<std::unique_ptr<MpiCommunicator>> create_sharing_thread(MPI_Comm comm) const;
+  // It shares this one's trace; `group` names it on the trace's lines.
+  base::StatusOr<std::unique_ptr<MpiCommunicator>> create_sharing_thread(
+      MPI_Comm comm, std::string group = "sub") const;
   // After a timed-out wait the communication thread is stuck inside MPI; it is detached rather
   // than joined and the duplicate is leaked, so the caller can go on to MPI_Abort.
   ~MpiCommunicator() override;
@@ -46,18 +53,22 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<Work> broadcast(at::Tensor t, int root) override;
   base::Status barrier() override;
   base::StatusOr<double> take_wait_seconds() override;
+  base::Status end_step(int64_t step) override;
 
  private:
   // `shared` null: a new queue and thread of its own; else the queue of the thread's owner.
-  MpiCommunicator(MPI_Comm comm, double timeout_s, std::shared_ptr<MpiCommShared> shared);
-  // `op` and `detail` (sizes, may be empty) name the collective in error messages.
-  std::unique_ptr<Work> enqueue(const char* op, const std::string& detail,
+  MpiCommunicator(MPI_Comm comm, CommOptions options, std::shared_ptr<MpiCommShared> shared);
+  // `op` and `detail` (sizes, may be empty) name the collective in error messages; `bytes` (its
+  // full buffer) is for the trace.
+  std::unique_ptr<Work> enqueue(CommOp op, int64_t bytes, const std::string& detail,
                                 std::function<base::Status()> fn);
 
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
   uint64_t sequence_ = 0;  // collectives issued, for error messages; training thread only
+  std::shared_ptr<CommTrace> trace_;  // null at log.level = "info": no tracing work at all
+  std::string group_;
   std::shared_ptr<MpiCommShared> shared_;
   std::thread thread_;  // not joinable when the queue belongs to another communicator
 };

@@ -3,6 +3,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAFunctions.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <utility>
@@ -65,24 +66,28 @@ class ReadyWork final : public Work {
 class NcclWork final : public Work {
  public:
   NcclWork(std::shared_ptr<const CudaEvent> done, int device, std::string what,
-           std::shared_ptr<NcclCommunicator::WaitLog> log)
-      : done_(std::move(done)), device_(device), what_(std::move(what)), log_(std::move(log)) {}
+           std::shared_ptr<NcclCommunicator::WaitLog> log, NcclCommunicator::OpInfo op)
+      : done_(std::move(done)), device_(device), what_(std::move(what)), log_(std::move(log)),
+        op_(op) {}
   // Orders the caller's current stream (of the communicator's device) after the operation,
   // between two timing events: the time between them is how long the stream stood still.
   base::Status wait() override {
     base::Status st = torch_guarded([this]() -> base::Status {
       const cudaStream_t current =
           at::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
-      ASSIGN_OR_RETURN(CudaEvent before, CudaEvent::create(device_, /*timing=*/true));
-      ASSIGN_OR_RETURN(CudaEvent after, CudaEvent::create(device_, /*timing=*/true));
-      RETURN_IF_ERROR(before.record(current));
+      // A pair that fails to record is dropped (destroyed) rather than returned to the pool.
+      ASSIGN_OR_RETURN(auto events, log_->acquire(device_));
+      RETURN_IF_ERROR(events.first.record(current));
       RETURN_IF_ERROR(done_->make_wait(current));
-      RETURN_IF_ERROR(after.record(current));
+      RETURN_IF_ERROR(events.second.record(current));
       std::lock_guard<std::mutex> lock(log_->mu);
-      log_->waits.emplace_back(std::move(before), std::move(after));
+      log_->waits.push_back({std::move(events.first), std::move(events.second), op_});
       return base::Status::Ok();
     });
     return st.with_context(what_);
+  }
+  base::Status synchronize_device() override {
+    return done_->synchronize().with_context(what_);
   }
 
  private:
@@ -90,6 +95,7 @@ class NcclWork final : public Work {
   int device_;
   std::string what_;
   std::shared_ptr<NcclCommunicator::WaitLog> log_;
+  NcclCommunicator::OpInfo op_;
 };
 
 }  // namespace
@@ -156,6 +162,15 @@ base::StatusOr<int> NcclCommunicator::nccl_version() {
 base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_Comm comm,
                                                                            int device,
                                                                            double timeout_s) {
+  CommOptions options;
+  options.timeout_s = timeout_s;
+  return create(comm, device, std::move(options));
+}
+
+base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_Comm comm,
+                                                                           int device,
+                                                                           CommOptions options) {
+  const double timeout_s = options.timeout_s;
   int rank = 0, size = 0;
   RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_rank(comm, &rank)));
   RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_size(comm, &size)));
@@ -187,7 +202,8 @@ base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_C
   }
 
   ASSIGN_OR_RETURN(const ncclUniqueId id, share_unique_id(comm, rank));
-  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(rank, size, device, timeout_s));
+  std::unique_ptr<NcclCommunicator> c(
+      new NcclCommunicator(rank, size, device, std::move(options)));
   RETURN_IF_ERROR(c->init_lanes(id).with_context("rank " + std::to_string(rank)));
   if (timeout_s > 0) c->watchdog_ = std::thread([raw = c.get()] { raw->watch(); });
   return std::move(c);
@@ -349,17 +365,25 @@ base::Status NcclCommunicator::check_tensors(const std::vector<at::Tensor>& tens
 }
 
 template <typename Check, typename Call>
-std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, const char* what,
+std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, CommOp op,
                                               std::vector<at::Tensor> tensors, Check check,
                                               Call call) {
   Lane& l = lane(lane_id);
-  const std::string tag = "rank " + std::to_string(rank_) + ": " + what + " #" +
-                          std::to_string(sequence_++) + " (" + l.name + ")";
+  OpInfo info{op, sequence_++, l.name, 0};
+  const std::string tag = "rank " + std::to_string(rank_) + ": " + comm_op_name(op) + " #" +
+                          std::to_string(info.seq) + " (" + l.name + ")";
   std::unique_ptr<Work> work;
   std::lock_guard<std::mutex> lock(mu_);
   base::Status st = torch_guarded([&]() -> base::Status {
     if (aborted_) return failure_;
     RETURN_IF_ERROR(check());
+    if (trace_) {
+      // The operation's full buffer: the largest of its tensors.
+      for (const at::Tensor& t : tensors) {
+        info.bytes = std::max(info.bytes, static_cast<int64_t>(t.nbytes()));
+      }
+      trace_->count(op, info.bytes);
+    }
     ASSIGN_OR_RETURN(CudaDeviceScope scope, CudaDeviceScope::enter(device_));
     RETURN_IF_ERROR(release_finished());
     const auto index = static_cast<c10::DeviceIndex>(device_);
@@ -374,7 +398,7 @@ std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, const char* what,
     // Held until the device is done, so the caching allocator cannot reuse the memory early
     // even if the caller drops its references now.
     l.in_flight.push_back({done, std::move(tensors), std::chrono::steady_clock::now(), tag});
-    work = std::make_unique<NcclWork>(std::move(done), device_, tag, wait_log_);
+    work = std::make_unique<NcclWork>(std::move(done), device_, tag, wait_log_, info);
     return base::Status::Ok();
   });
   if (!st.ok()) return std::make_unique<ReadyWork>(st.with_context(tag));
@@ -383,7 +407,7 @@ std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, const char* what,
 
 std::unique_ptr<Work> NcclCommunicator::all_reduce(at::Tensor t, ReduceOp op) {
   return issue(
-      LaneId::kMain, "all_reduce", {t},
+      LaneId::kMain, CommOp::kAllReduce, {t},
       [&]() -> base::Status {
         RETURN_IF_ERROR(nccl_type(t.scalar_type()).status());
         return check_tensors({t}, t.scalar_type());
@@ -396,7 +420,7 @@ std::unique_ptr<Work> NcclCommunicator::all_reduce(at::Tensor t, ReduceOp op) {
 
 std::unique_ptr<Work> NcclCommunicator::all_gather(at::Tensor shard, at::Tensor full) {
   return issue(
-      LaneId::kGather, "all_gather", {shard, full},
+      LaneId::kGather, CommOp::kAllGather, {shard, full},
       [&]() -> base::Status {
         RETURN_IF_ERROR(check_tensors({shard, full}, shard.scalar_type()));
         if (full.numel() != shard.numel() * size_) {
@@ -416,7 +440,7 @@ std::unique_ptr<Work> NcclCommunicator::all_gather(at::Tensor shard, at::Tensor 
 std::unique_ptr<Work> NcclCommunicator::reduce_scatter(at::Tensor full, at::Tensor shard,
                                                        ReduceOp op) {
   return issue(
-      LaneId::kScatter, "reduce_scatter", {full, shard},
+      LaneId::kScatter, CommOp::kReduceScatter, {full, shard},
       [&]() -> base::Status {
         RETURN_IF_ERROR(nccl_type(full.scalar_type()).status());
         RETURN_IF_ERROR(check_tensors({full, shard}, full.scalar_type()));
@@ -435,7 +459,7 @@ std::unique_ptr<Work> NcclCommunicator::reduce_scatter(at::Tensor full, at::Tens
 
 std::unique_ptr<Work> NcclCommunicator::broadcast(at::Tensor t, int root) {
   return issue(
-      LaneId::kMain, "broadcast", {t},
+      LaneId::kMain, CommOp::kBroadcast, {t},
       [&]() -> base::Status {
         if (root < 0 || root >= size_) {
           return base::Status::InvalidArgument("broadcast: root " + std::to_string(root) +
@@ -469,8 +493,15 @@ base::Status NcclCommunicator::barrier() {
 
 base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device,
                                                                      double timeout_s) {
+  CommOptions options;
+  options.timeout_s = timeout_s;
+  return make_nccl_communicator(comm, device, std::move(options));
+}
+
+base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device,
+                                                                     CommOptions options) {
   ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> c,
-                   NcclCommunicator::create(comm, device, timeout_s));
+                   NcclCommunicator::create(comm, device, std::move(options)));
   return std::unique_ptr<Communicator>(std::move(c));
 }
 
@@ -483,18 +514,53 @@ base::StatusOr<std::string> nccl_version_string() {
   return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
 }
 
+base::StatusOr<std::pair<CudaEvent, CudaEvent>> NcclCommunicator::WaitLog::acquire(int device) {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!pool.empty()) {
+      std::pair<CudaEvent, CudaEvent> events = std::move(pool.back());
+      pool.pop_back();
+      return events;
+    }
+  }
+  ASSIGN_OR_RETURN(CudaEvent before, CudaEvent::create(device, /*timing=*/true));
+  ASSIGN_OR_RETURN(CudaEvent after, CudaEvent::create(device, /*timing=*/true));
+  return std::make_pair(std::move(before), std::move(after));
+}
+
+void NcclCommunicator::WaitLog::recycle(std::vector<TimedWait> read) {
+  std::lock_guard<std::mutex> lock(mu);
+  for (TimedWait& w : read) pool.emplace_back(std::move(w.before), std::move(w.after));
+}
+
 base::StatusOr<double> NcclCommunicator::take_wait_seconds() {
-  std::vector<std::pair<CudaEvent, CudaEvent>> waits;
+  std::vector<TimedWait> waits;
   {
     std::lock_guard<std::mutex> lock(wait_log_->mu);
     waits.swap(wait_log_->waits);
   }
   double ms = 0;
-  for (const auto& [before, after] : waits) {
-    ASSIGN_OR_RETURN(float span, CudaEvent::elapsed_ms(before, after));
-    ms += span;
+  base::Status st = base::Status::Ok();
+  for (const TimedWait& w : waits) {
+    base::StatusOr<float> span = CudaEvent::elapsed_ms(w.before, w.after);
+    if (!span.ok()) {
+      st = span.status();
+      break;
+    }
+    ms += *span;
+    if (trace_) {
+      trace_->record({w.op.op, group_, w.op.lane, w.op.seq, w.op.bytes}, {{"wait_ms", *span}});
+      trace_->add_wait(w.op.op, *span * 1e-3);
+    }
   }
+  // Read or not, every pair goes back: a later record() starts it afresh.
+  wait_log_->recycle(std::move(waits));
+  RETURN_IF_ERROR(st);
   return ms * 1e-3;
+}
+
+base::Status NcclCommunicator::end_step(int64_t step) {
+  return trace_ ? trace_->end_step(step) : base::Status::Ok();
 }
 
 }  // namespace dstrain::sharding

@@ -48,6 +48,7 @@
 #include <string>
 #include <vector>
 
+#include "sharding/comm_trace.h"
 #include "sharding/communicator.h"
 #include "sharding/cuda_handles.h"
 #include "sharding/nccl_factory.h"
@@ -93,6 +94,10 @@ class NcclCommunicator final : public Communicator {
   // timeout_s: how long an operation may stay unfinished before the watchdog aborts; 0: never.
   static base::StatusOr<std::unique_ptr<NcclCommunicator>> create(MPI_Comm comm, int device,
                                                                   double timeout_s);
+  // The same with diagnostics: a non-null options.trace gets, at each take_wait_seconds(), a
+  // line per waited operation with its wait time (group options.group; sharding/comm_trace.h).
+  static base::StatusOr<std::unique_ptr<NcclCommunicator>> create(MPI_Comm comm, int device,
+                                                                  CommOptions options);
   // NCCL_VERSION_CODE of the loaded library (e.g. 22809 for 2.28.9).
   static base::StatusOr<int> nccl_version();
 
@@ -115,11 +120,34 @@ class NcclCommunicator final : public Communicator {
   // are complete.
   base::Status barrier() override;
   base::StatusOr<double> take_wait_seconds() override;
+  base::Status end_step(int64_t step) override;
 
-  // Timing events around each Work::wait() on the caller's stream, not yet read.
+  // What an operation was, for the diagnostics; `lane` is a string literal.
+  struct OpInfo {
+    CommOp op = CommOp::kAllReduce;
+    uint64_t seq = 0;
+    const char* lane = "";
+    int64_t bytes = 0;
+  };
+  // The two timing events around one Work::wait() on the caller's stream.
+  struct TimedWait {
+    CudaEvent before;
+    CudaEvent after;
+    OpInfo op;
+  };
+  // Waits recorded and not yet read, and a pool of event pairs already read: a wait takes a pair
+  // from the pool (creating one only when it is empty) and take_wait_seconds() returns them, so
+  // the steady state creates no events (about a hundred waits a step). The pool holds at most
+  // as many pairs as the most waits between two reads. Shared with the Works, which may outlive
+  // the communicator; the events are destroyed with the last owner.
   struct WaitLog {
     std::mutex mu;
-    std::vector<std::pair<CudaEvent, CudaEvent>> waits;
+    std::vector<TimedWait> waits;
+    std::vector<std::pair<CudaEvent, CudaEvent>> pool;
+    // A pair of timing events on `device`: from the pool, or new.
+    base::StatusOr<std::pair<CudaEvent, CudaEvent>> acquire(int device);
+    // Back into the pool, once their timing has been read.
+    void recycle(std::vector<TimedWait> read);
   };
 
   // Polls every communicator for an asynchronous error; host-only and non-blocking, so a
@@ -147,8 +175,9 @@ class NcclCommunicator final : public Communicator {
     std::deque<InFlight> in_flight;  // issue order, which is completion order on one stream
   };
 
-  NcclCommunicator(int rank, int size, int device, double timeout_s)
-      : rank_(rank), size_(size), device_(device), timeout_s_(timeout_s) {}
+  NcclCommunicator(int rank, int size, int device, CommOptions options)
+      : rank_(rank), size_(size), device_(device), timeout_s_(options.timeout_s),
+        trace_(std::move(options.trace)), group_(std::move(options.group)) {}
   static base::StatusOr<ncclUniqueId> share_unique_id(MPI_Comm comm, int rank);
   base::Status init_lanes(const ncclUniqueId& id);
   Lane& lane(LaneId id) { return lanes_[static_cast<int>(id)]; }
@@ -168,13 +197,15 @@ class NcclCommunicator final : public Communicator {
   // until it is done and returns a Work for its completion; `check` runs first and, when it fails,
   // nothing is enqueued and the Work reports its error.
   template <typename Check, typename Call>
-  std::unique_ptr<Work> issue(LaneId lane_id, const char* what, std::vector<at::Tensor> tensors,
+  std::unique_ptr<Work> issue(LaneId lane_id, CommOp op, std::vector<at::Tensor> tensors,
                               Check check, Call call);
 
   int rank_ = 0;
   int size_ = 1;
   int device_ = 0;
   double timeout_s_ = 0;
+  std::shared_ptr<CommTrace> trace_;  // null at log.level = "info": no tracing work at all
+  std::string group_;
   uint64_t sequence_ = 0;  // operations issued, for error messages
   // Guards the lanes' communicators and in-flight lists between the issuing thread and the
   // watchdog, and failure_.

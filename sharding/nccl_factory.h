@@ -8,6 +8,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "sharding/comm_trace.h"
 #include "sharding/communicator.h"
 
 namespace dstrain::sharding {
@@ -17,6 +18,9 @@ namespace dstrain::sharding {
 // watchdog: an operation unfinished after `timeout_s` seconds (0: never) aborts the communicator.
 base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device,
                                                                      double timeout_s);
+// The same with diagnostics (options.trace, options.group; sharding/comm_trace.h).
+base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device,
+                                                                     CommOptions options);
 
 // The loaded NCCL library's version as "major.minor.patch", for the start-up log.
 base::StatusOr<std::string> nccl_version_string();

@@ -15,6 +15,10 @@ base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm, i
   return unavailable();
 }
 
+base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm, int, CommOptions) {
+  return unavailable();
+}
+
 base::StatusOr<std::string> nccl_version_string() { return unavailable(); }
 
 }  // namespace dstrain::sharding

@@ -173,6 +173,9 @@ std::vector<KeySpec> build_schema() {
 
       number(DSTRAIN_KEY(log.every), at_least(1), "console progress line every N steps"),
       flag(DSTRAIN_KEY(log.progress_bar), "rank 0 draws a progress bar on a terminal"),
+      choice(DSTRAIN_KEY(log.level), {"info", "debug"},
+             "debug: every rank writes each collective (op, sequence number, bytes, group, lane, "
+             "time) and a per-step summary to <run.dir>/comm/rank<R>.log; info: nothing extra"),
   };
 }
 

@@ -43,4 +43,21 @@ PackedSequences pack_pieces(const std::vector<PackPiece>& pieces, int64_t seq_le
   return out;
 }
 
+DocumentBoundaries document_boundaries(const std::vector<int64_t>& segment_ids, int64_t rows,
+                                       int64_t seq_len) {
+  DocumentBoundaries out;
+  int64_t start = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t* row = segment_ids.data() + r * seq_len;
+    for (int64_t t = 1; t <= seq_len; ++t) {
+      if (t < seq_len && row[t] == row[t - 1]) continue;
+      const int64_t end = r * seq_len + t;
+      out.cu_seqlens.push_back(static_cast<int32_t>(end));
+      out.max_seqlen = std::max(out.max_seqlen, end - start);
+      start = end;
+    }
+  }
+  return out;
+}
+
 }  // namespace dstrain::runtime

@@ -32,4 +32,18 @@ void document_pieces(int64_t begin, int64_t end, int64_t seq_len, std::vector<Pa
 // Precondition: 1 <= piece.slots <= seq_len.
 PackedSequences pack_pieces(const std::vector<PackPiece>& pieces, int64_t seq_len);
 
+// Where each document of a packed batch starts and ends once its rows are laid end to end
+// (the layout of variable-length attention): document d holds flattened slots
+// [cu_seqlens[d], cu_seqlens[d + 1]). A document is a run of equal segment ids within one row
+// (the trailing padding of a row is one more run); a row boundary always ends a run.
+struct DocumentBoundaries {
+  std::vector<int32_t> cu_seqlens = {0};  // [num_docs + 1], last = rows * seq_len
+  int64_t max_seqlen = 0;                 // the longest document, in slots
+};
+
+// `segment_ids`: rows * seq_len ids, row-major, as Batch carries them. Precondition: rows *
+// seq_len fits in int32 (flash attention's offsets).
+DocumentBoundaries document_boundaries(const std::vector<int64_t>& segment_ids, int64_t rows,
+                                       int64_t seq_len);
+
 }  // namespace dstrain::runtime

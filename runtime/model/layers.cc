@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "runtime/kernels/fused_ops.h"
+#include "runtime/model/varlen_attention.h"
 
 namespace dstrain::runtime {
 namespace {
@@ -90,31 +91,48 @@ at::Tensor sliding_window_mask(int64_t seq_len, int64_t window, const at::Device
 }
 
 at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const AttentionShape& shape,
-                     const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask) {
+                     const base::StepContext& ctx) {
   const int64_t batch = x.size(0);
   const int64_t seq = x.size(1);
   const int64_t q_width = shape.num_heads * shape.head_dim;
   const int64_t kv_width = shape.num_kv_heads * shape.head_dim;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(shape.head_dim));
   const at::Tensor qkv = fused_projection(x, {&w.q, &w.k, &w.v});
-  const at::Tensor q =
-      rotated_heads(qkv.narrow(-1, 0, q_width), shape.num_heads, shape.head_dim, cos, sin);
-  const at::Tensor k =
-      rotated_heads(qkv.narrow(-1, q_width, kv_width), shape.num_kv_heads, shape.head_dim, cos, sin);
-  const at::Tensor v = qkv.narrow(-1, q_width + kv_width, kv_width)
-                           .unflatten(-1, {shape.num_kv_heads, shape.head_dim})
-                           .transpose(1, 2);
+  const at::Tensor q = rotated_heads(qkv.narrow(-1, 0, q_width), shape.num_heads, shape.head_dim,
+                                     ctx.rope_cos, ctx.rope_sin);
+  const at::Tensor k = rotated_heads(qkv.narrow(-1, q_width, kv_width), shape.num_kv_heads,
+                                     shape.head_dim, ctx.rope_cos, ctx.rope_sin);
+  const at::Tensor v_rows = qkv.narrow(-1, q_width + kv_width, kv_width)
+                                .unflatten(-1, {shape.num_kv_heads, shape.head_dim});
+
+  if (varlen_attention_applies(q, ctx.cu_seqlens)) {
+    // Packed documents on the GPU: the rows laid end to end, [B * T, heads, head_dim] (views
+    // when the fused RoPE kernel wrote [B, T, heads, head_dim]), no mask built or read.
+    const int64_t slots = batch * seq;
+    const at::Tensor out = varlen_attention(
+        q.transpose(1, 2).reshape({slots, shape.num_heads, shape.head_dim}),
+        k.transpose(1, 2).reshape({slots, shape.num_kv_heads, shape.head_dim}),
+        v_rows.reshape({slots, shape.num_kv_heads, shape.head_dim}), ctx.cu_seqlens,
+        ctx.max_seqlen, scale, shape.sliding_window);
+    return linear(out.view({batch, seq, q_width}), w.o);
+  }
+  // Without the mask, the causal path below would let packed documents see each other.
+  TORCH_CHECK(!ctx.cu_seqlens.defined() || ctx.attn_mask.defined(),
+              "attention: a packed batch without its mask needs variable-length attention, which "
+              "serves CUDA bf16/fp16 activations with head_dim a multiple of 8 up to 256; got ",
+              q.device(), " ", q.scalar_type(), ", head_dim ", shape.head_dim);
 
   std::optional<at::Tensor> attn_mask;
-  if (mask.defined()) attn_mask = mask;
+  if (ctx.attn_mask.defined()) attn_mask = ctx.attn_mask;
   if (shape.sliding_window > 0 && shape.sliding_window < seq) {
     const at::Tensor window = sliding_window_mask(seq, shape.sliding_window, x.device());
     attn_mask = attn_mask ? at::logical_and(*attn_mask, window) : window;
   }
-  const double scale = 1.0 / std::sqrt(static_cast<double>(shape.head_dim));
   const at::Tensor out = at::scaled_dot_product_attention(
-      q, k, v, attn_mask, /*dropout_p=*/0.0, /*is_causal=*/!attn_mask.has_value(), scale,
+      q, k, v_rows.transpose(1, 2), attn_mask, /*dropout_p=*/0.0,
+      /*is_causal=*/!attn_mask.has_value(), scale,
       /*enable_gqa=*/shape.num_kv_heads != shape.num_heads);
-  return linear(out.transpose(1, 2).reshape({batch, seq, shape.num_heads * shape.head_dim}), w.o);
+  return linear(out.transpose(1, 2).reshape({batch, seq, q_width}), w.o);
 }
 
 at::Tensor swiglu_mlp(const at::Tensor& x, const MlpWeights& w) {

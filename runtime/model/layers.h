@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "base/unit.h"
+
 namespace dstrain::runtime {
 
 // x / rms(x) * weight, computed in fp32 and rounded once to x's dtype (transformers rounds
@@ -52,11 +54,14 @@ struct AttentionShape {
   int64_t sliding_window = 0;  // 0: none
 };
 
-// Self-attention over x [B, T, H] with RoPE and grouped-query attention. `mask` (boolean
-// [B, 1, T, T], true = attend) replaces the causal mask when defined; a sliding window is
-// applied on top of either.
+// Self-attention over x [B, T, H] with RoPE (ctx.rope_cos, ctx.rope_sin) and grouped-query
+// attention. ctx.attn_mask (boolean [B, 1, T, T], true = attend) replaces the causal mask when
+// defined; a sliding window is applied on top of either. Packed batches whose queries
+// varlen_attention can serve (CUDA, bf16/fp16, ctx.cu_seqlens defined) take that path instead:
+// the same attention without the mask, which may then be left undefined. A packed batch with
+// boundaries but no mask that varlen_attention cannot serve is an error, never plain causal.
 at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const AttentionShape& shape,
-                     const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask);
+                     const base::StepContext& ctx);
 
 struct MlpWeights {
   LinearWeights gate, up, down;

@@ -157,8 +157,7 @@ class DecoderLayerUnit final : public LlamaUnit {
                                 weights(kV, params, x, ctx), weights(kO, params, x, ctx)};
     const MlpWeights mlp{weights(kGate, params, x, ctx), weights(kUp, params, x, ctx),
                          weights(kDown, params, x, ctx)};
-    const at::Tensor h = x + attention(rms_norm(x, params[input_norm_], eps_), attn, shape_,
-                                       ctx.rope_cos, ctx.rope_sin, ctx.attn_mask);
+    const at::Tensor h = x + attention(rms_norm(x, params[input_norm_], eps_), attn, shape_, ctx);
     return h + swiglu_mlp(rms_norm(h, params[post_norm_], eps_), mlp);
   }
 

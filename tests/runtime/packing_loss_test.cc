@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "base/config.h"
 #include "runtime/data/dataset.h"
 #include "runtime/data_source.h"
@@ -105,6 +107,39 @@ TEST(PackingLoss, MaskIsBlockDiagonalAndCausal) {
                                       0, 0, 1, 1, 1, 0,
                                       0, 0, 0, 0, 0, 1}, at::kLong).to(at::kBool).reshape({1, 1, 6, 6});
   EXPECT_TRUE(mask.equal(want));
+}
+
+// The boundaries handed to variable-length attention describe the same blocks as the mask:
+// slots i and j may attend (j <= i) exactly when they lie in one [cu[d], cu[d + 1]).
+TEST(PackingLoss, DocumentBoundariesDescribeTheMask) {
+  Dataset::Options options{SampleFormat::kSft, 12};
+  options.packing = true;
+  auto ds = Dataset::create(sft_file(), options);
+  ASSERT_TRUE(ds.ok()) << ds.status().to_string();
+  std::vector<int64_t> ids;
+  for (int64_t s = 0; s < ds->num_samples(); ++s) ids.push_back(s);
+  auto batch = ds->batch(ids);
+  ASSERT_TRUE(batch.ok());
+  const BatchTensors t = to_tensors(*batch, at::Device(at::kCPU));
+  ASSERT_TRUE(t.cu_seqlens.defined());
+  ASSERT_EQ(t.cu_seqlens.scalar_type(), at::kInt);
+  const int64_t rows = batch->rows, seq = batch->seq_len;
+  // Document index of every flattened slot, from the boundaries alone.
+  at::Tensor doc = at::zeros({rows * seq}, at::kLong);
+  const at::Tensor cu = t.cu_seqlens.to(at::kLong);
+  int64_t longest = 0;
+  for (int64_t d = 0; d + 1 < cu.size(0); ++d) {
+    const int64_t begin = cu[d].item<int64_t>(), end = cu[d + 1].item<int64_t>();
+    doc.narrow(0, begin, end - begin).fill_(d);
+    longest = std::max(longest, end - begin);
+  }
+  EXPECT_EQ(t.max_seqlen, longest);
+  doc = doc.view({rows, seq});
+  const at::Tensor causal = at::ones({seq, seq}, at::kBool).tril();
+  const at::Tensor from_bounds =
+      at::logical_and(doc.unsqueeze(2).eq(doc.unsqueeze(1)), causal).unsqueeze(1);
+  EXPECT_TRUE(from_bounds.equal(t.attn_mask));
+  EXPECT_GT(cu.size(0), rows + 1);  // several documents share a row
 }
 
 }  // namespace

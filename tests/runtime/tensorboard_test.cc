@@ -51,6 +51,13 @@ TEST(TensorBoard, ScalarEventWireFormat) {
   EXPECT_EQ(encode_scalars_event(1.0, 300, {{"a", 1.0f}}), want);
 }
 
+TEST(TensorBoard, SessionStartEventWireFormat) {
+  // Event{wall_time: 1.0, step: 4, session_log{status: START}}, as tensorboard's own event_pb2
+  // serialises it: 0x10 04, then field 7 length-delimited (0x3a 02) { 0x08 01 }.
+  const std::string want = bytes({0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x10, 0x04, 0x3a, 0x02, 0x08, 0x01});
+  EXPECT_EQ(encode_session_start_event(1.0, 4), want);
+}
+
 TEST(TensorBoard, FileVersionEventWireFormat) {
   // Step 0 is proto3's default and is left out.
   const std::string want = bytes({0x09, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x1a, 13}) + "brain.Event:2";
@@ -144,6 +151,50 @@ TEST(TensorBoard, TensorBoardReadsBackWhatMetricsJsonlSays) {
   std::string output;
   EXPECT_EQ(run_check(&output), 0) << output;
   ASSERT_TRUE(base::remove_tree(dir).ok());
+}
+
+// A run logs steps 1..6 with a checkpoint at step 3 and is interrupted; the resumed run starts
+// from that checkpoint in the same directory and logs steps 4..6 again, with other values.
+// TensorBoard must show each step once, with the resumed values (tensorboard_check.py applies
+// the resume line of metrics.jsonl); without the restart record it shows steps 4..6 twice.
+TEST(TensorBoard, ResumedRunReplacesTheStepsAfterItsCheckpoint) {
+  const char* python = std::getenv("DSTRAIN_PYTHON");
+  if (python == nullptr || *python == '\0') GTEST_SKIP() << "DSTRAIN_PYTHON is not set (run under ctest)";
+  const std::string dir = "/tmp/dstrain_tboard_restart_" + std::to_string(getpid());
+  ASSERT_TRUE(base::remove_tree(dir).ok());
+  {
+    auto w = MetricsWriter::open(dir + "/metrics.jsonl");
+    ASSERT_TRUE(w.ok()) << w.status().message();
+    for (int step = 1; step <= 6; ++step) {
+      ASSERT_TRUE((*w)->write({{"step", step}, {"loss", 10.0 / step}, {"lr", 0.1 * step}}).ok());
+      if (step == 3) {
+        ASSERT_TRUE((*w)->write({{"step", 3}, {"event", "checkpoint"}, {"path", dir}, {"stall_s", 0.5}}).ok());
+      }
+    }
+    ASSERT_TRUE((*w)->write({{"step", 5}, {"eval_loss", 2.0}, {"eval_ppl", 7.389056}}).ok());
+  }
+  {
+    auto w = MetricsWriter::open(dir + "/metrics.jsonl");
+    ASSERT_TRUE(w.ok()) << w.status().message();
+    // As the trainer does: the resume line, then the restart record at the first step it logs.
+    ASSERT_TRUE((*w)->write({{"step", 3}, {"event", "resume"}, {"path", dir}, {"load_s", 0.25}}).ok());
+    ASSERT_TRUE((*w)->mark_restart(4).ok());
+    for (int step = 4; step <= 7; ++step) {
+      ASSERT_TRUE((*w)->write({{"step", step}, {"loss", 20.0 / step}, {"lr", 0.01 * step}}).ok());
+    }
+  }
+  const std::string check = std::string(python) + " " + DSTRAIN_SOURCE_DIR +
+                            "/tests/runtime/tensorboard_check.py " + dir + " 2>&1";
+  FILE* pipe = popen(check.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  std::array<char, 4096> buf;
+  for (size_t n; (n = fread(buf.data(), 1, buf.size(), pipe)) > 0;) output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  ASSERT_TRUE(base::remove_tree(dir).ok());
+  if (rc == 77) GTEST_SKIP() << output;
+  EXPECT_EQ(rc, 0) << output;
 }
 
 TEST(TensorBoard, UnwritableDirectoryIsAnIoError) {

@@ -11,7 +11,11 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -291,6 +295,75 @@ TEST_F(NcclCommunicatorTest, DroppedInputsStayValidUntilTheLaneIsDone) {
   for (int i = 0; i < 4; ++i) junk.push_back(at::full({size() * kN}, -1e6, on_gpu(at::kFloat)));
   ASSERT_TRUE(comm_->barrier().ok());
   EXPECT_TRUE(at::equal(shard.cpu(), at::full({kN}, size() * (size() + 1) / 2.0, at::kFloat)));
+}
+
+// take_wait_seconds(): the GPU time the caller's stream stood still at wait(), each wait counted
+// once. The timing events are pooled and reused from the second round on; a reused pair must
+// time its own wait, not report a stale one.
+TEST_F(NcclCommunicatorTest, WaitTimeCountsEachStallOnceWithReusedEvents) {
+  ASSERT_TRUE(comm_->take_wait_seconds().ok());
+  constexpr int64_t kN = int64_t{1} << 20;
+  for (int round = 0; round < 3; ++round) {
+    keep_scatter_lane_busy();  // the next scatter finishes milliseconds after it is issued
+    const at::Tensor full = at::ones({size() * kN}, on_gpu(at::kFloat));
+    at::Tensor shard = at::empty({kN}, on_gpu(at::kFloat));
+    ASSERT_TRUE(comm_->reduce_scatter(full, shard, ReduceOp::kSum)->wait().ok());
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_TRUE(comm_->all_reduce(at::ones({4}, on_gpu(at::kFloat)), ReduceOp::kSum)->wait().ok());
+    }
+    auto waited = comm_->take_wait_seconds();
+    ASSERT_TRUE(waited.ok()) << waited.status().to_string();
+    EXPECT_GT(*waited, 1e-4) << "round " << round;
+    EXPECT_LT(*waited, 30.0) << "round " << round;
+    auto again = comm_->take_wait_seconds();
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, 0.0) << "round " << round;
+  }
+}
+
+// log.level = "debug": one line per waited operation with its lane, sequence number, bytes and
+// wait time, written when take_wait_seconds() reads the timing; one summary line per step.
+TEST_F(NcclCommunicatorTest, DebugTraceHasALinePerWaitedOperation) {
+  const std::string path = "/tmp/dstrain_nccl_trace_" + std::to_string(getpid()) + ".log";
+  std::remove(path.c_str());
+  auto trace = CommTrace::open(path);
+  ASSERT_TRUE(trace.ok()) << trace.status().to_string();
+  CommOptions options;
+  options.timeout_s = kTimeoutS;
+  options.trace = *trace;
+  options.group = "node";
+  auto traced = NcclCommunicator::create(MPI_COMM_WORLD, device_, options);
+  ASSERT_TRUE(traced.ok()) << traced.status().to_string();
+  NcclCommunicator& c = **traced;
+  constexpr int64_t kN = 256;
+  const at::Tensor shard = at::ones({kN}, on_gpu(at::kFloat));
+  at::Tensor full = at::empty({size() * kN}, on_gpu(at::kFloat));
+  ASSERT_TRUE(c.all_gather(shard, full)->wait().ok());
+  at::Tensor back = at::empty({kN}, on_gpu(at::kFloat));
+  ASSERT_TRUE(c.reduce_scatter(full, back, ReduceOp::kSum)->wait().ok());
+  ASSERT_TRUE(c.all_reduce(back, ReduceOp::kMax)->wait().ok());
+  auto waited = c.take_wait_seconds();
+  ASSERT_TRUE(waited.ok()) << waited.status().to_string();
+  ASSERT_TRUE(c.end_step(1).ok());
+  traced->reset();
+  trace->reset();
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  std::remove(path.c_str());
+  const std::string full_bytes = std::to_string(size() * kN * 4);
+  ASSERT_EQ(lines.size(), 5u) << ::testing::PrintToString(lines);
+  EXPECT_EQ(lines[0], "start");
+  EXPECT_EQ(lines[1].rfind("seq=0 op=all_gather group=node lane=dstrain.gather bytes=" +
+                           full_bytes + " wait_ms=", 0), 0u) << lines[1];
+  EXPECT_EQ(lines[2].rfind("seq=1 op=reduce_scatter group=node lane=dstrain.scatter bytes=" +
+                           full_bytes + " wait_ms=", 0), 0u) << lines[2];
+  EXPECT_EQ(lines[3].rfind("seq=2 op=all_reduce group=node lane=dstrain.main bytes=1024 wait_ms=", 0),
+            0u) << lines[3];
+  EXPECT_EQ(lines[4].rfind("step=1 all_reduce:n=1,bytes=1024,wait_s=", 0), 0u) << lines[4];
+  EXPECT_NE(lines[4].find(" all_gather:n=1,bytes=" + full_bytes), std::string::npos) << lines[4];
+  EXPECT_NE(lines[4].find(" reduce_scatter:n=1,bytes=" + full_bytes), std::string::npos)
+      << lines[4];
 }
 
 TEST_F(NcclCommunicatorTest, BarrierHoldsEveryRankUntilAllArrive) {

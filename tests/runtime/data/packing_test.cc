@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <tuple>
@@ -190,6 +191,45 @@ TEST(DataSplit, EmptySplitIsBadInputNamingTheKey) {
   ASSERT_FALSE(ds.ok());
   EXPECT_EQ(ds.status().code(), base::StatusCode::kBadInput);
   EXPECT_NE(ds.status().message().find("data.eval_fraction"), std::string::npos);
+}
+
+// Runs of equal segment ids are documents; a row end always closes one, even when the next row
+// starts with the same id (every row's first document is segment 0).
+TEST(DocumentBoundaries, RunsOfSegmentsLaidEndToEnd) {
+  const std::vector<int64_t> segments = {0, 0, 1, 1, 1,   // row 0: lengths 2, 3
+                                         0, 1, 1, 1, 2,   // row 1: lengths 1, 3, 1
+                                         0, 0, 0, 0, 0};  // row 2: one document of 5
+  const DocumentBoundaries docs = document_boundaries(segments, 3, 5);
+  EXPECT_EQ(docs.cu_seqlens, (std::vector<int32_t>{0, 2, 5, 6, 9, 10, 15}));
+  EXPECT_EQ(docs.max_seqlen, 5);
+}
+
+// A packed dataset's batch: every boundary falls where the segment id changes or a row ends,
+// and each document's slots share one segment id.
+TEST(DocumentBoundaries, MatchThePackedBatchSegments) {
+  Dataset::Options options{SampleFormat::kTokens, 8};
+  options.packing = true;
+  auto ds = Dataset::create(many_docs(20), options);
+  ASSERT_TRUE(ds.ok()) << ds.status().to_string();
+  std::vector<int64_t> ids;
+  for (int64_t s = 0; s < ds->num_samples(); ++s) ids.push_back(s);
+  auto b = ds->batch(ids);
+  ASSERT_TRUE(b.ok());
+  const DocumentBoundaries docs = document_boundaries(b->segment_ids, b->rows, b->seq_len);
+  ASSERT_EQ(docs.cu_seqlens.back(), b->rows * b->seq_len);
+  std::set<int64_t> starts = {0};
+  for (int64_t i = 1; i < b->rows * b->seq_len; ++i) {
+    if (i % b->seq_len == 0 || b->segment_ids[i] != b->segment_ids[i - 1]) starts.insert(i);
+  }
+  EXPECT_EQ(std::set<int64_t>(docs.cu_seqlens.begin(), docs.cu_seqlens.end() - 1), starts);
+  int64_t longest = 0;
+  for (size_t d = 0; d + 1 < docs.cu_seqlens.size(); ++d) {
+    longest = std::max<int64_t>(longest, docs.cu_seqlens[d + 1] - docs.cu_seqlens[d]);
+    // Positions restart at each document (RoPE sees each one from 0).
+    EXPECT_EQ(b->position_ids[docs.cu_seqlens[d]], 0) << "document " << d;
+  }
+  EXPECT_EQ(docs.max_seqlen, longest);
+  EXPECT_GT(docs.cu_seqlens.size(), static_cast<size_t>(b->rows + 1));  // rows hold several
 }
 
 }  // namespace
