@@ -1,9 +1,6 @@
 #include "sharding/engine.h"
 
-#include <c10/core/Event.h>
 #include <c10/core/GradMode.h>
-#include <c10/core/StreamGuard.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
@@ -261,27 +258,6 @@ base::Status Engine::transition(Buffer& b, GatherState to) {
   return base::Status::Ok();
 }
 
-base::Status Engine::upload_and_gather(Buffer& b) {
-  if (!options_.device.is_cuda()) {
-    b.upload = b.shard_param.to(options_.device);
-    b.gather = comm_.all_gather(b.upload, b.full);
-    return base::Status::Ok();
-  }
-  // Pinned memory goes up on a stream of its own, so the copy overlaps the kernels queued on the
-  // compute stream. That stream first waits for the work queued so far, which may still read
-  // the memory just allocated for `full` (the caching allocator hands out blocks by the compute
-  // stream's order); the gather, issued with the upload stream current, follows the copy.
-  const c10::impl::VirtualGuardImpl impl(options_.device.type());
-  if (!upload_stream_) upload_stream_ = impl.getStreamFromGlobalPool(options_.device);
-  c10::Event queued(options_.device.type());
-  queued.record(impl.getStream(options_.device));
-  const c10::StreamGuard on_upload(*upload_stream_);
-  queued.block(*upload_stream_);
-  b.upload = b.shard_param.to(options_.device, /*non_blocking=*/true);
-  b.gather = comm_.all_gather(b.upload, b.full);
-  return base::Status::Ok();
-}
-
 base::Status Engine::prefetch(int u) {
   if (options_.zero.stage != 3) return base::Status::Ok();
   for (Buffer* b : state_[u]->uses) RETURN_IF_ERROR(transition(*b, GatherState::kGathering));
@@ -502,6 +478,16 @@ base::Status Engine::reduce_shards_across_replicas() {
   return base::Status::Ok();
 }
 
+base::Status Engine::settle_leaving_reductions(int u) {
+  size_t incoming = 0;
+  for (const Buffer& b : state_[u]->buffers) incoming += b.present() && b.trainable ? 1 : 0;
+  const size_t total = pending_.size() + incoming;
+  const size_t leaving =
+      total > kReductionsInFlight ? std::min(pending_.size(), total - kReductionsInFlight) : 0;
+  for (size_t i = 0; i < leaving; ++i) RETURN_IF_ERROR(pending_[i]->synchronize_device());
+  return base::Status::Ok();
+}
+
 base::Status Engine::finish_reductions(size_t keep) {
   base::Status first;
   const size_t done = pending_.size() > keep ? pending_.size() - keep : 0;
@@ -535,20 +521,8 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
       // The saved graph reads the parameters again: re-gather them, earlier units ahead.
       for (; issued > std::max(u - depth, 0); --issued) RETURN_IF_ERROR(prefetch(issued - 1));
       RETURN_IF_ERROR(gather(u));
-      // Under NCCL a wait() never blocks the host, so without this the host runs ahead of the
-      // device and the communicator keeps every reduce-scatter the device has not finished.
-      // Before this unit's reductions push the oldest out of the window, wait for the device to
-      // finish those: this unit's first reduce-scatter then releases them, and the window bounds
-      // the memory. The device still has the next unit's backward queued.
-      if (options_.zero.stage >= 2) {
-        size_t incoming = 0;
-        for (const Buffer& b : state_[u]->buffers) incoming += b.present() && b.trainable ? 1 : 0;
-        const size_t leaving = std::min(pending_.size(),
-                                        pending_.size() + incoming > kReductionsInFlight
-                                            ? pending_.size() + incoming - kReductionsInFlight
-                                            : size_t{0});
-        for (size_t i = 0; i < leaving; ++i) RETURN_IF_ERROR(pending_[i]->synchronize_device());
-      }
+      // Keeps the reductions alive on the device within the window (see the declaration).
+      if (options_.zero.stage >= 2) RETURN_IF_ERROR(settle_leaving_reductions(u));
       at::Tensor grad_in;
       RETURN_IF_ERROR(backward_unit(u, runs, grad, mb.ctx, &grad_in, reduce_now));
       // Fold in the reductions of earlier units as backward goes on, so each unit's gradient

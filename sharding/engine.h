@@ -185,6 +185,12 @@ class Engine {
   // Waits for the reductions in flight (all but the newest `keep`) and folds them in. Under NCCL
   // a wait only orders the compute stream after the collective, so this never blocks the host.
   base::Status finish_reductions(size_t keep = 0);
+  // Stages 2, 3 under NCCL, before unit u's backward: a wait() never blocks the host, so the host
+  // runs ahead and the communicator keeps every reduce-scatter the device has not finished. This
+  // waits for the device to finish those that u's reductions push out of the window, so u's
+  // first reduce-scatter releases them and the window bounds the memory (the device still has
+  // the next units' backward queued).
+  base::Status settle_leaving_reductions(int u);
   // Stages 2 and 3: gradient reductions (one per trainable buffer) left in flight while backward
   // goes on: a few units' worth, enough to overlap, few enough to bound the memory.
   static constexpr size_t kReductionsInFlight = 4;

@@ -1,7 +1,6 @@
 // The engine's offload tiers (DESIGN.md "Offload tiers", docs/architecture.md): where the
 // optimizer state and the parameter shards live when they are not on the device, the host
 // optimizer step, and paging NVMe-resident state in and out for checkpoints and loads.
-#include <c10/core/DeviceGuard.h>
 #include <c10/core/Event.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
@@ -17,6 +16,21 @@
 #include "sharding/host_tensor.h"
 
 namespace dstrain::sharding {
+namespace {
+
+// A stream of the device's pool that first waits for the work queued so far on the calling
+// thread's current stream of that device (through an event, without blocking the host).
+c10::Stream side_stream_after_current(const at::Device& device,
+                                      std::optional<c10::Stream> side = std::nullopt) {
+  const c10::impl::VirtualGuardImpl impl(device.type());
+  if (!side) side = impl.getStreamFromGlobalPool(device);
+  c10::Event queued(device.type());
+  queued.record(impl.getStream(device));
+  queued.block(*side);
+  return *side;
+}
+
+}  // namespace
 
 base::StatusOr<at::Tensor> Engine::optimizer_tensor(int64_t numel) {
   if (optimizer_on_host()) return host_tensor(host_allocator_, numel, at::kFloat);
@@ -144,6 +158,23 @@ base::Status Engine::host_step(double lr, double grad_scale) {
   return refresh_compute_params(/*after_host_step=*/true);
 }
 
+base::Status Engine::upload_and_gather(Buffer& b) {
+  if (!options_.device.is_cuda()) {
+    b.upload = b.shard_param.to(options_.device);
+    b.gather = comm_.all_gather(b.upload, b.full);
+    return base::Status::Ok();
+  }
+  // Pinned memory goes up on a stream of its own, so the copy overlaps the kernels queued on the
+  // compute stream. That stream first waits for the work queued so far, which may still read
+  // the memory just allocated for `full` (the caching allocator hands out blocks by the compute
+  // stream's order); the gather, issued with the upload stream current, follows the copy.
+  upload_stream_ = side_stream_after_current(options_.device, upload_stream_);
+  const c10::StreamGuard on_upload(*upload_stream_);
+  b.upload = b.shard_param.to(options_.device, /*non_blocking=*/true);
+  b.gather = comm_.all_gather(b.upload, b.full);
+  return base::Status::Ok();
+}
+
 bool Engine::overlap_host_step() const {
   // Below stage 3 the updated shards are all-gathered right after the step, a collective on
   // the calling thread; NVMe-resident parameters share their file with the forward's reads.
@@ -155,22 +186,13 @@ base::Status Engine::start_host_step(std::vector<HostShard> shards,
                                      const offload::AdamWHyper& hyper) {
   host_shards_ = std::move(shards);
   // On a GPU the gradients come down on a side stream, ordered after the backward that wrote
-  // them by an event recorded here on the compute stream; the step's thread makes the side
-  // stream current, so its copies never queue behind the next forward's kernels.
-  std::shared_ptr<c10::Event> ready;
+  // them; the step's thread makes it current, so its copies never queue behind the next
+  // forward's kernels.
   std::optional<c10::Stream> side;
-  if (options_.device.is_cuda()) {
-    const c10::impl::VirtualGuardImpl impl(options_.device.type());
-    ready = std::make_shared<c10::Event>(options_.device.type());
-    ready->record(impl.getStream(options_.device));
-    side = impl.getStreamFromGlobalPool(options_.device);
-  }
-  host_run_ = AsyncHostStep::start([this, hyper, ready, side](const AsyncHostStep::ShardDone& done) {
+  if (options_.device.is_cuda()) side = side_stream_after_current(options_.device);
+  host_run_ = AsyncHostStep::start([this, hyper, side](const AsyncHostStep::ShardDone& done) {
     std::optional<c10::StreamGuard> on_side;
-    if (side) {
-      on_side.emplace(*side);
-      ready->block(*side);
-    }
+    if (side) on_side.emplace(*side);
     // Each gradient is cleared for the next step once its shard is done (on the side stream:
     // the next backward runs only after wait_host_step(), which follows the synchronize below).
     base::Status st = host_optimizer_->step(host_shards_, hyper, nvme_state_.get(), nullptr,
