@@ -96,6 +96,7 @@ struct OffloadConfig {
   std::string nvme_dir;
   double host_budget_gib = 0.0;     // optimizer = nvme: state of the first units kept in host memory
   bool overlap_step = true;         // zero.stage 3: the host AdamW overlaps the next forward
+  double ratio = 1.0;               // optimizer = cpu: share of the parameters whose state is offloaded
 };
 
 struct LoraConfig {

@@ -139,6 +139,12 @@ void print_table(const sharding::MemoryPlan& p, const base::Config& cfg, const s
   if (hw.gpu_bytes < 0) std::printf("GPU memory not checked (give --gpu-mem GiB)\n");
   if (v.fits) {
     std::printf("fits\n");
+    if (v.faster) {
+      std::printf("also fits, faster: %s (the first units' state stays on the device; GPU peak %.3f GiB, "
+                  "host %.3f GiB per rank)\n",
+                  v.faster->description.c_str(), gib(static_cast<double>(v.faster->plan.device.peak)),
+                  gib(static_cast<double>(v.faster->plan.host.total)));
+    }
     return;
   }
   for (const std::string& problem : v.problems) std::printf("does not fit: %s\n", problem.c_str());
@@ -167,6 +173,11 @@ nlohmann::json verdict_json(const sharding::Verdict& v) {
   }
   nlohmann::json j = {{"fits", v.fits}, {"problems", v.problems}, {"fixes", fixes}};
   if (!v.fits && !v.fixes.empty()) j["suggestion"] = v.fixes[0].description;
+  if (v.faster) {
+    j["faster"] = {{"change", v.faster->description},
+                   {"device_peak_bytes", v.faster->plan.device.peak},
+                   {"host_bytes", v.faster->plan.host.total}};
+  }
   if (!v.fits && v.fixes.empty() && v.combined_fits) {
     std::string all;
     for (const std::string& c : v.combined) all += (all.empty() ? "" : ", ") + c;

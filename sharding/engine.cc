@@ -13,6 +13,7 @@
 #include "sharding/engine_state.h"
 #include "sharding/gathered_storage.h"
 #include "sharding/host_tensor.h"
+#include "sharding/offload_split.h"
 
 namespace dstrain::sharding {
 
@@ -101,6 +102,7 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
     host_allocator_ = std::move(alloc);
   }
   int64_t max_shard = 0;  // sizes the host optimizer's staging
+  const std::vector<bool> offloaded = offloaded_units(units_, options_.offload);
 
   // Where each named parameter lives, for resolving tied references.
   struct Owner { int unit; BufferKind kind; int entry; };
@@ -121,6 +123,7 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
       if (!b.present()) continue;
       b.split = split_plan(b.layout);
       b.trainable = b.layout.kind != BufferKind::kFrozen;
+      b.offloaded = offloaded[u];
       // A frozen buffer has no optimizer state to shard: below stage 3, or replicated at stage 3,
       // every rank holds all of it.
       const bool whole = stage == 0 || (!b.trainable && (stage < 3 || options_.replicate_frozen));
@@ -134,7 +137,7 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
         owners[entry.name] = {u, static_cast<BufferKind>(k), e};
       }
       flat = flat.to(f32);
-      if (b.trainable) max_shard = std::max(max_shard, b.shard.numel());
+      if (b.trainable && b.offloaded) max_shard = std::max(max_shard, b.shard.numel());
       if (b.gathers) {
         RETURN_IF_ERROR(init_stage3_buffer(b, flat));
         continue;
@@ -150,7 +153,7 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
         RETURN_IF_ERROR(store_initial_nvme_state(b, mine));
         continue;
       }
-      if (!optimizer_on_host() && options_.compute_dtype == at::kFloat) {
+      if (!b.offloaded && options_.compute_dtype == at::kFloat) {
         b.full = flat;
         b.master = stage == 0 ? b.full : b.full.narrow(0, b.shard.begin, b.shard.numel());
       } else {
@@ -202,7 +205,7 @@ base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
     b.param_record = next_param_record_++;
     RETURN_IF_ERROR(nvme_params_->write(
         b.param_record, {mine.to(at::kCPU, options_.compute_dtype, /*non_blocking=*/false, /*copy=*/true)}));
-  } else if (params_on_host()) {
+  } else if (b.offloaded && params_on_host()) {
     ASSIGN_OR_RETURN(b.shard_param, host_tensor(host_allocator_, b.shard.numel(), options_.compute_dtype));
     b.shard_param.copy_(mine);
   } else {
@@ -212,8 +215,9 @@ base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
   b.grad = at::zeros({b.shard.numel()}, flat.options());
   if (optimizer_on_nvme()) return store_initial_nvme_state(b, mine);
   // The master may alias the shard only where both live: fp32, and on the same side.
-  if (options_.compute_dtype == at::kFloat && optimizer_on_host() == params_on_host() &&
-      !params_on_nvme()) {
+  const bool master_on_host = b.offloaded && optimizer_on_host();
+  const bool shard_on_host = b.offloaded && params_on_host();
+  if (options_.compute_dtype == at::kFloat && master_on_host == shard_on_host && !params_on_nvme()) {
     b.master = b.shard_param;
   }
   return init_optimizer_state(b, mine);
@@ -235,7 +239,7 @@ base::Status Engine::transition(Buffer& b, GatherState to) {
                                 /*copy=*/true);
         nvme_params_->discard(b.param_record);
         b.gather = comm_.all_gather(b.upload, b.full);
-      } else if (params_on_host()) {
+      } else if (b.offloaded && params_on_host()) {
         RETURN_IF_ERROR(upload_and_gather(b));
       } else {
         b.gather = comm_.all_gather(b.shard_param, b.full);
@@ -573,11 +577,10 @@ base::StatusOr<StepResult> Engine::step(double lr) {
       const double clip_coef = (clip > 0 && norm > clip) ? clip / (norm + 1e-6) : 1.0;
       // Both optimizers divide each gradient by grad_scale: unscaling and clipping in one pass.
       step_count_ += 1;  // the optimizers read the step; the caller advances it
-      if (host_optimizer_) {
-        RETURN_IF_ERROR(host_step(lr, loss_scale_ / clip_coef));
-      } else {
-        RETURN_IF_ERROR(device_step(lr, loss_scale_ / clip_coef));
-      }
+      // The host tier's step first: overlapped, it runs on its own thread while the device
+      // tier's (offload.ratio below 1; else nothing) is queued on the device.
+      if (host_optimizer_) RETURN_IF_ERROR(host_step(lr, loss_scale_ / clip_coef));
+      RETURN_IF_ERROR(device_step(lr, loss_scale_ / clip_coef));
     }
     if (options_.dynamic_loss_scale) {
       if (result.skipped) {
@@ -608,7 +611,7 @@ base::Status Engine::device_step(double lr, double grad_scale_value) {
     std::vector<at::Tensor> params, grads, m, v, steps;
     for (auto& st : state_) {
       Buffer& b = st->buffers[kind];
-      if (!b.present()) continue;
+      if (!b.present() || b.offloaded) continue;
       params.push_back(b.master);
       grads.push_back(b.master_grad(stage));
       m.push_back(b.exp_avg);
@@ -621,16 +624,18 @@ base::Status Engine::device_step(double lr, double grad_scale_value) {
                       options_.optim.beta1, options_.optim.beta2, wd, options_.optim.eps,
                       /*amsgrad=*/false, /*maximize=*/false, grad_scale, /*found_inf=*/{});
   }
-  return refresh_compute_params();
+  return refresh_compute_params(Refresh::kDeviceTier);
 }
 
-base::Status Engine::refresh_compute_params(bool after_host_step) {
+base::Status Engine::refresh_compute_params(Refresh which) {
+  const bool after_host_step = which == Refresh::kAfterHostStep;
   const int64_t stage = options_.zero.stage;
   std::vector<std::unique_ptr<Work>> gathers;
   std::vector<at::Tensor> keep_alive;
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
       if (!b.present() || !b.trainable) continue;
+      if ((which == Refresh::kDeviceTier && b.offloaded) || (after_host_step && !b.offloaded)) continue;
       if (stage == 0) {
         if (!after_host_step && !b.master.is_same(b.full)) b.full.copy_(b.master);
         continue;
@@ -768,7 +773,7 @@ void Engine::set_scalars(const EngineScalars& s) {
 base::Status Engine::finish_load() {
   RETURN_IF_ERROR(wait_host_step());
   try {
-    RETURN_IF_ERROR(refresh_compute_params());
+    RETURN_IF_ERROR(refresh_compute_params(Refresh::kAll));
   } catch (const std::exception& e) {
     return torch_error(e, "loading state");
   }

@@ -195,10 +195,14 @@ class Engine {
   // goes on: a few units' worth, enough to overlap, few enough to bound the memory.
   static constexpr size_t kReductionsInFlight = 4;
   base::StatusOr<double> grad_norm_squared();
-  // After the host optimizer (which writes stage-3 shards itself) or after a load.
-  base::Status refresh_compute_params(bool after_host_step = false);
-  // AdamW with gradients divided by grad_scale: fused on the device, or on host-resident state
-  // (offload.optimizer = cpu). Both refresh the compute parameters.
+  // The compute parameters from the masters: after a load (every buffer), after the device
+  // optimizer (the buffers it updates), or after the host optimizer (which writes stage-3 and
+  // stage-0 parameters itself; stages 1 and 2 gather the shards it updated).
+  enum class Refresh { kAll, kDeviceTier, kAfterHostStep };
+  base::Status refresh_compute_params(Refresh which);
+  // AdamW with gradients divided by grad_scale: fused on the device over the buffers kept there,
+  // and on host-resident state over the offloaded ones (offload.optimizer, offload.ratio). Both
+  // refresh the compute parameters they updated.
   base::Status device_step(double lr, double grad_scale);
   base::Status host_step(double lr, double grad_scale);
   // offload.overlap_step: the host step runs on its own thread and the next forward waits for
@@ -208,8 +212,8 @@ class Engine {
   base::Status start_host_step(std::vector<HostShard> shards, const offload::AdamWHyper& hyper);
   base::Status wait_host_step();
   base::Status wait_host_update(const Buffer& b);
-  // fp32 optimizer state of `numel` elements: host memory when offloaded, else the device.
-  base::StatusOr<at::Tensor> optimizer_tensor(int64_t numel);
+  // fp32 optimizer state of `numel` elements: host memory or the device.
+  base::StatusOr<at::Tensor> optimizer_tensor(int64_t numel, bool on_host);
   // The fp32 master from `mine` (unless `b.master` is already set: an alias) and zero moments,
   // in optimizer memory.
   base::Status init_optimizer_state(Buffer& b, const at::Tensor& mine);

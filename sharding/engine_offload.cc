@@ -32,18 +32,19 @@ c10::Stream side_stream_after_current(const at::Device& device,
 
 }  // namespace
 
-base::StatusOr<at::Tensor> Engine::optimizer_tensor(int64_t numel) {
-  if (optimizer_on_host()) return host_tensor(host_allocator_, numel, at::kFloat);
+base::StatusOr<at::Tensor> Engine::optimizer_tensor(int64_t numel, bool on_host) {
+  if (on_host) return host_tensor(host_allocator_, numel, at::kFloat);
   return at::zeros({numel}, at::TensorOptions().dtype(at::kFloat).device(options_.device));
 }
 
 base::Status Engine::init_optimizer_state(Buffer& b, const at::Tensor& mine) {
+  const bool on_host = b.offloaded && optimizer_on_host();
   if (!b.master.defined()) {
-    ASSIGN_OR_RETURN(b.master, optimizer_tensor(mine.numel()));
+    ASSIGN_OR_RETURN(b.master, optimizer_tensor(mine.numel(), on_host));
     b.master.copy_(mine);
   }
-  ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.master.numel()));
-  ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.master.numel()));
+  ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.master.numel(), on_host));
+  ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.master.numel(), on_host));
   return base::Status::Ok();
 }
 
@@ -130,7 +131,7 @@ base::Status Engine::host_step(double lr, double grad_scale) {
   std::vector<HostShard> shards;
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
-      if (!b.present() || !b.trainable) continue;
+      if (!b.present() || !b.trainable || !b.offloaded) continue;
       HostShard s;
       s.grad = b.master_grad(stage);
       s.master = b.master;  // undefined under nvme: the optimizer pages it in
@@ -155,7 +156,7 @@ base::Status Engine::host_step(double lr, double grad_scale) {
   }
   if (overlap) return start_host_step(std::move(shards), hyper);
   RETURN_IF_ERROR(host_optimizer_->step(shards, hyper, nvme_state_.get(), nvme_params_.get()));
-  return refresh_compute_params(/*after_host_step=*/true);
+  return refresh_compute_params(Refresh::kAfterHostStep);
 }
 
 base::Status Engine::upload_and_gather(Buffer& b) {

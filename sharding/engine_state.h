@@ -44,6 +44,8 @@ struct Engine::Buffer {
   int param_record = -1;         // offload.params = nvme: its record in the parameter file;
                                  // `shard_param` exists only while paged in
   int host_shard = -1;           // offload.overlap_step: its shard in the host step in flight
+  bool offloaded = false;        // its unit's state is in the offload tiers (offload.ratio):
+                                 // the host optimizer updates it; else the device one
 
   bool present() const { return !layout.empty(); }
   // The slice of `grad` that matches `master`.

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <functional>
 
+#include "sharding/offload_split.h"
+
 namespace dstrain::sharding {
 namespace {
 
@@ -132,12 +134,30 @@ base::StatusOr<Verdict> judge(const base::UnitList& units, const base::Config& c
   ASSIGN_OR_RETURN(MemoryPlan plan, plan_memory(units, cfg, options));
   v.problems = fit_problems(plan, hw);
   v.fits = v.problems.empty();
-  if (v.fits) return v;
   auto try_plan = [&](const base::Config& c, int world) -> base::StatusOr<MemoryPlan> {
     PlanOptions o = options;
     o.world = world;
     return plan_memory(units, c, o);
   };
+  if (v.fits && cfg.offload.optimizer == "cpu" && cfg.offload.params != "nvme" && hw.gpu_bytes >= 0) {
+    // Fewer units on the host means more on the device: the first ratio that fits is the smallest.
+    // Units are whole, so several ratios may pick the configured units: those change nothing.
+    const std::vector<bool> now = offloaded_units(units, cfg.offload);
+    for (int twentieths = 1; twentieths < 20 && twentieths * 0.05 < cfg.offload.ratio - 1e-9; ++twentieths) {
+      Change change{"", cfg, options.world, {}};
+      change.config.offload.ratio = twentieths * 0.05;
+      if (offloaded_units(units, change.config.offload) == now) break;
+      char text[48];
+      std::snprintf(text, sizeof(text), "offload.ratio=%.2f", change.config.offload.ratio);
+      change.description = text;
+      ASSIGN_OR_RETURN(change.plan, try_plan(change.config, change.world));
+      if (fit_problems(change.plan, hw).empty()) {
+        v.faster = std::move(change);
+        break;
+      }
+    }
+  }
+  if (v.fits) return v;
   for (const Candidate& cand : candidates(cfg, options.world)) {
     Change change{cand.description, cfg, options.world, {}};
     if (!cand.edit(change.config, change.world)) continue;

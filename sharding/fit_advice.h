@@ -2,6 +2,7 @@
 // Does a plan fit the hardware, and if not, what is the smallest change that makes it fit. Every
 // suggested change is checked by planning again with it (sharding/memory_plan.h).
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,11 +41,16 @@ struct Verdict {
   std::vector<std::string> combined;
   bool combined_fits = false;
   MemoryPlan combined_plan;
+  // When it fits with offload.optimizer = cpu and the GPU's memory is known: the smallest
+  // offload.ratio (a multiple of 0.05) below the configured one that still fits, if any. The
+  // units it keeps on the device take their host AdamW work and PCIe traffic off the step.
+  std::optional<Change> faster;
 };
 
 // Candidates, smallest first: selective checkpointing, halving the micro-batch, full
 // checkpointing, each higher ZeRO stage, offload.optimizer = cpu, more ranks (x2 .. x64),
 // offload.params = cpu at stage 3, then NVMe for the optimizer and the parameters.
+// Also fills Verdict::faster.
 base::StatusOr<Verdict> judge(const base::UnitList& units, const base::Config& cfg,
                               const PlanOptions& options, const Hardware& hw);
 

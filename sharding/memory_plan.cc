@@ -8,6 +8,7 @@
 #include "sharding/activation_checkpointing.h"
 #include "sharding/comm_volume.h"
 #include "sharding/flat_layout.h"
+#include "sharding/offload_split.h"
 
 namespace dstrain::sharding {
 namespace {
@@ -40,6 +41,7 @@ struct BufferInfo {
   bool trainable = false;
   bool gathers = false;  // stage 3: gathered before use, released after
   int64_t owned = 0;     // elements of optimizer state this rank holds
+  bool offloaded = false;  // its unit's state is in the offload tiers (offload_split.h)
 };
 
 struct UnitInfo {
@@ -55,10 +57,12 @@ struct Layouts {
   int64_t trainable_parameters = 0;
 };
 
-Layouts make_layouts(const base::UnitList& units, int world, int64_t stage, bool replicate_frozen) {
+Layouts make_layouts(const base::UnitList& units, int world, int64_t stage, bool replicate_frozen,
+                     const std::vector<bool>& offloaded) {
   Layouts out;
   std::map<std::string, int> owner;  // parameter name -> buffer index
-  for (const auto& unit : units) {
+  for (size_t u = 0; u < units.size(); ++u) {
+    const auto& unit = units[u];
     UnitInfo info;
     for (int k = 0; k < kNumBufferKinds; ++k) {
       const FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), world);
@@ -70,6 +74,7 @@ Layouts make_layouts(const base::UnitList& units, int world, int64_t stage, bool
       const bool whole = stage == 0 || (!b.trainable && (stage < 3 || replicate_frozen));
       b.gathers = stage == 3 && !whole;
       b.owned = whole ? b.padded : b.shard;
+      b.offloaded = offloaded[u];
       const int index = static_cast<int>(out.buffers.size());
       for (const FlatEntry& e : layout.entries) {
         owner[e.name] = index;
@@ -114,11 +119,10 @@ void place_state(const Layouts& l, const base::Config& cfg, bool cuda, MemoryPla
   const int64_t c = dtype_bytes(cfg.train.dtype);
   auto on_device = [cuda](int64_t bytes) { return cuda ? cuda_allocated_bytes(bytes) : bytes; };
   const int64_t stage = cfg.zero.stage;
-  const std::string& opt = cfg.offload.optimizer;
-  const std::string& par = cfg.offload.params;
   double budget = cfg.offload.host_budget_gib * static_cast<double>(int64_t{1} << 30);
   int64_t max_owned = 0, max_nvme_record = 0, max_param_record = 0;
   // One fp32 optimizer tensor of `numel` elements (Engine::optimizer_tensor).
+  std::string opt, par;  // the tiers of the buffer at hand: "none" for those kept on the device
   auto add_optimizer = [&](int64_t numel) {
     if (opt == "none") {
       plan.device.optimizer += on_device(4 * numel);
@@ -127,6 +131,8 @@ void place_state(const Layouts& l, const base::Config& cfg, bool cuda, MemoryPla
     }
   };
   for (const BufferInfo& b : l.buffers) {
+    opt = b.offloaded ? cfg.offload.optimizer : "none";
+    par = b.offloaded ? cfg.offload.params : "none";
     if (b.gathers) {
       const int64_t bytes = b.shard * c;
       if (par == "none") {
@@ -140,9 +146,9 @@ void place_state(const Layouts& l, const base::Config& cfg, bool cuda, MemoryPla
     }
     plan.compute_params += (b.gathers ? b.shard : b.padded) * c;
     if (!b.trainable) continue;
-    max_owned = std::max(max_owned, b.owned);
     plan.device.gradients += on_device((stage >= 2 ? b.shard : b.padded) * 4);
     plan.optimizer_moments += 8 * b.owned;
+    if (b.offloaded) max_owned = std::max(max_owned, b.owned);
     if (opt == "nvme") {  // master and moments together, host memory while the budget lasts
       const int64_t bytes = 12 * b.owned;
       plan.master_params += 4 * b.owned;
@@ -163,7 +169,7 @@ void place_state(const Layouts& l, const base::Config& cfg, bool cuda, MemoryPla
     add_optimizer(b.owned);              // exp_avg
     add_optimizer(b.owned);              // exp_avg_sq
   }
-  if (opt != "none") {  // HostOptimizer: two slots of the largest shard
+  if (cfg.offload.optimizer != "none") {  // HostOptimizer: two slots of the largest shard
     plan.host.staging += 2 * max_owned * (4 + (c != 4 ? c : 0));
   }
   if (max_nvme_record > 0) plan.host.staging += kNvmeSlots * 3 * align_up(4 * max_nvme_record, kNvmeAlign);
@@ -208,7 +214,7 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
   const int64_t stage = cfg.zero.stage;
   const int64_t depth = cfg.zero.prefetch_depth;
   const int64_t wire = cfg.zero.reduce_dtype == "bf16" ? 2 : 4;
-  const bool uploads = cfg.offload.params != "none";
+  const bool uploads = cfg.offload.params != "none";  // for the offloaded buffers
   const std::vector<UnitActivations> acts = unit_activations(units, l, shape);
   plan.layer_activation_bytes = n > 2 ? acts[1].saved + acts[1].output : 0;
 
@@ -221,7 +227,8 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
       for (int b : l.units[u].uses) {
         if (!l.buffers[b].gathers || std::find(seen.begin(), seen.end(), b) != seen.end()) continue;
         seen.push_back(b);
-        bytes += l.buffers[b].padded * c + (uploads ? l.buffers[b].shard * c : 0);
+        const bool upload = uploads && l.buffers[b].offloaded;
+        bytes += l.buffers[b].padded * c + (upload ? l.buffers[b].shard * c : 0);
       }
     }
     return bytes;
@@ -321,15 +328,16 @@ base::Status count_comm(const Layouts& l, const base::Config& cfg, int ranks_per
                         MemoryPlan& plan) {
   const int64_t c = dtype_bytes(cfg.train.dtype);
   const int64_t wire = cfg.zero.reduce_dtype == "bf16" ? 2 : 4;
-  int64_t trainable = 0, gathered = 0, owned = 0, gathered_shards = 0;
+  // owned and offloaded_shards: of the offloaded buffers only (PCIe traffic).
+  int64_t trainable = 0, gathered = 0, owned = 0, offloaded_shards = 0;
   for (const BufferInfo& b : l.buffers) {
     if (b.trainable) {
       trainable += b.padded;
-      owned += b.owned;
+      if (b.offloaded) owned += b.owned;
     }
     if (b.gathers) {
       gathered += b.padded;
-      gathered_shards += b.shard;
+      if (b.offloaded) offloaded_shards += b.shard;
     }
   }
   CommVolumeInput in;
@@ -347,14 +355,15 @@ base::Status count_comm(const Layouts& l, const base::Config& cfg, int ranks_per
   comm.ranks_per_node = ranks_per_node;
   comm.intra_node = volume.intra_node_bytes;
   comm.inter_node = volume.inter_node_bytes;
-  // PCIe: an offloaded optimizer takes fp32 gradients down and sends updated parameters up; host
-  // parameter shards go up before each gather (twice a micro-batch).
+  // PCIe: an offloaded optimizer takes fp32 gradients down and sends updated parameters up
+  // (unless they live on the host too: it writes them there); host parameter shards go up before
+  // each gather (twice a micro-batch).
   const std::string& opt = cfg.offload.optimizer;
   const std::string& par = cfg.offload.params;
-  if (opt != "none") comm.host_device += owned * (4 + c);
-  if (par != "none") comm.host_device += 2 * plan.grad_accumulation * gathered_shards * c;
+  if (opt != "none") comm.host_device += owned * (4 + (par == "none" ? c : 0));
+  if (par != "none") comm.host_device += 2 * plan.grad_accumulation * offloaded_shards * c;
   comm.nvme = 2 * plan.nvme.optimizer;  // read and written back every step
-  if (par == "nvme") comm.nvme += (2 * plan.grad_accumulation + 1) * gathered_shards * c;
+  if (par == "nvme") comm.nvme += (2 * plan.grad_accumulation + 1) * offloaded_shards * c;
   return base::Status::Ok();
 }
 
@@ -380,7 +389,8 @@ base::StatusOr<MemoryPlan> plan_memory(const base::UnitList& units, const base::
   const int64_t per_step = cfg.train.micro_batch * options.world;
   plan.grad_accumulation = std::max<int64_t>(1, (cfg.train.global_batch + per_step - 1) / per_step);
   plan.replicate_frozen = frozen_base_replicated(units, cfg, options);
-  const Layouts layouts = make_layouts(units, plan.shard_world, cfg.zero.stage, plan.replicate_frozen);
+  const Layouts layouts = make_layouts(units, plan.shard_world, cfg.zero.stage, plan.replicate_frozen,
+                                       offloaded_units(units, cfg.offload));
   plan.parameters = layouts.parameters;
   plan.trainable_parameters = layouts.trainable_parameters;
   place_state(layouts, cfg, options.cuda, plan);

@@ -12,6 +12,7 @@ Range at_least(double v) { return {Bound{v, true}, std::nullopt}; }
 Range above(double v) { return {Bound{v, false}, std::nullopt}; }
 Range closed(double lo, double hi) { return {Bound{lo, true}, Bound{hi, true}}; }
 Range right_open(double lo, double hi) { return {Bound{lo, true}, Bound{hi, false}}; }
+Range left_open(double lo, double hi) { return {Bound{lo, false}, Bound{hi, true}}; }
 Range any() { return {}; }
 
 KeySpec number(std::string_view name, Field field, Range range, std::string_view doc) {
@@ -147,6 +148,10 @@ std::vector<KeySpec> build_schema() {
       number(DSTRAIN_KEY(offload.host_budget_gib), at_least(0),
              "optimizer = nvme: GiB of host memory per rank for optimizer state; units that fit "
              "stay in host memory, the rest go to NVMe"),
+      number(DSTRAIN_KEY(offload.ratio), left_open(0, 1),
+             "optimizer = cpu: share of the parameters whose optimizer state (and, with "
+             "offload.params = cpu, parameter shards) lives in host memory; the rest stays on the "
+             "device, updated there while the host updates its share"),
       flag(DSTRAIN_KEY(offload.overlap_step),
            "zero.stage 3 with an offloaded optimizer: the host AdamW runs on its own thread and "
            "the next forward waits only for the unit it reaches (same results either way)"),

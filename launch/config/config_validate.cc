@@ -130,6 +130,14 @@ base::Status check_offload(const base::Config& cfg, const KeyOrigins& origins) {
                 "offload.params other than \"none\" requires offload.optimizer other than \"none\", got " +
                     show(cfg, "offload.params") + ", " + show(cfg, "offload.optimizer"));
   }
+  // NVMe records are laid out for every unit; a device share only splits the host tier.
+  if (cfg.offload.ratio < 1.0 && (cfg.offload.optimizer != "cpu" || cfg.offload.params == "nvme")) {
+    return fail(cfg, origins, {"offload.ratio", "offload.optimizer", "offload.params"},
+                "offload.ratio below 1 requires offload.optimizer = \"cpu\" and offload.params "
+                "other than \"nvme\", got " +
+                    show(cfg, "offload.ratio") + ", " + show(cfg, "offload.optimizer") + ", " +
+                    show(cfg, "offload.params"));
+  }
   const std::pair<std::string_view, const std::string*> modes[] = {
       {"offload.optimizer", &cfg.offload.optimizer}, {"offload.params", &cfg.offload.params}};
   for (const auto& [key, mode] : modes) {

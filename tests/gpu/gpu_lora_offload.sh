@@ -2,10 +2,13 @@
 # GPU benchmarks of LoRA and offload, in one device call after `bash .gpu-deps/device-build.sh`
 # (../shared/gpu/README.md), from the project root. PARTS picks what runs (default: all):
 #   lora      LoRA fine-tuning, one GPU: dstrain vs transformers + PEFT, same shape, targets,
-#             rank, batch, sequence length and checkpointing   -> lora.jsonl
+#             rank, batch, sequence length and checkpointing, and the bound the base's matrix
+#             products and attention set (tests/bench/lora_gemm_bound.py) -> lora.jsonl
+#             (LORA_SHAPES: default "1b 8b"; LORA_CKPT: dstrain's policies, default "full")
 #   adam      `dstrain bench adam` vs torch.optim.AdamW on this host's CPUs -> adam.json
 #   offload   the largest Llama shape fully fine-tuned on one GPU with its optimizer state and
-#             parameters in host memory (OFFLOAD_SHAPE: 13b or 7b) -> offload.jsonl
+#             parameters in host memory (OFFLOAD_SHAPE: 13b or 7b; OFFLOAD_RATIO: offload.ratio
+#             values, default 1.0) -> offload.jsonl
 #   aio       `dstrain bench aio` vs dd with O_DIRECT on the same file -> aio.json
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -50,13 +53,17 @@ if has lora; then
   # rank 16, alpha 32, every linear layer, seq 2048, one sequence per step, activation
   # checkpointing on both sides; dstrain keeps the frozen base whole (stage 0, one GPU).
   lora="--config configs/bench-1b.toml --set zero.stage=0 --set train.global_batch=1 --set train.seq_len=2048
-    --set train.steps=10 --set lora.enabled=true --set lora.rank=16 --set lora.alpha=32 --set lora.targets=all-linear
-    --set train.activation_checkpointing=full"
+    --set train.steps=10 --set lora.enabled=true --set lora.rank=16 --set lora.alpha=32 --set lora.targets=all-linear"
   : > "$OUT/lora.jsonl"
-  for shape in 1b 8b; do
+  for shape in ${LORA_SHAPES:-1b 8b}; do
     extra=""; [ "$shape" = 8b ] && extra="$SHAPE_8B"
-    run lora_dstrain_$shape 16 $lora $extra
-    summarise lora_dstrain_$shape "{\"peer\": \"dstrain\", \"shape\": \"$shape\"}" >> "$OUT/lora.jsonl"
+    for ckpt in ${LORA_CKPT:-full}; do
+      run lora_dstrain_${shape}_$ckpt 16 $lora $extra --set train.activation_checkpointing=$ckpt
+      summarise lora_dstrain_${shape}_$ckpt \
+        "{\"peer\": \"dstrain\", \"shape\": \"$shape\", \"activation_checkpointing\": \"$ckpt\"}" >> "$OUT/lora.jsonl"
+    done
+    timeout 120 python3 tests/bench/lora_gemm_bound.py --shape $shape --seq 2048 >> "$OUT/lora.jsonl" \
+      2> "$OUT/lora_bound_$shape.log"
     timeout 300 python3 tests/bench/peft_lora.py --shape $shape --seq 2048 --rank 16 --alpha 32 --steps 10 \
       --grad-ckpt > "$OUT/lora_peft_$shape.log" 2>&1
     echo "lora_peft_$shape rc=$?" | tee -a "$OUT/summary.txt"
@@ -96,13 +103,15 @@ print(json.dumps(out))
 PY
   : > "$OUT/offload.jsonl"
   for overlap in ${OFFLOAD_OVERLAP:-true}; do
-    run offload_${shape}_$overlap $threads --config configs/bench-1b.toml $dims --set zero.stage=3 \
-      --set train.global_batch=1 --set train.seq_len=2048 --set train.steps=${OFFLOAD_STEPS:-6} \
-      --set train.activation_checkpointing=full --set offload.optimizer=cpu --set offload.params=cpu \
-      --set offload.overlap_step=$overlap
-    summarise offload_${shape}_$overlap \
-      "{\"run\": \"offload\", \"shape\": \"$shape\", \"threads\": $threads, \"overlap_step\": $overlap}" \
-      | tee -a "$OUT/offload.jsonl"
+    for ratio in ${OFFLOAD_RATIO:-1.0}; do
+      name=offload_${shape}_${overlap}_$ratio
+      run $name $threads --config configs/bench-1b.toml $dims --set zero.stage=3 \
+        --set train.global_batch=1 --set train.seq_len=2048 --set train.steps=${OFFLOAD_STEPS:-6} \
+        --set train.activation_checkpointing=full --set offload.optimizer=cpu --set offload.params=cpu \
+        --set offload.overlap_step=$overlap --set offload.ratio=$ratio
+      summarise $name "{\"run\": \"offload\", \"shape\": \"$shape\", \"threads\": $threads, \
+        \"overlap_step\": $overlap, \"ratio\": $ratio}" | tee -a "$OUT/offload.jsonl"
+    done
   done
 fi
 

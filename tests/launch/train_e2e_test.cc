@@ -126,6 +126,9 @@ TEST_F(TrainE2e, OffloadedOptimizerAndParametersKeepTheLosses) {
       {2, "--set offload.optimizer=cpu"},
       {3, "--set offload.optimizer=cpu"},
       {3, "--set offload.optimizer=cpu --set offload.params=cpu"},
+      // Part of the units on the device, the rest on the host, each updated by its own AdamW.
+      {3, "--set offload.optimizer=cpu --set offload.params=cpu --set offload.ratio=0.5"},
+      {1, "--set offload.optimizer=cpu --set offload.ratio=0.3"},
       {0, nvme},
       {2, nvme},
       {3, nvme + " --set offload.params=cpu --set offload.host_budget_gib=0.0001"},

@@ -41,6 +41,7 @@ struct Case {
   const char* offload_optimizer = "none";
   const char* dtype = "fp32";
   const char* reduce_dtype = "fp32";
+  double offload_ratio = 1.0;
 };
 
 // Activations and parameters both matter at this size: neither hides an error in the other.
@@ -61,6 +62,7 @@ base::Config make_config(const Case& c, int world) {
   cfg.zero.stage = c.stage;
   cfg.zero.reduce_dtype = c.reduce_dtype;
   cfg.offload.optimizer = c.offload_optimizer;
+  cfg.offload.ratio = c.offload_ratio;
   cfg.lora.enabled = c.lora;
   cfg.lora.rank = 8;
   cfg.lora.targets = {"all-linear"};
@@ -151,6 +153,9 @@ TEST(MemoryPlan, PredictsTheMeasuredPeakWithinFivePercent) {
       {"lora stage3 selective mb2", 3, "selective", 2, true},
       {"offload cpu stage2 none mb2", 2, "none", 2, false, "cpu"},
       {"offload cpu stage0 selective mb1", 0, "selective", 1, false, "cpu"},
+      // Half the units keep their state on the device, the other half in host memory.
+      {"offload cpu ratio 0.5 stage3 none mb2", 3, "none", 2, false, "cpu", "fp32", "fp32", 0.5},
+      {"offload cpu ratio 0.5 stage1 full mb1", 1, "full", 1, false, "cpu", "fp32", "fp32", 0.5},
       {"bf16 stage2 none mb2", 2, "none", 2, false, "none", "bf16"},
       {"bf16 reduce stage1 none mb2", 1, "none", 2, false, "none", "fp32", "bf16"},
   };
@@ -158,7 +163,7 @@ TEST(MemoryPlan, PredictsTheMeasuredPeakWithinFivePercent) {
     const Figures f = run_case(c, **comm, counter);
     const double ratio = static_cast<double>(f.predicted) / static_cast<double>(f.measured);
     if (rank == 0) {
-      std::printf("[plan] world %d | %-34s | predicted %10lld | measured %10lld | ratio %.3f\n",
+      std::printf("[plan] world %d | %-38s | predicted %10lld | measured %10lld | ratio %.3f\n",
                   (*comm)->size(), c.name, static_cast<long long>(f.predicted),
                   static_cast<long long>(f.measured), ratio);
       std::fflush(stdout);

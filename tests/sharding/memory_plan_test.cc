@@ -8,6 +8,7 @@
 
 #include "sharding/fit_advice.h"
 #include "sharding/memory_plan.h"
+#include "sharding/offload_split.h"
 
 namespace dstrain::sharding {
 namespace {
@@ -114,6 +115,37 @@ TEST(MemoryPlan, OffloadMovesTheOptimizerStateToItsTier) {
   EXPECT_EQ(on_nvme.nvme.optimizer, on_device.device.optimizer);
   EXPECT_EQ(on_nvme.host.optimizer, 0);
   EXPECT_GT(on_nvme.comm.nvme, 0);
+}
+
+TEST(MemoryPlan, OffloadRatioSplitsTheStateBetweenDeviceAndHost) {
+  base::Config cfg = config();
+  cfg.zero.stage = 3;
+  cfg.offload.optimizer = "cpu";
+  cfg.offload.params = "cpu";
+  const MemoryPlan all = plan(cfg, 1);
+  cfg.offload.ratio = 0.5;
+  const MemoryPlan half = plan(cfg, 1);
+  cfg.offload.optimizer = cfg.offload.params = "none";
+  const MemoryPlan none = plan(cfg, 1);
+  // Units go to the host from the last one back until they hold at least half the parameters.
+  const std::vector<bool> units = offloaded_units(llama_units(), [] {
+    base::OffloadConfig o;
+    o.optimizer = "cpu";
+    o.ratio = 0.5;
+    return o;
+  }());
+  EXPECT_EQ(units, (std::vector<bool>{false, false, false, true, true, true}));
+  // Together the two tiers hold what either holds alone.
+  EXPECT_EQ(half.host.optimizer + half.device.optimizer, all.host.optimizer);
+  EXPECT_EQ(half.host.params + half.device.params, all.host.params);
+  EXPECT_GT(half.device.optimizer, 0);
+  EXPECT_LT(half.device.optimizer, none.device.optimizer);
+  const double host_share = static_cast<double>(half.host.optimizer) / all.host.optimizer;
+  EXPECT_GE(host_share, 0.5);
+  EXPECT_LT(host_share, 0.75);
+  // Only the offloaded half crosses PCIe.
+  EXPECT_GT(half.comm.host_device, 0);
+  EXPECT_LT(half.comm.host_device, all.comm.host_device);
 }
 
 TEST(MemoryPlan, CheckpointingKeepsLessForBackward) {
@@ -234,6 +266,36 @@ TEST(FitAdvice, EverySuggestedChangeFitsWhenPlannedAgain) {
   auto fits = judge(llama_units(), cfg, o, hw);
   ASSERT_TRUE(fits.ok());
   EXPECT_TRUE(fits->fits);
+}
+
+TEST(FitAdvice, AnOffloadedRunThatFitsIsToldTheSmallestRatioThatStillFits) {
+  base::Config cfg = config();
+  cfg.zero.stage = 3;
+  cfg.offload.optimizer = "cpu";
+  cfg.offload.params = "cpu";
+  cfg.offload.ratio = 0.5;
+  const MemoryPlan half = plan(cfg, 1);
+  Hardware hw;
+  hw.gpu_bytes = half.device.peak;  // room for half the state, not more
+  auto verdict = judge(llama_units(), cfg, cpu_options(), hw);
+  ASSERT_TRUE(verdict.ok()) << verdict.status().to_string();
+  EXPECT_TRUE(verdict->fits);
+  EXPECT_FALSE(verdict->faster.has_value()) << verdict->faster->description;
+  cfg.offload.ratio = 1.0;
+  verdict = judge(llama_units(), cfg, cpu_options(), hw);
+  ASSERT_TRUE(verdict.ok());
+  ASSERT_TRUE(verdict->faster.has_value());
+  // The same units as ratio 0.5: units are whole, so every ratio from 0.3 to 0.5 takes the last
+  // three; 0.25 would take two, which does not fit.
+  const double ratio = verdict->faster->config.offload.ratio;
+  EXPECT_GT(ratio, 0.25);
+  EXPECT_LE(ratio, 0.5 + 1e-9);
+  EXPECT_EQ(verdict->faster->plan.device.peak, half.device.peak);
+  EXPECT_EQ(verdict->faster->description.rfind("offload.ratio=0.", 0), 0u);
+  cfg.offload.optimizer = cfg.offload.params = "none";
+  verdict = judge(llama_units(), cfg, cpu_options(), hw);
+  ASSERT_TRUE(verdict.ok());
+  EXPECT_FALSE(verdict->faster.has_value()) << "nothing offloaded: nothing to bring back";
 }
 
 TEST(FitAdvice, HostMemoryIsSharedByTheRanksOfANode) {

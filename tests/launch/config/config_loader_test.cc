@@ -233,6 +233,12 @@ TEST(ConfigErrors, ContradictoryPairs) {
   EXPECT_EQ(error_of("[offload]\noptimizer = \"nvme\"\n"),
             "x.toml:2: offload.optimizer: offload.optimizer = \"nvme\" requires offload.nvme_dir, "
             "got offload.nvme_dir = \"\"");
+  EXPECT_EQ(error_of("[offload]\nratio = 0.5\n"),
+            "x.toml:2: offload.ratio: offload.ratio below 1 requires offload.optimizer = \"cpu\" "
+            "and offload.params other than \"nvme\", got offload.ratio = 0.5, "
+            "offload.optimizer = \"none\", offload.params = \"none\"");
+  EXPECT_EQ(error_of("[offload]\noptimizer = \"cpu\"\nratio = 0.0\n"),
+            "x.toml:3: offload.ratio: must be in (0, 1], got 0");
   EXPECT_EQ(error_of("[model]\nhidden_size = 66\nnum_heads = 4\nnum_kv_heads = 2\n"),
             "x.toml:2: model.hidden_size: model.hidden_size must be a multiple of model.num_heads "
             "when model.head_dim = 0, got model.hidden_size = 66, model.num_heads = 4");
