@@ -101,6 +101,20 @@ for name, dst, src in (("h2d_gbps", dev, host), ("d2h_gbps", host, dev)):
     out[name] = 5 * n / (start.elapsed_time(end) / 1e3) / 1e9
 print(json.dumps(out))
 PY
+  # offload.ratio on the GPU: fp32 tiny model at stage 3, the losses with half the units on the
+  # device and half on the host against the run without offload; then the plan's advice here.
+  tiny="--config configs/tiny.toml --set train.steps=8 --set checkpoint.enabled=false --set zero.stage=3"
+  run ratio_none 4 $tiny
+  run ratio_half 4 $tiny --set offload.optimizer=cpu --set offload.params=cpu --set offload.ratio=0.5
+  python3 - "$OUT/ratio_none.jsonl" "$OUT/ratio_half.jsonl" <<'PY' | tee "$OUT/ratio_equality.json"
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(p) if '"loss"' in l] for p in sys.argv[1:3])
+print(json.dumps({"steps": len(a), "max_rel_diff": max(abs(x - y) / abs(x) for x, y in zip(a, b)) if a and len(a) == len(b) else None}))
+PY
+  gpu_gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | awk '{print $1/1024}')
+  $BIN plan --config configs/bench-1b.toml $dims --set zero.stage=3 --set train.global_batch=1 \
+    --set train.seq_len=2048 --set train.activation_checkpointing=full --set offload.optimizer=cpu \
+    --set offload.params=cpu --gpu-mem $gpu_gib 2>&1 | tail -n 4 | tee "$OUT/offload_plan.txt"
   : > "$OUT/offload.jsonl"
   for overlap in ${OFFLOAD_OVERLAP:-true}; do
     for ratio in ${OFFLOAD_RATIO:-1.0}; do
