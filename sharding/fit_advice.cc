@@ -143,6 +143,9 @@ base::StatusOr<Verdict> judge(const base::UnitList& units, const base::Config& c
     // Fewer units on the host means more on the device: the first ratio that fits is the smallest.
     // Units are whole, so several ratios may pick the configured units: those change nothing.
     const std::vector<bool> now = offloaded_units(units, cfg.offload);
+    // A suggestion keeps 5% of the GPU to spare: the plan's error on GPUs (docs/plan.md).
+    Hardware spare = hw;
+    spare.gpu_bytes = hw.gpu_bytes / 20 * 19;
     for (int twentieths = 1; twentieths < 20 && twentieths * 0.05 < cfg.offload.ratio - 1e-9; ++twentieths) {
       Change change{"", cfg, options.world, {}};
       change.config.offload.ratio = twentieths * 0.05;
@@ -151,7 +154,7 @@ base::StatusOr<Verdict> judge(const base::UnitList& units, const base::Config& c
       std::snprintf(text, sizeof(text), "offload.ratio=%.2f", change.config.offload.ratio);
       change.description = text;
       ASSIGN_OR_RETURN(change.plan, try_plan(change.config, change.world));
-      if (fit_problems(change.plan, hw).empty()) {
+      if (fit_problems(change.plan, spare).empty()) {
         v.faster = std::move(change);
         break;
       }

@@ -42,7 +42,8 @@ struct Verdict {
   bool combined_fits = false;
   MemoryPlan combined_plan;
   // When it fits with offload.optimizer = cpu and the GPU's memory is known: the smallest
-  // offload.ratio (a multiple of 0.05) below the configured one that still fits, if any. The
+  // offload.ratio (a multiple of 0.05) below the configured one that still fits with 5% of the
+  // GPU's memory to spare, if any. The
   // units it keeps on the device take their host AdamW work and PCIe traffic off the step.
   std::optional<Change> faster;
 };
