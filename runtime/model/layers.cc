@@ -16,7 +16,25 @@ bool use_kernels(const at::Tensor& x) { return x.is_cuda() && kernels::cuda_kern
 
 at::Tensor lora_delta(const at::Tensor& x, const LoraAdapter& a) {
   const at::Tensor xd = a.dropout_mask.defined() ? x * a.dropout_mask : x;
-  return at::linear(at::linear(xd, a.a), a.b) * a.scale;
+  // The scale multiplies the rank-r intermediate, not the [.., out] result: r columns, not out.
+  return at::linear(at::linear(xd, a.a) * a.scale, a.b);
+}
+
+// The weights side by side as one [sum of out, in] matrix without a copy, when they are frozen
+// and already lie one after the other in one storage (a flat buffer keeps a unit's parameters in
+// schema order); else undefined.
+at::Tensor adjacent_frozen_weights(const std::vector<at::Tensor>& weights) {
+  const at::Tensor& first = weights.front();
+  int64_t rows = 0;
+  for (const at::Tensor& w : weights) {
+    if (w.requires_grad() || !w.is_contiguous() || w.dim() != 2 || w.size(1) != first.size(1) ||
+        w.scalar_type() != first.scalar_type() || !w.storage().is_alias_of(first.storage()) ||
+        w.storage_offset() != first.storage_offset() + rows * first.size(1)) {
+      return at::Tensor();
+    }
+    rows += w.size(0);
+  }
+  return first.as_strided({rows, first.size(1)}, {first.size(1), 1});
 }
 
 // Several projections of one input as one matmul over their concatenated weights (one large
@@ -24,7 +42,7 @@ at::Tensor lora_delta(const at::Tensor& x, const LoraAdapter& a) {
 // beside it). Returns [..., sum of out features] in `ws` order; each LoRA adapter is added to
 // its own columns.
 at::Tensor fused_projection(const at::Tensor& x, std::initializer_list<const LinearWeights*> ws) {
-  std::vector<at::Tensor> weights, biases, deltas;
+  std::vector<at::Tensor> weights, biases;
   bool any_lora = false;
   for (const LinearWeights* w : ws) {
     weights.push_back(w->weight);
@@ -37,15 +55,19 @@ at::Tensor fused_projection(const at::Tensor& x, std::initializer_list<const Lin
     for (const LinearWeights* w : ws) outs.push_back(linear(x, *w));
     return at::cat(outs, -1);
   }
-  at::Tensor y = with_bias ? at::linear(x, at::cat(weights), at::cat(biases))
-                           : at::linear(x, at::cat(weights));
+  at::Tensor weight = adjacent_frozen_weights(weights);
+  if (!weight.defined()) weight = at::cat(weights);
+  at::Tensor y = with_bias ? at::linear(x, weight, at::cat(biases)) : at::linear(x, weight);
   if (!any_lora) return y;
+  // Each adapter adds into its own columns in place: the product's backward does not read its
+  // output, and autograd routes the gradient of each slice to its adapter.
+  int64_t column = 0;
   for (const LinearWeights* w : ws) {
-    deltas.push_back(w->lora.a.defined()
-                         ? lora_delta(x, w->lora)
-                         : at::zeros_like(y.narrow(-1, 0, w->weight.size(0))));
+    const int64_t n = w->weight.size(0);
+    if (w->lora.a.defined()) y.narrow(-1, column, n).add_(lora_delta(x, w->lora));
+    column += n;
   }
-  return y + at::cat(deltas, -1);
+  return y;
 }
 
 // [B, T, heads * head_dim] -> [B, heads, T, head_dim] with the rotary embedding applied.
@@ -69,7 +91,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 at::Tensor linear(const at::Tensor& x, const LinearWeights& w) {
   at::Tensor y = linear(x, w.weight, w.bias);
   if (!w.lora.a.defined()) return y;
-  return y + lora_delta(x, w.lora);
+  return y.add_(lora_delta(x, w.lora));
 }
 
 at::Tensor rotate_half(const at::Tensor& x) {
