@@ -37,10 +37,47 @@ at::Tensor adjacent_frozen_weights(const std::vector<at::Tensor>& weights) {
   return first.as_strided({rows, first.size(1)}, {first.size(1), 1});
 }
 
+// x [.., in] times weight [out, in] transposed, plus `acc` [.., out] (bias and adapters), with
+// `acc` as the product's accumulator: the GEMM adds it as it writes the result, so no separate
+// pass over the [.., out] output adds them.
+at::Tensor linear_into(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& acc) {
+  const at::Tensor y = at::addmm(acc.reshape({-1, acc.size(-1)}), x.reshape({-1, x.size(-1)}), weight.t());
+  return y.view(acc.sizes());
+}
+
+// The adapters of several projections of one input as one contribution [.., sum of out]: the A
+// products as one matmul over the stacked A matrices and the B products as one over their
+// block-diagonal matrix, when every projection has an adapter, with one scale and no dropout;
+// else each adapter's own, side by side (zeros for a projection without one).
+at::Tensor fused_lora_delta(const at::Tensor& x, std::initializer_list<const LinearWeights*> ws) {
+  std::vector<at::Tensor> as, bs;
+  const LinearWeights& first = **ws.begin();
+  bool stacked = true;
+  for (const LinearWeights* w : ws) {
+    stacked = stacked && w->lora.a.defined() && !w->lora.dropout_mask.defined() &&
+              w->lora.scale == first.lora.scale;
+    if (!stacked) break;
+    as.push_back(w->lora.a);
+    bs.push_back(w->lora.b);
+  }
+  if (stacked) return at::linear(at::linear(x, at::cat(as)) * first.lora.scale, at::block_diag(bs));
+  std::vector<at::Tensor> deltas;
+  for (const LinearWeights* w : ws) {
+    if (w->lora.a.defined()) {
+      deltas.push_back(lora_delta(x, w->lora));
+    } else {
+      std::vector<int64_t> sizes = x.sizes().vec();
+      sizes.back() = w->weight.size(0);
+      deltas.push_back(at::zeros(sizes, x.options()));
+    }
+  }
+  return at::cat(deltas, -1);
+}
+
 // Several projections of one input as one matmul over their concatenated weights (one large
-// GEMM instead of several small ones, the input read once; the copy of the weights is small
-// beside it). Returns [..., sum of out features] in `ws` order; each LoRA adapter is added to
-// its own columns.
+// GEMM instead of several small ones, the input read once; frozen weights that already lie side
+// by side are read in place, others copied, which is small beside the product). Returns
+// [..., sum of out features] in `ws` order; each LoRA adapter lands in its own columns.
 at::Tensor fused_projection(const at::Tensor& x, std::initializer_list<const LinearWeights*> ws) {
   std::vector<at::Tensor> weights, biases;
   bool any_lora = false;
@@ -57,17 +94,10 @@ at::Tensor fused_projection(const at::Tensor& x, std::initializer_list<const Lin
   }
   at::Tensor weight = adjacent_frozen_weights(weights);
   if (!weight.defined()) weight = at::cat(weights);
-  at::Tensor y = with_bias ? at::linear(x, weight, at::cat(biases)) : at::linear(x, weight);
-  if (!any_lora) return y;
-  // Each adapter adds into its own columns in place: the product's backward does not read its
-  // output, and autograd routes the gradient of each slice to its adapter.
-  int64_t column = 0;
-  for (const LinearWeights* w : ws) {
-    const int64_t n = w->weight.size(0);
-    if (w->lora.a.defined()) y.narrow(-1, column, n).add_(lora_delta(x, w->lora));
-    column += n;
-  }
-  return y;
+  if (!any_lora) return with_bias ? at::linear(x, weight, at::cat(biases)) : at::linear(x, weight);
+  at::Tensor acc = fused_lora_delta(x, ws);
+  if (with_bias) acc = acc + at::cat(biases);
+  return linear_into(x, weight, acc);
 }
 
 // [B, T, heads * head_dim] -> [B, heads, T, head_dim] with the rotary embedding applied.
@@ -89,9 +119,10 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 }
 
 at::Tensor linear(const at::Tensor& x, const LinearWeights& w) {
-  at::Tensor y = linear(x, w.weight, w.bias);
-  if (!w.lora.a.defined()) return y;
-  return y.add_(lora_delta(x, w.lora));
+  if (!w.lora.a.defined()) return linear(x, w.weight, w.bias);
+  at::Tensor acc = lora_delta(x, w.lora);
+  if (w.bias.defined()) acc = acc + w.bias;
+  return linear_into(x, w.weight, acc);
 }
 
 at::Tensor rotate_half(const at::Tensor& x) {
