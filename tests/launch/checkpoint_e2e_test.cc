@@ -203,6 +203,7 @@ TEST_F(CheckpointE2e, ResumeWithOffloadedStateContinuesTheSameRun) {
   const std::string nvme = " --set offload.nvme_dir=" + (suite_ / "nvme").string();
   for (const std::string& offload : std::vector<std::string>{"--set offload.optimizer=cpu",
                                     "--set offload.optimizer=cpu --set offload.params=cpu",
+                                    "--set offload.optimizer=cpu --set offload.params=cpu --set offload.ratio=0.5",
                                     "--set offload.optimizer=nvme --set offload.params=nvme" + nvme}) {
     const fs::path out = suite_ / ("offload" + std::to_string(offload.size()));
     RunResult r = run(dstrain(2, args(out, offload + " --resume " + ckpt(ref(), 10).string())));
