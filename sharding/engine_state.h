@@ -1,10 +1,13 @@
 #pragma once
 // The engine's per-buffer and per-unit state, shared by its implementation files (engine.cc: the
-// unit walk and the device optimizer; engine_offload.cc: the host and NVMe tiers). Not part of the
-// engine's interface: include only from those.
+// unit walk and the device optimizer; engine_offload.cc: the host and NVMe tiers;
+// engine_slices.cc: named state for checkpoints and export). Not part of the engine's interface:
+// include only from those.
 #include <ATen/ATen.h>
 
+#include <exception>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "sharding/engine.h"
@@ -67,6 +70,9 @@ struct Engine::UnitState {
   std::vector<TiedRef> tied;
   std::vector<Buffer*> uses;  // every buffer the unit's forward reads: its own and tied owners'
 };
+
+// A LibTorch exception as an error naming what the engine was doing.
+base::Status torch_error(const std::exception& e, const std::string& where);
 
 // Per micro-batch, per unit: what backward needs.
 struct Engine::UnitRun {
