@@ -10,9 +10,12 @@
 #             parameters in host memory (OFFLOAD_SHAPE: 13b or 7b; OFFLOAD_RATIO: offload.ratio
 #             values, default 1.0) -> offload.jsonl
 #   aio       `dstrain bench aio` vs dd with O_DIRECT on the same file -> aio.json
+#   nvme      a ~2.7B Llama shape fully fine-tuned on one GPU with its optimizer state on NVMe
+#             (offload.optimizer = nvme under /tmp, parameters in host memory), against the
+#             disk's own bound: dd's direct read and write rates over the plan's bytes -> nvme.json
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-PARTS=${PARTS:-lora adam offload aio}
+PARTS=${PARTS:-lora adam offload aio nvme}
 mkdir -p "$OUT"
 source .gpu-deps/env.sh
 BIN=build-gpu/dstrain
@@ -139,4 +142,34 @@ if has aio; then
     dd if=$f of=/dev/null bs=4M iflag=direct 2>&1 | tail -n 1; } > "$OUT/aio_dd.log"
   rm -f $f
   tail -n 1 "$OUT/aio.log"; cat "$OUT/aio_dd.log"
+fi
+
+if has nvme; then
+  dims="--set model.vocab_size=32000 --set model.hidden_size=2560 --set model.intermediate_size=6912
+    --set model.num_layers=32 --set model.num_heads=20 --set model.num_kv_heads=20"
+  args="--config configs/bench-1b.toml $dims --set zero.stage=3 --set train.global_batch=1
+    --set train.seq_len=2048 --set train.activation_checkpointing=full --set offload.optimizer=nvme
+    --set offload.params=cpu --set offload.nvme_dir=/tmp/dstrain-nvme"
+  $BIN plan $args --json > "$OUT/nvme_plan.json" 2>&1
+  f=/tmp/dstrain-dd.dat
+  { dd if=/dev/zero of=$f bs=4M count=2048 oflag=direct conv=fsync 2>&1 | tail -n 1
+    dd if=$f of=/dev/null bs=4M iflag=direct 2>&1 | tail -n 1; } > "$OUT/nvme_dd.log"
+  rm -f $f
+  run nvme_2p7b $(nproc) $args --set train.steps=${NVME_STEPS:-4}
+  python3 - "$OUT/nvme_plan.json" "$OUT/nvme_dd.log" "$OUT/nvme_2p7b.jsonl" <<'PY' | tee "$OUT/nvme.json"
+import json, re, statistics, sys
+plan = json.load(open(sys.argv[1]))
+rates = [float(m) * (1e9 if u == "G" else 1e6) for m, u in re.findall(r"([0-9.]+) ([GM])B/s", open(sys.argv[2]).read())]
+rows = [json.loads(l) for l in open(sys.argv[3]) if '"loss"' in l][1:]
+nvme_bytes = plan.get("nvme_bytes_per_step_per_rank")
+out = {"dd_write_Bps": rates[0] if rates else None, "dd_read_Bps": rates[1] if len(rates) > 1 else None,
+       "nvme_bytes_per_step": nvme_bytes}
+if rows and nvme_bytes and len(rates) > 1:
+    step = statistics.median(r["step_time_s"] for r in rows)
+    bound = nvme_bytes / 2 / rates[0] + nvme_bytes / 2 / rates[1]  # half written, half read
+    out.update({"step_time_s": step, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
+                "bound_s": bound, "share_of_bound": bound / step,
+                "peak_mem_gib": max(r["gpu_mem_peak_bytes"] for r in rows) / 2**30})
+print(json.dumps(out))
+PY
 fi
