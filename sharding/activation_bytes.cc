@@ -33,6 +33,18 @@ int64_t adapter_saved(const ActivationShape& s, int64_t in, bool input_grad) {
   return bytes;
 }
 
+// The adapters of a fused projection (runtime/model/layers.cc): with every projection targeted
+// and no dropout they run as one product over the stacked A matrices [n r, in] (kept for the
+// input's gradient) and one over the block-diagonal B matrix [out, n r] (kept for the
+// intermediate's gradient), both fresh tensors; otherwise each adapter on its own, reading its
+// parameters in place. The intermediates are adapter_saved's either way.
+int64_t stacked_adapters_saved(const ActivationShape& s, int n, int64_t in, int64_t out,
+                               bool input_grad) {
+  if (s.lora_dropout) return 0;
+  const int64_t nr = n * s.lora_rank;
+  return s.dtype_bytes * ((input_grad ? nr * in : 0) + out * nr);
+}
+
 }  // namespace
 
 ActivationShape activation_shape(const base::ModelConfig& model, const base::TrainConfig& train,
@@ -86,12 +98,14 @@ UnitActivations layer_activations(const ActivationShape& s, bool input_grad) {
   int64_t saved = norm_saved(s, /*input_is_kept=*/true, input_grad, full);
   const bool xn1_grad = full || input_grad;
   // The normed input is what the weights' (or adapters') gradients need; the concatenated weight
-  // (a fresh copy every forward) is what the input's gradient needs.
+  // (a fresh copy every forward when the weights train; a frozen base's are read in place) is
+  // what the input's gradient needs.
   if (full || ((tq || tk || tv) && !s.lora_dropout)) saved += c * bth;
-  if (xn1_grad) saved += c * qkv_out * s.hidden;
+  if (full) saved += c * qkv_out * s.hidden;
   for (bool t : {tq, tk, tv}) {
     if (t) saved += adapter_saved(s, s.hidden, xn1_grad);
   }
+  if (tq && tk && tv) saved += stacked_adapters_saved(s, 3, s.hidden, qkv_out, xn1_grad);
   const bool attn_grad = xn1_grad || tq || tk || tv;
   if (attn_grad) {
     // SDPA (flash) keeps the rotated q and k, v (a view that holds the whole q|k|v output), its
@@ -104,10 +118,11 @@ UnitActivations layer_activations(const ActivationShape& s, bool input_grad) {
   const bool h_grad = attn_grad || to;
   saved += norm_saved(s, /*input_is_kept=*/false, h_grad, full);
   if (full || ((tgate || tup) && !s.lora_dropout)) saved += c * bth;
-  if (full || h_grad) saved += c * 2 * s.inter * s.hidden;
+  if (full) saved += c * 2 * s.inter * s.hidden;
   for (bool t : {tgate, tup}) {
     if (t) saved += adapter_saved(s, s.hidden, h_grad);
   }
+  if (tgate && tup) saved += stacked_adapters_saved(s, 2, s.hidden, 2 * s.inter, h_grad);
   const bool gate_up_grad = full || h_grad || tgate || tup;
   if (gate_up_grad) {
     // The gate|up output (SwiGLU's input); the ATen path also keeps silu(gate).
