@@ -27,19 +27,19 @@ def hardware(out):
 
 
 def table(out, date):
-    by_key = {}  # (shape, world) -> {peer: row}
+    by_key = {}  # (shape, world, activation checkpointing) -> {peer: row}
     for shape, name in (("1B", "bench.jsonl"), ("8B", "bench8b.jsonl")):
         for row in read_jsonl(os.path.join(out, name)):
-            by_key.setdefault((shape, row["world"]), {})[row["peer"]] = row
+            by_key.setdefault((shape, row["world"], row.get("ac", "none")), {})[row["peer"]] = row
     lines = [f"Hardware: {hardware(out)}, {date}. Tokens/s per GPU; MFU = tokens/s x (6N + 12 L H T) / 989e12.",
              "",
-             "| shape | GPUs | dstrain tok/s/GPU | MFU | peak GiB | FSDP2 eager | ratio | FSDP2 compile | ratio |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (shape, world), peers in sorted(by_key.items()):
+             "| shape | GPUs | activation ckpt | dstrain tok/s/GPU | MFU | peak GiB | FSDP2 eager | ratio | FSDP2 compile | ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (shape, world, ac), peers in sorted(by_key.items()):
         ours = peers.get("dstrain")
         if ours is None:
             continue
-        cells = [shape, str(world), f"{ours['tokens_per_s_per_gpu']:,.0f}", f"{100 * ours['mfu']:.1f}%",
+        cells = [shape, str(world), ac, f"{ours['tokens_per_s_per_gpu']:,.0f}", f"{100 * ours['mfu']:.1f}%",
                  f"{ours['peak_mem_gib']:.1f}"]
         for peer in ("fsdp2", "fsdp2+compile"):
             theirs = peers.get(peer)
@@ -49,7 +49,7 @@ def table(out, date):
                 ratio = ours["tokens_per_s_per_gpu"] / theirs["tokens_per_s_per_gpu"]
                 cells += [f"{theirs['tokens_per_s_per_gpu']:,.0f}", f"{ratio:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
-    one, two = by_key.get(("1B", 1), {}).get("dstrain"), by_key.get(("1B", 2), {}).get("dstrain")
+    one, two = by_key.get(("1B", 1, "none"), {}).get("dstrain"), by_key.get(("1B", 2, "none"), {}).get("dstrain")
     if one and two:
         lines += ["", f"Per-GPU scaling of the 1B shape from one GPU to two: "
                       f"{two['tokens_per_s_per_gpu'] / one['tokens_per_s_per_gpu']:.2f}x."]

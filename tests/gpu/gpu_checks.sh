@@ -97,7 +97,8 @@ for name in sys.argv[3:]:
         rows = [json.loads(l) for l in open(p) if '"loss"' in l][3:]
         if rows:
             tps = statistics.median(r["tokens_per_s"] for r in rows) / g
-            print(json.dumps({"peer": "dstrain", "run": name, "world": g,
+            ac = next((a for a in ("full", "selective") if f"_{a}_" in name), "none")
+            print(json.dumps({"peer": "dstrain", "run": name, "world": g, "ac": ac,
                               "tokens_per_s_per_gpu": tps, "mfu": tps * fpt / 989e12,
                               # the share of the step when compute stood still waiting for a
                               # collective (CUDA events around every wait)
@@ -137,14 +138,19 @@ bench_summary $(( 6 * n1b + 12 * 22 * 2048 * 4096 )) $names > "$OUT/bench.jsonl"
 cat "$OUT/bench.jsonl"
 fi
 
-# The Llama-3-8B shape on 2 GPUs, activation checkpointing on every decoder layer on both sides.
+# The Llama-3-8B shape on 2 GPUs, the same activation policy on both sides: BENCH8B_AC lists the
+# policies (none | full; default none: `dstrain plan` puts the uncheckpointed step at 101 GiB
+# per GPU on two, which an H200 holds, and MFU counts no recomputation).
 if has bench8b && [ "$ngpu" -ge 2 ]; then
-  run bench8b_dstrain_g2 2 --config configs/bench-8b.toml
-  mv "$OUT/bench8b_dstrain_g2.jsonl" "$OUT/bench_dstrain8b_g2.jsonl" 2>/dev/null
-  fsdp2 bench8b_fsdp2_g2 2 --shape 8b --ac full --steps 10
+  names8b=""
+  for ac in ${BENCH8B_AC:-none}; do
+    run bench8b_dstrain_${ac}_g2 2 --config configs/bench-8b.toml --set train.activation_checkpointing=$ac
+    mv "$OUT/bench8b_dstrain_${ac}_g2.jsonl" "$OUT/bench_dstrain8b_${ac}_g2.jsonl" 2>/dev/null
+    fsdp2 bench8b_fsdp2_${ac}_g2 2 --shape 8b --ac $ac --steps 10
+    names8b="$names8b bench_dstrain8b_${ac}_g2 bench8b_fsdp2_${ac}_g2"
+  done
   n8b=$(( 4096 * 128256 * 2 + 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096) + 4096 ))
-  bench_summary $(( 6 * n8b + 12 * 32 * 4096 * 4096 )) \
-    bench_dstrain8b_g2 bench8b_fsdp2_g2 > "$OUT/bench8b.jsonl"
+  bench_summary $(( 6 * n8b + 12 * 32 * 4096 * 4096 )) $names8b > "$OUT/bench8b.jsonl"
   cat "$OUT/bench8b.jsonl"
 fi
 
