@@ -148,6 +148,24 @@ TEST(MemoryPlan, OffloadRatioSplitsTheStateBetweenDeviceAndHost) {
   EXPECT_LT(half.comm.host_device, all.comm.host_device);
 }
 
+TEST(OffloadSplit, TakesUnitsFromTheLastOneBackUntilTheShareIsReached) {
+  base::OffloadConfig o;
+  const int n = kLayers + 2;
+  EXPECT_EQ(offloaded_units(llama_units(), o), std::vector<bool>(n, false)) << "nothing offloaded";
+  o.optimizer = "cpu";
+  EXPECT_EQ(offloaded_units(llama_units(), o), std::vector<bool>(n, true)) << "ratio 1: everything";
+  o.ratio = 1e-6;  // any positive share takes at least the last unit
+  EXPECT_EQ(offloaded_units(llama_units(), o), (std::vector<bool>{false, false, false, false, false, true}));
+  // A head tied to the embedding owns nothing: its parameters count with the embedding, so a
+  // share that the head alone would have met now takes the last layer as well.
+  base::UnitList tied = llama_units();
+  base::ParamSpec head = spec("lm_head.weight", {kVocab, kHidden});
+  head.tied_to = "embed";
+  tied.back() = std::make_unique<SchemaUnit>("head", std::vector<base::ParamSpec>{spec("norm", {kHidden}, false), head});
+  o.ratio = 0.05;
+  EXPECT_EQ(offloaded_units(tied, o), (std::vector<bool>{false, false, false, false, true, true}));
+}
+
 TEST(MemoryPlan, CheckpointingKeepsLessForBackward) {
   base::Config cfg = config();
   const int64_t none = plan(cfg, 1).activations_at_backward;
