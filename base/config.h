@@ -67,6 +67,7 @@ struct TrainConfig {
   std::string dtype = "fp32";       // fp32 | bf16 | fp16
   int64_t eval_every = 0;           // 0: never
   std::string activation_checkpointing = "none";  // none | full | selective
+  int64_t recompute_layers = -1;    // selective: decoder layers recomputed; -1: every other
   double loss_scale_init = 65536.0;  // fp16 only: dynamic loss scaling
   int64_t loss_scale_window = 1000;  // fp16: steps without overflow before doubling the scale
 };

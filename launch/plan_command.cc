@@ -139,11 +139,10 @@ void print_table(const sharding::MemoryPlan& p, const base::Config& cfg, const s
   if (hw.gpu_bytes < 0) std::printf("GPU memory not checked (give --gpu-mem GiB)\n");
   if (v.fits) {
     std::printf("fits\n");
-    if (v.faster) {
-      std::printf("also fits, faster: %s (the first units' state stays on the device; GPU peak %.3f GiB, "
-                  "host %.3f GiB per rank)\n",
-                  v.faster->description.c_str(), gib(static_cast<double>(v.faster->plan.device.peak)),
-                  gib(static_cast<double>(v.faster->plan.host.total)));
+    for (const sharding::Change& c : v.faster) {
+      std::printf("also fits, faster: %s (GPU peak %.3f GiB, host %.3f GiB per rank)\n",
+                  c.description.c_str(), gib(static_cast<double>(c.plan.device.peak)),
+                  gib(static_cast<double>(c.plan.host.total)));
     }
     return;
   }
@@ -173,11 +172,13 @@ nlohmann::json verdict_json(const sharding::Verdict& v) {
   }
   nlohmann::json j = {{"fits", v.fits}, {"problems", v.problems}, {"fixes", fixes}};
   if (!v.fits && !v.fixes.empty()) j["suggestion"] = v.fixes[0].description;
-  if (v.faster) {
-    j["faster"] = {{"change", v.faster->description},
-                   {"device_peak_bytes", v.faster->plan.device.peak},
-                   {"host_bytes", v.faster->plan.host.total}};
+  nlohmann::json faster = nlohmann::json::array();
+  for (const sharding::Change& c : v.faster) {
+    faster.push_back({{"change", c.description},
+                      {"device_peak_bytes", c.plan.device.peak},
+                      {"host_bytes", c.plan.host.total}});
   }
+  j["faster"] = faster;
   if (!v.fits && v.fixes.empty() && v.combined_fits) {
     std::string all;
     for (const std::string& c : v.combined) all += (all.empty() ? "" : ", ") + c;

@@ -7,7 +7,7 @@ bool is_decoder_layer(const base::Unit& unit) { return unit.name().rfind("layers
 }  // namespace
 
 base::StatusOr<std::vector<bool>> recompute_plan(const base::UnitList& units,
-                                                 const std::string& policy) {
+                                                 const std::string& policy, int64_t layers) {
   const size_t n = units.size();
   std::vector<bool> plan(n, false);
   if (policy == "none") return plan;
@@ -16,10 +16,19 @@ base::StatusOr<std::vector<bool>> recompute_plan(const base::UnitList& units,
     return plan;
   }
   if (policy == "selective") {
+    int64_t total = 0;
+    for (size_t u = 0; u + 1 < n; ++u) total += is_decoder_layer(*units[u]) ? 1 : 0;
+    if (layers > total) {
+      return base::Status::InvalidArgument("train.recompute_layers = " + std::to_string(layers) +
+                                           " exceeds the model's " + std::to_string(total) +
+                                           " decoder layers");
+    }
     int64_t layer = 0;
     for (size_t u = 0; u + 1 < n; ++u) {
       if (!is_decoder_layer(*units[u])) continue;
-      plan[u] = layer++ % 2 == 0;
+      // i k mod L takes each multiple of gcd(k, L) below L equally often: exactly k fall below k.
+      plan[u] = layers < 0 ? layer % 2 == 0 : (layer * layers) % total < layers;
+      ++layer;
     }
     return plan;
   }

@@ -16,9 +16,13 @@ namespace dstrain::sharding {
 //   "full":      every unit but the last (the head's backward starts as soon as its forward
 //                ends, so recomputing it would save nothing).
 //   "selective": every other decoder layer ("layers.N" units), starting with the first: about
-//                half the activation memory of the layers for a third more layer forward work.
-// kInvalidArgument naming train.activation_checkpointing for any other policy.
+//                half the activation memory of the layers for a third more layer forward work;
+//                with `layers` >= 0 (train.recompute_layers), that many decoder layers, spread
+//                evenly (layer i of L when i k mod L < k; k = L / 2 is every other one), so
+//                memory and recomputation move in steps of one layer between none and all.
+// kInvalidArgument naming train.activation_checkpointing for any other policy, or
+// train.recompute_layers when `layers` exceeds the decoder layers.
 base::StatusOr<std::vector<bool>> recompute_plan(const base::UnitList& units,
-                                                 const std::string& policy);
+                                                 const std::string& policy, int64_t layers = -1);
 
 }  // namespace dstrain::sharding

@@ -79,7 +79,7 @@ base::StatusOr<std::unique_ptr<Engine>> Engine::create(base::UnitList units,
   }
   if (units.empty()) return base::Status::InvalidArgument("engine: the model has no units");
   ASSIGN_OR_RETURN(std::vector<bool> recompute,
-                   recompute_plan(units, options.activation_checkpointing));
+                   recompute_plan(units, options.activation_checkpointing, options.recompute_layers));
   std::unique_ptr<Engine> engine(new Engine(std::move(units), options, comm, replicas));
   engine->recompute_ = std::move(recompute);
   try {

@@ -46,6 +46,7 @@ struct EngineOptions {
   double loss_scale_init = 65536.0;
   int64_t loss_scale_window = 1000;
   std::string activation_checkpointing = "none";  // none | full | selective
+  int64_t recompute_layers = -1;                   // selective: how many (-1: every other)
   // offload.optimizer = cpu keeps fp32 masters and AdamW moments in host memory (pinned on GPU
   // machines) and updates them with the CPU AdamW; offload.params = cpu (stage 3) keeps the
   // parameter shards there too, uploaded before each gather.

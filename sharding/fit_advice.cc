@@ -108,6 +108,60 @@ std::vector<Candidate> escalation() {
           {"offload.params=cpu", set_in(&base::Config::offload, &base::OffloadConfig::params, std::string("cpu"))}};
 }
 
+using PlanFn = std::function<base::StatusOr<MemoryPlan>(const base::Config&, int)>;
+
+// A config that fits, and GPU memory to spare: the changes that do less work per step and still
+// fit with 5% of the GPU left (the plan's error on GPUs, docs/plan.md), into Verdict::faster.
+base::Status find_faster(const base::UnitList& units, const base::Config& cfg, int world,
+                         const Hardware& hw, const PlanFn& try_plan, Verdict& v) {
+  Hardware spare = hw;
+  spare.gpu_bytes = hw.gpu_bytes / 20 * 19;
+  auto fits = [&](Change& change) -> base::StatusOr<bool> {
+    ASSIGN_OR_RETURN(change.plan, try_plan(change.config, change.world));
+    return fit_problems(change.plan, spare).empty();
+  };
+  // Fewer recomputed layers: memory falls as layers are added, so the first count that fits is
+  // the smallest. Full recomputes every decoder layer (and the embedding); selective as configured.
+  int64_t layers = 0;
+  for (const auto& unit : units) layers += unit->name().rfind("layers.", 0) == 0 ? 1 : 0;
+  const std::string& policy = cfg.train.activation_checkpointing;
+  const int64_t now = policy == "full" ? layers
+                      : policy == "selective" ? (cfg.train.recompute_layers >= 0 ? cfg.train.recompute_layers
+                                                                                  : (layers + 1) / 2)
+                                              : 0;
+  for (int64_t k = 0; k < now; ++k) {
+    Change change{"", cfg, world, {}};
+    change.config.train.activation_checkpointing = k == 0 ? "none" : "selective";
+    change.config.train.recompute_layers = k == 0 ? -1 : k;
+    change.description = k == 0 ? "train.activation_checkpointing=none"
+                                : "train.activation_checkpointing=selective, train.recompute_layers=" +
+                                      std::to_string(k);
+    ASSIGN_OR_RETURN(const bool ok, fits(change));
+    if (ok) {
+      v.faster.push_back(std::move(change));
+      break;
+    }
+  }
+  if (cfg.offload.optimizer != "cpu" || cfg.offload.params == "nvme") return base::Status::Ok();
+  // Fewer units on the host means more on the device: the first ratio that fits is the smallest.
+  // Units are whole, so several ratios may pick the configured units: those change nothing.
+  const std::vector<bool> offloaded = offloaded_units(units, cfg.offload);
+  for (int twentieths = 1; twentieths < 20 && twentieths * 0.05 < cfg.offload.ratio - 1e-9; ++twentieths) {
+    Change change{"", cfg, world, {}};
+    change.config.offload.ratio = twentieths * 0.05;
+    if (offloaded_units(units, change.config.offload) == offloaded) break;
+    char text[48];
+    std::snprintf(text, sizeof(text), "offload.ratio=%.2f", change.config.offload.ratio);
+    change.description = text;
+    ASSIGN_OR_RETURN(const bool ok, fits(change));
+    if (ok) {
+      v.faster.push_back(std::move(change));
+      break;
+    }
+  }
+  return base::Status::Ok();
+}
+
 }  // namespace
 
 std::vector<std::string> fit_problems(const MemoryPlan& plan, const Hardware& hw) {
@@ -139,27 +193,7 @@ base::StatusOr<Verdict> judge(const base::UnitList& units, const base::Config& c
     o.world = world;
     return plan_memory(units, c, o);
   };
-  if (v.fits && cfg.offload.optimizer == "cpu" && cfg.offload.params != "nvme" && hw.gpu_bytes >= 0) {
-    // Fewer units on the host means more on the device: the first ratio that fits is the smallest.
-    // Units are whole, so several ratios may pick the configured units: those change nothing.
-    const std::vector<bool> now = offloaded_units(units, cfg.offload);
-    // A suggestion keeps 5% of the GPU to spare: the plan's error on GPUs (docs/plan.md).
-    Hardware spare = hw;
-    spare.gpu_bytes = hw.gpu_bytes / 20 * 19;
-    for (int twentieths = 1; twentieths < 20 && twentieths * 0.05 < cfg.offload.ratio - 1e-9; ++twentieths) {
-      Change change{"", cfg, options.world, {}};
-      change.config.offload.ratio = twentieths * 0.05;
-      if (offloaded_units(units, change.config.offload) == now) break;
-      char text[48];
-      std::snprintf(text, sizeof(text), "offload.ratio=%.2f", change.config.offload.ratio);
-      change.description = text;
-      ASSIGN_OR_RETURN(change.plan, try_plan(change.config, change.world));
-      if (fit_problems(change.plan, spare).empty()) {
-        v.faster = std::move(change);
-        break;
-      }
-    }
-  }
+  if (v.fits && hw.gpu_bytes >= 0) RETURN_IF_ERROR(find_faster(units, cfg, options.world, hw, try_plan, v));
   if (v.fits) return v;
   for (const Candidate& cand : candidates(cfg, options.world)) {
     Change change{cand.description, cfg, options.world, {}};

@@ -2,7 +2,6 @@
 // Does a plan fit the hardware, and if not, what is the smallest change that makes it fit. Every
 // suggested change is checked by planning again with it (sharding/memory_plan.h).
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,11 +40,12 @@ struct Verdict {
   std::vector<std::string> combined;
   bool combined_fits = false;
   MemoryPlan combined_plan;
-  // When it fits with offload.optimizer = cpu and the GPU's memory is known: the smallest
-  // offload.ratio (a multiple of 0.05) below the configured one that still fits with 5% of the
-  // GPU's memory to spare, if any. The
-  // units it keeps on the device take their host AdamW work and PCIe traffic off the step.
-  std::optional<Change> faster;
+  // When it fits and the GPU's memory is known: changes that do less work per step and still fit
+  // with 5% of the GPU's memory to spare, each on its own: the fewest recomputed decoder layers
+  // (train.activation_checkpointing = none, or selective with train.recompute_layers), and with
+  // offload.optimizer = cpu the smallest offload.ratio (a multiple of 0.05), whose units kept on
+  // the device take their host AdamW work and PCIe traffic off the step.
+  std::vector<Change> faster;
 };
 
 // Candidates, smallest first: selective checkpointing, halving the micro-batch, full

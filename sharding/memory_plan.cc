@@ -379,7 +379,8 @@ base::StatusOr<MemoryPlan> plan_memory(const base::UnitList& units, const base::
     return base::Status::InvalidArgument("plan: world size must be >= 1, got " + std::to_string(options.world));
   }
   if (units.size() < 2) return base::Status::InvalidArgument("plan: the model has no units");
-  ASSIGN_OR_RETURN(std::vector<bool> recompute, recompute_plan(units, cfg.train.activation_checkpointing));
+  ASSIGN_OR_RETURN(std::vector<bool> recompute, recompute_plan(units, cfg.train.activation_checkpointing,
+                                                                cfg.train.recompute_layers));
   MemoryPlan plan;
   plan.world = options.world;
   const int ranks_per_node = options.ranks_per_node > 0 ? std::min(options.ranks_per_node, options.world)

@@ -114,6 +114,9 @@ std::vector<KeySpec> build_schema() {
       choice(DSTRAIN_KEY(train.activation_checkpointing), {"none", "full", "selective"},
              "recompute activations in backward: none, every unit but the head (full), or every "
              "other decoder layer (selective)"),
+      number(DSTRAIN_KEY(train.recompute_layers), at_least(-1),
+             "selective: how many decoder layers recompute, spread evenly over the model; -1: "
+             "every other"),
       number(DSTRAIN_KEY(train.loss_scale_init), above(0), "fp16: initial dynamic loss scale"),
       number(DSTRAIN_KEY(train.loss_scale_window), at_least(1),
              "fp16: steps without overflow before the loss scale doubles"),

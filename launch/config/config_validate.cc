@@ -109,6 +109,12 @@ base::Status check_training(const base::Config& cfg, const KeyOrigins& origins) 
                 "separate data.eval_path; set one of them, got " +
                     show(cfg, "data.eval_fraction") + ", " + show(cfg, "data.eval_path"));
   }
+  if (cfg.train.recompute_layers >= 0 && cfg.train.activation_checkpointing != "selective") {
+    return fail(cfg, origins, {"train.recompute_layers", "train.activation_checkpointing"},
+                "train.recompute_layers >= 0 requires train.activation_checkpointing = "
+                "\"selective\", got " + show(cfg, "train.recompute_layers") + ", " +
+                    show(cfg, "train.activation_checkpointing"));
+  }
   if (cfg.lora.enabled && cfg.lora.targets.empty()) {
     return fail(
         cfg, origins, {"lora.targets", "lora.enabled"},

@@ -4,7 +4,8 @@
 #   lora      LoRA fine-tuning, one GPU: dstrain vs transformers + PEFT, same shape, targets,
 #             rank, batch, sequence length and checkpointing, and the bound the base's matrix
 #             products and attention set (tests/bench/lora_gemm_bound.py) -> lora.jsonl
-#             (LORA_SHAPES: default "1b 8b"; LORA_CKPT: dstrain's policies, default "full")
+#             (LORA_SHAPES: default "1b 8b"; LORA_CKPT: dstrain's policies, default "full";
+#             "selective:K" recomputes K decoder layers, train.recompute_layers)
 #   adam      `dstrain bench adam` vs torch.optim.AdamW on this host's CPUs -> adam.json
 #   offload   the largest Llama shape fully fine-tuned on one GPU with its optimizer state and
 #             parameters in host memory (OFFLOAD_SHAPE: 13b or 7b; OFFLOAD_RATIO: offload.ratio
@@ -61,9 +62,11 @@ if has lora; then
   for shape in ${LORA_SHAPES:-1b 8b}; do
     extra=""; [ "$shape" = 8b ] && extra="$SHAPE_8B"
     for ckpt in ${LORA_CKPT:-full}; do
-      run lora_dstrain_${shape}_$ckpt 16 $lora $extra --set train.activation_checkpointing=$ckpt
-      summarise lora_dstrain_${shape}_$ckpt \
-        "{\"peer\": \"dstrain\", \"shape\": \"$shape\", \"activation_checkpointing\": \"$ckpt\"}" >> "$OUT/lora.jsonl"
+      policy=${ckpt%%:*}; layers=-1; [ "$policy" != "$ckpt" ] && layers=${ckpt#*:}
+      run lora_dstrain_${shape}_${policy}$layers 16 $lora $extra --set train.activation_checkpointing=$policy \
+        --set train.recompute_layers=$layers
+      summarise lora_dstrain_${shape}_${policy}$layers "{\"peer\": \"dstrain\", \"shape\": \"$shape\", \
+        \"activation_checkpointing\": \"$policy\", \"recompute_layers\": $layers}" >> "$OUT/lora.jsonl"
     done
     timeout 120 python3 tests/bench/lora_gemm_bound.py --shape $shape --seq 2048 >> "$OUT/lora.jsonl" \
       2> "$OUT/lora_bound_$shape.log"

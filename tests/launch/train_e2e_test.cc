@@ -209,10 +209,12 @@ TEST_F(TrainE2e, ActivationCheckpointingKeepsTheLosses) {
   // ranks LoRA with dropout (masks keyed by sample, so the recompute replays them) matches exactly.
   // small_config rewrites one file: each configuration runs before the next is written.
   auto train = [&](const std::string& cfg, const std::string& tag, int ranks, int stage,
-                   const std::string& policy) {
-    const std::string out = run_dir(tag + std::to_string(ranks) + "_" + std::to_string(stage) + "_" + policy);
+                   const std::string& policy, int layers = -1) {
+    const std::string out = run_dir(tag + std::to_string(ranks) + "_" + std::to_string(stage) + "_" +
+                                    policy + std::to_string(layers));
     RunResult r = run(dstrain(ranks, "--config " + cfg + " --set zero.stage=" + std::to_string(stage) +
                                          " --set train.activation_checkpointing=" + policy +
+                                         " --set train.recompute_layers=" + std::to_string(layers) +
                                          " --set run.dir=" + out));
     EXPECT_EQ(r.exit_code, 0) << r.output;
     std::vector<double> l = losses(out);
@@ -222,9 +224,10 @@ TEST_F(TrainE2e, ActivationCheckpointingKeepsTheLosses) {
   };
   const std::string cfg = small_config();
   const std::vector<double> ref = train(cfg, "full_model", 1, 0, "none");
-  struct Case { int ranks; int stage; const char* policy; };
-  for (const Case& c : {Case{2, 0, "full"}, Case{2, 3, "selective"}, Case{4, 3, "full"}}) {
-    const std::vector<double> got = train(cfg, "full_model", c.ranks, c.stage, c.policy);
+  struct Case { int ranks; int stage; const char* policy; int layers = -1; };
+  for (const Case& c : {Case{2, 0, "full"}, Case{2, 3, "selective"}, Case{4, 3, "full"},
+                        Case{2, 3, "selective", 1}}) {
+    const std::vector<double> got = train(cfg, "full_model", c.ranks, c.stage, c.policy, c.layers);
     for (size_t s = 0; s < ref.size(); ++s) {
       EXPECT_NEAR(got[s], ref[s], 1e-5 * std::abs(ref[s]))
           << c.ranks << " ranks, stage " << c.stage << ", " << c.policy << ", step " << s;

@@ -510,6 +510,18 @@ TEST(CheckpointingPlan, PoliciesPickUnitsByName) {
   EXPECT_EQ(*none, std::vector<bool>(7, false));
   EXPECT_EQ(*full, (std::vector<bool>{true, true, true, true, true, true, false}));
   EXPECT_EQ(*selective, (std::vector<bool>{false, true, false, true, false, true, false}));
+  // A number of layers, spread evenly; every other one is what -1 means.
+  auto one = recompute_plan(units, "selective", 1);
+  auto four = recompute_plan(units, "selective", 4);
+  auto three = recompute_plan(units, "selective", 3);
+  ASSERT_TRUE(one.ok() && four.ok() && three.ok());
+  EXPECT_EQ(*one, (std::vector<bool>{false, true, false, false, false, false, false}));
+  EXPECT_EQ(*four, (std::vector<bool>{false, true, false, true, true, true, false}));
+  EXPECT_EQ(*three, *selective);
+  EXPECT_EQ(*recompute_plan(units, "selective", 0), *none);
+  auto too_many = recompute_plan(units, "selective", 6);
+  ASSERT_FALSE(too_many.ok());
+  EXPECT_NE(too_many.status().message().find("train.recompute_layers"), std::string::npos);
   auto bad = recompute_plan(units, "everything");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), base::StatusCode::kInvalidArgument);

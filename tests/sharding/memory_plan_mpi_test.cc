@@ -42,6 +42,7 @@ struct Case {
   const char* dtype = "fp32";
   const char* reduce_dtype = "fp32";
   double offload_ratio = 1.0;
+  int64_t recompute_layers = -1;
 };
 
 // Activations and parameters both matter at this size: neither hides an error in the other.
@@ -63,6 +64,7 @@ base::Config make_config(const Case& c, int world) {
   cfg.zero.reduce_dtype = c.reduce_dtype;
   cfg.offload.optimizer = c.offload_optimizer;
   cfg.offload.ratio = c.offload_ratio;
+  cfg.train.recompute_layers = c.recompute_layers;
   cfg.lora.enabled = c.lora;
   cfg.lora.rank = 8;
   cfg.lora.targets = {"all-linear"};
@@ -108,6 +110,7 @@ Figures run_case(const Case& c, Communicator& comm, CountingCpuAllocator& counte
   options.optim.lr = 1e-3;
   options.compute_dtype = dtype;
   options.activation_checkpointing = cfg.train.activation_checkpointing;
+  options.recompute_layers = cfg.train.recompute_layers;
   options.offload = cfg.offload;
   options.offload_threads = 1;
   options.replicate_frozen = plan->replicate_frozen;
@@ -158,6 +161,8 @@ TEST(MemoryPlan, PredictsTheMeasuredPeakWithinFivePercent) {
       {"offload cpu ratio 0.5 stage1 full mb1", 1, "full", 1, false, "cpu", "fp32", "fp32", 0.5},
       {"bf16 stage2 none mb2", 2, "none", 2, false, "none", "bf16"},
       {"bf16 reduce stage1 none mb2", 1, "none", 2, false, "none", "fp32", "bf16"},
+      // One of the decoder layers recomputed instead of every other.
+      {"stage3 selective 1 layer mb2", 3, "selective", 2, false, "none", "fp32", "fp32", 1.0, 1},
   };
   for (const Case& c : cases) {
     const Figures f = run_case(c, **comm, counter);

@@ -286,6 +286,14 @@ TEST(FitAdvice, EverySuggestedChangeFitsWhenPlannedAgain) {
   EXPECT_TRUE(fits->fits);
 }
 
+// The suggestion of a given kind among a verdict's faster changes, or null.
+const Change* faster_change(const Verdict& v, const std::string& prefix) {
+  for (const Change& c : v.faster) {
+    if (c.description.rfind(prefix, 0) == 0) return &c;
+  }
+  return nullptr;
+}
+
 TEST(FitAdvice, AnOffloadedRunThatFitsIsToldTheSmallestRatioThatStillFits) {
   base::Config cfg = config();
   cfg.zero.stage = 3;
@@ -298,22 +306,48 @@ TEST(FitAdvice, AnOffloadedRunThatFitsIsToldTheSmallestRatioThatStillFits) {
   auto verdict = judge(llama_units(), cfg, cpu_options(), hw);
   ASSERT_TRUE(verdict.ok()) << verdict.status().to_string();
   EXPECT_TRUE(verdict->fits);
-  EXPECT_FALSE(verdict->faster.has_value()) << verdict->faster->description;
+  EXPECT_EQ(faster_change(*verdict, "offload.ratio"), nullptr);
   cfg.offload.ratio = 1.0;
   verdict = judge(llama_units(), cfg, cpu_options(), hw);
   ASSERT_TRUE(verdict.ok());
-  ASSERT_TRUE(verdict->faster.has_value());
+  const Change* ratio = faster_change(*verdict, "offload.ratio=0.");
+  ASSERT_NE(ratio, nullptr);
   // The same units as ratio 0.5: units are whole, so every ratio from 0.3 to 0.5 takes the last
   // three; 0.25 would take two, which does not fit.
-  const double ratio = verdict->faster->config.offload.ratio;
-  EXPECT_GT(ratio, 0.25);
-  EXPECT_LE(ratio, 0.5 + 1e-9);
-  EXPECT_EQ(verdict->faster->plan.device.peak, half.device.peak);
-  EXPECT_EQ(verdict->faster->description.rfind("offload.ratio=0.", 0), 0u);
+  EXPECT_GT(ratio->config.offload.ratio, 0.25);
+  EXPECT_LE(ratio->config.offload.ratio, 0.5 + 1e-9);
+  EXPECT_EQ(ratio->plan.device.peak, half.device.peak);
   cfg.offload.optimizer = cfg.offload.params = "none";
   verdict = judge(llama_units(), cfg, cpu_options(), hw);
   ASSERT_TRUE(verdict.ok());
-  EXPECT_FALSE(verdict->faster.has_value()) << "nothing offloaded: nothing to bring back";
+  EXPECT_TRUE(verdict->faster.empty()) << "nothing offloaded or recomputed: nothing to suggest";
+}
+
+TEST(FitAdvice, ACheckpointedRunThatFitsIsToldTheFewestRecomputedLayersThatStillFit) {
+  base::Config cfg = config();
+  cfg.train.activation_checkpointing = "selective";
+  cfg.train.recompute_layers = 2;
+  const MemoryPlan two = plan(cfg, 1);
+  cfg.train.recompute_layers = 1;
+  const MemoryPlan one = plan(cfg, 1);
+  ASSERT_GT(one.device.peak, two.device.peak) << "each recomputed layer saves memory";
+  Hardware hw;
+  hw.gpu_bytes = two.device.peak * 20 / 19 + 20;  // two recomputed layers fit, one does not
+  cfg.train.activation_checkpointing = "full";
+  cfg.train.recompute_layers = -1;
+  auto verdict = judge(llama_units(), cfg, cpu_options(), hw);
+  ASSERT_TRUE(verdict.ok()) << verdict.status().to_string();
+  ASSERT_TRUE(verdict->fits);
+  ASSERT_EQ(verdict->faster.size(), 1u);
+  EXPECT_EQ(verdict->faster[0].description,
+            "train.activation_checkpointing=selective, train.recompute_layers=2");
+  EXPECT_EQ(verdict->faster[0].plan.device.peak, two.device.peak);
+  // With room for everything, no checkpointing at all.
+  hw.gpu_bytes = plan(base::Config(config()), 1).device.peak * 2;
+  verdict = judge(llama_units(), cfg, cpu_options(), hw);
+  ASSERT_TRUE(verdict.ok());
+  ASSERT_EQ(verdict->faster.size(), 1u);
+  EXPECT_EQ(verdict->faster[0].description, "train.activation_checkpointing=none");
 }
 
 TEST(FitAdvice, HostMemoryIsSharedByTheRanksOfANode) {

@@ -233,6 +233,10 @@ TEST(ConfigErrors, ContradictoryPairs) {
   EXPECT_EQ(error_of("[offload]\noptimizer = \"nvme\"\n"),
             "x.toml:2: offload.optimizer: offload.optimizer = \"nvme\" requires offload.nvme_dir, "
             "got offload.nvme_dir = \"\"");
+  EXPECT_EQ(error_of("[train]\nrecompute_layers = 4\n"),
+            "x.toml:2: train.recompute_layers: train.recompute_layers >= 0 requires "
+            "train.activation_checkpointing = \"selective\", got train.recompute_layers = 4, "
+            "train.activation_checkpointing = \"none\"");
   EXPECT_EQ(error_of("[offload]\nratio = 0.5\n"),
             "x.toml:2: offload.ratio: offload.ratio below 1 requires offload.optimizer = \"cpu\" "
             "and offload.params other than \"nvme\", got offload.ratio = 0.5, "
