@@ -117,6 +117,21 @@ TEST(MemoryPlan, OffloadMovesTheOptimizerStateToItsTier) {
   EXPECT_GT(on_nvme.comm.nvme, 0);
 }
 
+TEST(MemoryPlan, HostParametersAreNotUploadedAfterTheHostStep) {
+  // Per parameter and step, an offloaded optimizer takes the fp32 gradient down (4 bytes) and,
+  // with the parameters on the device, sends the updated bf16 shard up (2); with the parameters
+  // in host memory it writes them there and nothing goes up after the step, but each of the
+  // forward's and the backward's gathers uploads the shard (2 + 2).
+  base::Config cfg = config();
+  cfg.zero.stage = 3;
+  cfg.offload.optimizer = "cpu";
+  const MemoryPlan device_params = plan(cfg, 1);
+  cfg.offload.params = "cpu";
+  const MemoryPlan host_params = plan(cfg, 1);
+  ASSERT_GT(device_params.comm.host_device, 0);
+  EXPECT_EQ(host_params.comm.host_device * 6, device_params.comm.host_device * 8);
+}
+
 TEST(MemoryPlan, OffloadRatioSplitsTheStateBetweenDeviceAndHost) {
   base::Config cfg = config();
   cfg.zero.stage = 3;
