@@ -2,9 +2,7 @@
 
 namespace dstrain::sharding {
 
-namespace {
 bool is_decoder_layer(const base::Unit& unit) { return unit.name().rfind("layers.", 0) == 0; }
-}  // namespace
 
 base::StatusOr<std::vector<bool>> recompute_plan(const base::UnitList& units,
                                                  const std::string& policy, int64_t layers) {

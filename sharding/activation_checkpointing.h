@@ -11,6 +11,9 @@
 
 namespace dstrain::sharding {
 
+// "layers.N": the units that train.recompute_layers counts.
+bool is_decoder_layer(const base::Unit& unit);
+
 // One flag per unit: true = recompute in backward.
 //   "none":      nothing.
 //   "full":      every unit but the last (the head's backward starts as soon as its forward

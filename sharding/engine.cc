@@ -215,9 +215,9 @@ base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
   b.grad = at::zeros({b.shard.numel()}, flat.options());
   if (optimizer_on_nvme()) return store_initial_nvme_state(b, mine);
   // The master may alias the shard only where both live: fp32, and on the same side.
-  const bool master_on_host = b.offloaded && optimizer_on_host();
+  // An offloaded buffer's master is in host memory (offloaded_units offloads nothing otherwise).
   const bool shard_on_host = b.offloaded && params_on_host();
-  if (options_.compute_dtype == at::kFloat && master_on_host == shard_on_host && !params_on_nvme()) {
+  if (options_.compute_dtype == at::kFloat && b.offloaded == shard_on_host && !params_on_nvme()) {
     b.master = b.shard_param;
   }
   return init_optimizer_state(b, mine);

@@ -38,13 +38,12 @@ base::StatusOr<at::Tensor> Engine::optimizer_tensor(int64_t numel, bool on_host)
 }
 
 base::Status Engine::init_optimizer_state(Buffer& b, const at::Tensor& mine) {
-  const bool on_host = b.offloaded && optimizer_on_host();
   if (!b.master.defined()) {
-    ASSIGN_OR_RETURN(b.master, optimizer_tensor(mine.numel(), on_host));
+    ASSIGN_OR_RETURN(b.master, optimizer_tensor(mine.numel(), b.offloaded));
     b.master.copy_(mine);
   }
-  ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.master.numel(), on_host));
-  ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.master.numel(), on_host));
+  ASSIGN_OR_RETURN(b.exp_avg, optimizer_tensor(b.master.numel(), b.offloaded));
+  ASSIGN_OR_RETURN(b.exp_avg_sq, optimizer_tensor(b.master.numel(), b.offloaded));
   return base::Status::Ok();
 }
 

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <functional>
 
+#include "sharding/activation_checkpointing.h"
 #include "sharding/offload_split.h"
 
 namespace dstrain::sharding {
@@ -121,14 +122,11 @@ base::Status find_faster(const base::UnitList& units, const base::Config& cfg, i
     return fit_problems(change.plan, spare).empty();
   };
   // Fewer recomputed layers: memory falls as layers are added, so the first count that fits is
-  // the smallest. Full recomputes every decoder layer (and the embedding); selective as configured.
-  int64_t layers = 0;
-  for (const auto& unit : units) layers += unit->name().rfind("layers.", 0) == 0 ? 1 : 0;
-  const std::string& policy = cfg.train.activation_checkpointing;
-  const int64_t now = policy == "full" ? layers
-                      : policy == "selective" ? (cfg.train.recompute_layers >= 0 ? cfg.train.recompute_layers
-                                                                                  : (layers + 1) / 2)
-                                              : 0;
+  // the smallest, below the decoder layers the configured policy recomputes.
+  ASSIGN_OR_RETURN(const std::vector<bool> recompute,
+                   recompute_plan(units, cfg.train.activation_checkpointing, cfg.train.recompute_layers));
+  int64_t now = 0;
+  for (size_t u = 0; u < units.size(); ++u) now += recompute[u] && is_decoder_layer(*units[u]) ? 1 : 0;
   for (int64_t k = 0; k < now; ++k) {
     Change change{"", cfg, world, {}};
     change.config.train.activation_checkpointing = k == 0 ? "none" : "selective";
