@@ -5,7 +5,8 @@
 #             rank, batch, sequence length and checkpointing, and the bound the base's matrix
 #             products and attention set (tests/bench/lora_gemm_bound.py) -> lora.jsonl
 #             (LORA_SHAPES: default "1b 8b"; LORA_CKPT: dstrain's policies, default "full";
-#             "selective:K" recomputes K decoder layers, train.recompute_layers)
+#             "selective:K" recomputes K decoder layers, train.recompute_layers; LORA_CKPT_1B
+#             overrides it for the 1B shape)
 #   adam      `dstrain bench adam` vs torch.optim.AdamW on this host's CPUs -> adam.json
 #   offload   the largest Llama shape fully fine-tuned on one GPU with its optimizer state and
 #             parameters in host memory (OFFLOAD_SHAPE: 13b or 7b; OFFLOAD_RATIO: offload.ratio
@@ -61,7 +62,8 @@ if has lora; then
   : > "$OUT/lora.jsonl"
   for shape in ${LORA_SHAPES:-1b 8b}; do
     extra=""; [ "$shape" = 8b ] && extra="$SHAPE_8B"
-    for ckpt in ${LORA_CKPT:-full}; do
+    ckpts=${LORA_CKPT:-full}; [ "$shape" = 1b ] && ckpts=${LORA_CKPT_1B:-$ckpts}
+    for ckpt in $ckpts; do
       policy=${ckpt%%:*}; layers=-1; [ "$policy" != "$ckpt" ] && layers=${ckpt#*:}
       run lora_dstrain_${shape}_${policy}$layers 16 $lora $extra --set train.activation_checkpointing=$policy \
         --set train.recompute_layers=$layers
@@ -145,6 +147,14 @@ if has aio; then
     dd if=$f of=/dev/null bs=4M iflag=direct 2>&1 | tail -n 1; } > "$OUT/aio_dd.log"
   rm -f $f
   tail -n 1 "$OUT/aio.log"; cat "$OUT/aio_dd.log"
+  # And against fio (the static build that tests/gpu/stage_extra.sh stages), cell by cell.
+  if [ -x .gpu-deps/bin/fio ]; then
+    PATH=$PWD/.gpu-deps/bin:$PATH BLOCK_KIB="${AIO_BLOCK_KIB:-128 1024 4096}" QUEUE_DEPTHS="${AIO_DEPTHS:-8 32}" \
+      REPEAT=${AIO_REPEAT:-3} timeout 400 bash tests/bench/aio_vs_fio.sh build-gpu /tmp/dstrain-aio-vs-fio.dat \
+      ${AIO_FILE_MIB:-2048} 1 > "$OUT/aio_vs_fio.log" 2>&1
+    echo "aio_vs_fio rc=$?" | tee -a "$OUT/summary.txt"
+    tail -n 1 "$OUT/aio_vs_fio.log" > "$OUT/aio_vs_fio.json"
+  fi
 fi
 
 if has nvme; then
@@ -157,9 +167,16 @@ if has nvme; then
   f=/tmp/dstrain-dd.dat
   { dd if=/dev/zero of=$f bs=4M count=2048 oflag=direct conv=fsync 2>&1 | tail -n 1
     dd if=$f of=/dev/null bs=4M iflag=direct 2>&1 | tail -n 1; } > "$OUT/nvme_dd.log"
+  # fio's mixed sequential read/write (half each, 1 MiB, depth 16): the disk serving both
+  # directions at once, as the swapper's reads of the next unit and writes of the last one do.
+  if [ -x .gpu-deps/bin/fio ]; then
+    .gpu-deps/bin/fio --name=mixed --filename=$f --size=8G --bs=1M --iodepth=16 --rw=rw \
+      --rwmixread=50 --direct=1 --ioengine=io_uring --end_fsync=1 --output-format=json \
+      > "$OUT/nvme_fio_mixed.json" 2> "$OUT/nvme_fio_mixed.err"
+  fi
   rm -f $f
   run nvme_2p7b $(nproc) $args --set train.steps=${NVME_STEPS:-4}
-  python3 - "$OUT/nvme_plan.json" "$OUT/nvme_dd.log" "$OUT/nvme_2p7b.jsonl" <<'PY' | tee "$OUT/nvme.json"
+  python3 - "$OUT/nvme_plan.json" "$OUT/nvme_dd.log" "$OUT/nvme_2p7b.jsonl" "$OUT/nvme_fio_mixed.json" <<'PY' | tee "$OUT/nvme.json"
 import json, re, statistics, sys
 plan = json.load(open(sys.argv[1]))
 rates = [float(m) * (1e9 if u == "G" else 1e6) for m, u in re.findall(r"([0-9.]+) ([GM])B/s", open(sys.argv[2]).read())]
@@ -173,6 +190,13 @@ if rows and nvme_bytes and len(rates) > 1:
     out.update({"step_time_s": step, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
                 "bound_s": bound, "share_of_bound": bound / step,
                 "peak_mem_gib": max(r["gpu_mem_peak_bytes"] for r in rows) / 2**30})
+    try:  # the mixed bound: every byte at fio's combined read + write rate
+        job = json.load(open(sys.argv[4]))["jobs"][0]
+        mixed = (job["read"]["bw_bytes"] + job["write"]["bw_bytes"])
+        out.update({"fio_mixed_Bps": mixed, "mixed_bound_s": nvme_bytes / mixed,
+                    "share_of_mixed_bound": nvme_bytes / mixed / step})
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
 print(json.dumps(out))
 PY
 fi
