@@ -6,7 +6,8 @@
 #             products and attention set (tests/bench/lora_gemm_bound.py) -> lora.jsonl
 #             (LORA_SHAPES: default "1b 8b"; LORA_CKPT: dstrain's policies, default "full";
 #             "selective:K" recomputes K decoder layers, train.recompute_layers; LORA_CKPT_1B
-#             overrides it for the 1B shape)
+#             overrides it for the 1B shape; LORA_EXTRA: more dstrain arguments, e.g. a profile
+#             window, summarised by tests/bench/profile_summary.py; LORA_NO_BOUND=1 skips the bound)
 #   adam      `dstrain bench adam` vs torch.optim.AdamW on this host's CPUs -> adam.json
 #   offload   the largest Llama shape fully fine-tuned on one GPU with its optimizer state and
 #             parameters in host memory (OFFLOAD_SHAPE: 13b or 7b; OFFLOAD_RATIO: offload.ratio
@@ -17,6 +18,7 @@
 #             disk's own bound: dd's direct read and write rates over the plan's bytes -> nvme.json
 set -u
 OUT=${OUT:-/tmp/gpu-out}
+LORA_EXTRA=${LORA_EXTRA:-}
 PARTS=${PARTS:-lora adam offload aio nvme}
 mkdir -p "$OUT"
 source .gpu-deps/env.sh
@@ -66,11 +68,15 @@ if has lora; then
     for ckpt in $ckpts; do
       policy=${ckpt%%:*}; layers=-1; [ "$policy" != "$ckpt" ] && layers=${ckpt#*:}
       run lora_dstrain_${shape}_${policy}$layers 16 $lora $extra --set train.activation_checkpointing=$policy \
-        --set train.recompute_layers=$layers
+        --set train.recompute_layers=$layers $LORA_EXTRA
+      if [ -f /tmp/runs/lora_dstrain_${shape}_${policy}$layers/profile/rank0.json ]; then
+        python3 tests/bench/profile_summary.py /tmp/runs/lora_dstrain_${shape}_${policy}$layers/profile/rank0.json \
+          > "$OUT/lora_profile_${shape}_${policy}$layers.json" 2>&1
+      fi
       summarise lora_dstrain_${shape}_${policy}$layers "{\"peer\": \"dstrain\", \"shape\": \"$shape\", \
         \"activation_checkpointing\": \"$policy\", \"recompute_layers\": $layers}" >> "$OUT/lora.jsonl"
     done
-    timeout 120 python3 tests/bench/lora_gemm_bound.py --shape $shape --seq 2048 >> "$OUT/lora.jsonl" \
+    [ -n "${LORA_NO_BOUND:-}" ] || timeout 120 python3 tests/bench/lora_gemm_bound.py --shape $shape --seq 2048 >> "$OUT/lora.jsonl" \
       2> "$OUT/lora_bound_$shape.log"
     timeout 300 python3 tests/bench/peft_lora.py --shape $shape --seq 2048 --rank 16 --alpha 32 --steps 10 \
       --grad-ckpt > "$OUT/lora_peft_$shape.log" 2>&1
