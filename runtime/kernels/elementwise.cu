@@ -7,100 +7,142 @@ namespace dstrain::kernels {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr unsigned kMaxGridY = 65535;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
 template <typename T>
-__device__ __forceinline__ float load(const T* p, int64_t i) {
-  return static_cast<float>(p[i]);
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
 }
 template <>
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+
+// V consecutive elements moved as one access: 16 bytes when V = 16 / sizeof(T), which the
+// launchers pick only when every address involved is 16-byte aligned; V = 1 otherwise.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, V>*>(p);
 }
-template <>
-__device__ __forceinline__ float load(const __half* p, int64_t i) {
-  return __half2float(p[i]);
+template <typename T, int V>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& v) {
+  *reinterpret_cast<Pack<T, V>*>(p) = v;
 }
 
 template <typename T>
-__device__ __forceinline__ void store(T* p, int64_t i, float v) {
-  p[i] = static_cast<T>(v);
-}
-template <>
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16(v);
-}
-template <>
-__device__ __forceinline__ void store(__half* p, int64_t i, float v) {
-  p[i] = __float2half(v);
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Rows go along the grid's y dimension (striding past 65535), the work inside a row along x, so
+// the per-element index arithmetic is 32-bit and division-free across rows.
+dim3 row_grid(int64_t rows, int64_t per_row, int threads) {
+  const int64_t x = (per_row + threads - 1) / threads;
+  return dim3(static_cast<unsigned>(x < 65535 ? (x > 0 ? x : 1) : 65535),
+              static_cast<unsigned>(rows < kMaxGridY ? (rows > 0 ? rows : 1) : kMaxGridY));
 }
 
-// One thread per (row, head, i < head_dim / 2) pair: both halves of the pair in fp32, rounded
-// once. Forward: out_lo = x_lo c_lo - x_hi s_lo, out_hi = x_hi c_hi + x_lo s_hi.
-// Inverse (backward): out_lo = x_lo c_lo + x_hi s_hi, out_hi = x_hi c_hi - x_lo s_lo.
-template <typename T>
+// Threads per block for `per_row` items in a row: a whole number of warps, at most kThreads.
+int row_threads(int64_t per_row) {
+  const int64_t warps = (per_row + 31) / 32;
+  return static_cast<int>(warps < kThreads / 32 ? (warps > 0 ? warps : 1) * 32 : kThreads);
+}
+
+// One thread per (row, head, V-element chunk of the first half of head_dim): both halves of each
+// pair in fp32, rounded once. Forward: out_lo = x_lo c_lo - x_hi s_lo,
+// out_hi = x_hi c_hi + x_lo s_hi. Inverse (backward): out_lo = x_lo c_lo + x_hi s_hi,
+// out_hi = x_hi c_hi - x_lo s_lo.
+template <typename T, int V>
 __global__ void rope_kernel(const T* x, RopeStrides stride, const T* cos, const T* sin, T* out,
-                            int64_t seq, int64_t rows, int64_t heads, int64_t head_dim,
-                            bool inverse) {
-  const int64_t half = head_dim / 2;
-  const int64_t total = rows * heads * half;
-  for (int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; p < total;
-       p += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t i = p % half;
-    const int64_t h = (p / half) % heads;
-    const int64_t r = p / (half * heads);
-    const T* xr = x + (r / seq) * stride.batch + (r % seq) * stride.seq + h * stride.head;
+                            int64_t seq, int64_t rows, int heads, int head_dim, bool inverse) {
+  const int half = head_dim / 2;
+  const int chunks = half / V;
+  const int per_row = heads * chunks;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T* xr = x + (r / seq) * stride.batch + (r % seq) * stride.seq;
     const T* cr = cos + r * head_dim;
     const T* sr = sin + r * head_dim;
-    const float lo = load(xr, i);
-    const float hi = load(xr, i + half);
-    float out_lo, out_hi;
-    if (!inverse) {
-      out_lo = lo * load(cr, i) - hi * load(sr, i);
-      out_hi = hi * load(cr, i + half) + lo * load(sr, i + half);
-    } else {
-      out_lo = lo * load(cr, i) + hi * load(sr, i + half);
-      out_hi = hi * load(cr, i + half) - lo * load(sr, i);
+    T* orow = out + r * heads * head_dim;
+    for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < per_row; q += gridDim.x * blockDim.x) {
+      const int h = q / chunks;
+      const int i = (q - h * chunks) * V;
+      const T* xh = xr + h * stride.head;
+      const Pack<T, V> lo = load_pack<T, V>(xh + i), hi = load_pack<T, V>(xh + i + half);
+      const Pack<T, V> c_lo = load_pack<T, V>(cr + i), c_hi = load_pack<T, V>(cr + i + half);
+      const Pack<T, V> s_lo = load_pack<T, V>(sr + i), s_hi = load_pack<T, V>(sr + i + half);
+      Pack<T, V> o_lo, o_hi;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float l = to_float(lo.v[k]), u = to_float(hi.v[k]);
+        const float cl = to_float(c_lo.v[k]), ch = to_float(c_hi.v[k]);
+        const float sl = to_float(s_lo.v[k]), sh = to_float(s_hi.v[k]);
+        o_lo.v[k] = from_float<T>(inverse ? l * cl + u * sh : l * cl - u * sl);
+        o_hi.v[k] = from_float<T>(inverse ? u * ch - l * sl : u * ch + l * sh);
+      }
+      T* o = orow + h * head_dim + i;
+      store_pack<T, V>(o, o_lo);
+      store_pack<T, V>(o + half, o_hi);
     }
-    T* o = out + (r * heads + h) * head_dim;
-    store(o, i, out_lo);
-    store(o, i + half, out_hi);
   }
 }
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + __expf(-v)); }
 
-// Element (r, j) of the output: gate at r * 2w + j, up at r * 2w + w + j.
-template <typename T>
-__global__ void swiglu_forward_kernel(const T* gate_up, T* out, int64_t rows, int64_t width) {
-  const int64_t n = rows * width;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t g_at = (i / width) * 2 * width + i % width;
-    const float g = load(gate_up, g_at);
-    store(out, i, g * sigmoid(g) * load(gate_up, g_at + width));
+// Row r of gate_up: the gate at r * 2w, up at r * 2w + w; one thread per V-element chunk.
+template <typename T, int V>
+__global__ void swiglu_forward_kernel(const T* gate_up, T* out, int64_t rows, int width) {
+  const int chunks = width / V;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T* gate = gate_up + r * 2 * width;
+    T* o = out + r * width;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += gridDim.x * blockDim.x) {
+      const Pack<T, V> g = load_pack<T, V>(gate + c * V);
+      const Pack<T, V> u = load_pack<T, V>(gate + width + c * V);
+      Pack<T, V> y;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float gv = to_float(g.v[k]);
+        y.v[k] = from_float<T>(gv * sigmoid(gv) * to_float(u.v[k]));
+      }
+      store_pack<T, V>(o + c * V, y);
+    }
   }
 }
 
-template <typename T>
+template <typename T, int V>
 __global__ void swiglu_backward_kernel(const T* grad, const T* gate_up, T* d_gate_up, int64_t rows,
-                                       int64_t width) {
-  const int64_t n = rows * width;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t g_at = (i / width) * 2 * width + i % width;
-    const float g = load(gate_up, g_at);
-    const float up = load(gate_up, g_at + width);
-    const float go = load(grad, i);
-    const float s = sigmoid(g);
-    store(d_gate_up, g_at, go * up * s * (1.0f + g * (1.0f - s)));
-    store(d_gate_up, g_at + width, go * g * s);
+                                       int width) {
+  const int chunks = width / V;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T* gate = gate_up + r * 2 * width;
+    const T* go_row = grad + r * width;
+    T* d_gate = d_gate_up + r * 2 * width;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += gridDim.x * blockDim.x) {
+      const Pack<T, V> g = load_pack<T, V>(gate + c * V);
+      const Pack<T, V> u = load_pack<T, V>(gate + width + c * V);
+      const Pack<T, V> go = load_pack<T, V>(go_row + c * V);
+      Pack<T, V> dg, du;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float gv = to_float(g.v[k]), uv = to_float(u.v[k]), gov = to_float(go.v[k]);
+        const float s = sigmoid(gv);
+        dg.v[k] = from_float<T>(gov * uv * s * (1.0f + gv * (1.0f - s)));
+        du.v[k] = from_float<T>(gov * gv * s);
+      }
+      store_pack<T, V>(d_gate + c * V, dg);
+      store_pack<T, V>(d_gate + width + c * V, du);
+    }
   }
-}
-
-unsigned blocks_for(int64_t work) {
-  const int64_t b = (work + kThreads - 1) / kThreads;
-  // Grid-stride loops cover the rest; this many blocks fill any current GPU.
-  return static_cast<unsigned>(b < 65536 ? (b > 0 ? b : 1) : 65536);
 }
 
 // Calls `launch` with the element type that `dtype` names.
@@ -120,37 +162,61 @@ cudaError_t with_type(Dtype dtype, Launch&& launch) {
   return cudaGetLastError();
 }
 
+// The index arithmetic inside a row is 32-bit.
+bool fits_int(int64_t v) { return v >= 0 && v <= INT32_MAX / 2; }
+
 }  // namespace
 
 cudaError_t launch_rope(const void* x, RopeStrides stride, const void* cos, const void* sin,
                         void* out, int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
                         bool inverse, Dtype dtype, cudaStream_t stream) {
+  if (!fits_int(heads * head_dim)) return cudaErrorInvalidValue;
   const int64_t rows = batch * seq;
-  const unsigned blocks = blocks_for(rows * heads * (head_dim / 2));
   return with_type(dtype, [&](auto zero) {
     using T = decltype(zero);
-    rope_kernel<T><<<blocks, kThreads, 0, stream>>>(
-        static_cast<const T*>(x), stride, static_cast<const T*>(cos),
-        static_cast<const T*>(sin), static_cast<T*>(out), seq, rows, heads, head_dim, inverse);
+    constexpr int V = kVec<T>;
+    const bool vec = (head_dim / 2) % V == 0 && stride.batch % V == 0 && stride.seq % V == 0 &&
+                     stride.head % V == 0 && aligned16(x) && aligned16(cos) && aligned16(sin) &&
+                     aligned16(out);
+    const int64_t per_row = heads * (head_dim / 2) / (vec ? V : 1);
+    const int threads = row_threads(per_row);
+    const dim3 grid = row_grid(rows, per_row, threads);
+    auto* kernel = vec ? rope_kernel<T, V> : rope_kernel<T, 1>;
+    kernel<<<grid, threads, 0, stream>>>(static_cast<const T*>(x), stride,
+                                         static_cast<const T*>(cos), static_cast<const T*>(sin),
+                                         static_cast<T*>(out), seq, rows, static_cast<int>(heads),
+                                         static_cast<int>(head_dim), inverse);
   });
 }
 
 cudaError_t launch_swiglu_forward(const void* gate_up, void* out, int64_t rows, int64_t width,
                                   Dtype dtype, cudaStream_t stream) {
+  if (!fits_int(2 * width)) return cudaErrorInvalidValue;
   return with_type(dtype, [&](auto zero) {
     using T = decltype(zero);
-    swiglu_forward_kernel<T><<<blocks_for(rows * width), kThreads, 0, stream>>>(
-        static_cast<const T*>(gate_up), static_cast<T*>(out), rows, width);
+    constexpr int V = kVec<T>;
+    const bool vec = width % V == 0 && aligned16(gate_up) && aligned16(out);
+    const int64_t per_row = width / (vec ? V : 1);
+    const int threads = row_threads(per_row);
+    auto* kernel = vec ? swiglu_forward_kernel<T, V> : swiglu_forward_kernel<T, 1>;
+    kernel<<<row_grid(rows, per_row, threads), threads, 0, stream>>>(
+        static_cast<const T*>(gate_up), static_cast<T*>(out), rows, static_cast<int>(width));
   });
 }
 
 cudaError_t launch_swiglu_backward(const void* grad, const void* gate_up, void* d_gate_up,
                                    int64_t rows, int64_t width, Dtype dtype, cudaStream_t stream) {
+  if (!fits_int(2 * width)) return cudaErrorInvalidValue;
   return with_type(dtype, [&](auto zero) {
     using T = decltype(zero);
-    swiglu_backward_kernel<T><<<blocks_for(rows * width), kThreads, 0, stream>>>(
+    constexpr int V = kVec<T>;
+    const bool vec = width % V == 0 && aligned16(grad) && aligned16(gate_up) && aligned16(d_gate_up);
+    const int64_t per_row = width / (vec ? V : 1);
+    const int threads = row_threads(per_row);
+    auto* kernel = vec ? swiglu_backward_kernel<T, V> : swiglu_backward_kernel<T, 1>;
+    kernel<<<row_grid(rows, per_row, threads), threads, 0, stream>>>(
         static_cast<const T*>(grad), static_cast<const T*>(gate_up), static_cast<T*>(d_gate_up),
-        rows, width);
+        rows, static_cast<int>(width));
   });
 }
 

@@ -32,45 +32,59 @@ std::vector<at::Tensor> grads_of(const at::Tensor& out, const std::vector<at::Te
 
 class FusedOpsTest : public ::testing::TestWithParam<at::ScalarType> {};
 
-TEST_P(FusedOpsTest, RopeMatchesAtenOnAStridedSlice) {
-  if (skip_without_cuda()) GTEST_SKIP() << "needs a CUDA device and the CUDA kernels";
-  const at::ScalarType dtype = GetParam();
+// `offset` elements into a wider projection, as attention hands q or k over: an offset of a
+// whole 16 bytes takes the kernel's vectorised path, any other its scalar one.
+void check_rope(at::ScalarType dtype, int64_t offset, int64_t d) {
   const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
   at::manual_seed(3);
   const auto cuda = at::TensorOptions().device(at::kCUDA).dtype(dtype);
-  const int64_t b = 2, t = 33, heads = 3, d = 16;
-  // A slice of a wider projection, as attention hands it over.
-  const at::Tensor wide = at::randn({b, t, heads * d + 8}, cuda);
+  const int64_t b = 2, t = 33, heads = 3;
+  const at::Tensor wide = at::randn({b, t, heads * d + 16}, cuda);
   base::ModelConfig cfg;
   cfg.num_heads = heads;
   cfg.hidden_size = heads * d;
   const at::Tensor pos = at::arange(t, at::kLong).unsqueeze(0).expand({b, t}).contiguous();
   const base::StepContext ctx = make_step_context(cfg, pos.to(at::kCUDA), dtype);
 
-  at::Tensor x1 = wide.narrow(-1, 4, heads * d).detach().requires_grad_();
+  at::Tensor x1 = wide.narrow(-1, offset, heads * d).detach().requires_grad_();
   at::Tensor x2 = x1.detach().clone().requires_grad_();
   const at::Tensor fused = kernels::rope(x1, heads, ctx.rope_cos, ctx.rope_sin);
   const at::Tensor ref =
       apply_rope(x2.unflatten(-1, {heads, d}).transpose(1, 2), ctx.rope_cos, ctx.rope_sin)
           .transpose(1, 2);
-  EXPECT_LT(max_rel_diff(fused, ref), tol);
+  EXPECT_LT(max_rel_diff(fused, ref), tol) << "offset " << offset << ", head_dim " << d;
   const at::Tensor probe = at::randn(fused.sizes(), cuda.dtype(at::kFloat));
-  EXPECT_LT(max_rel_diff(grads_of(fused, {x1}, probe)[0], grads_of(ref, {x2}, probe)[0]), tol);
+  EXPECT_LT(max_rel_diff(grads_of(fused, {x1}, probe)[0], grads_of(ref, {x2}, probe)[0]), tol)
+      << "offset " << offset << ", head_dim " << d;
+}
+
+TEST_P(FusedOpsTest, RopeMatchesAtenOnAStridedSlice) {
+  if (skip_without_cuda()) GTEST_SKIP() << "needs a CUDA device and the CUDA kernels";
+  check_rope(GetParam(), 4, 16);   // scalar path in bf16 (8-byte offset)
+  check_rope(GetParam(), 8, 16);   // 16-byte aligned in bf16
+  check_rope(GetParam(), 0, 128);  // the Llama head size
+  check_rope(GetParam(), 0, 12);   // half = 6: no whole vector in either dtype
+}
+
+void check_swiglu(at::ScalarType dtype, int64_t rows, int64_t width) {
+  const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
+  at::manual_seed(4);
+  const auto cuda = at::TensorOptions().device(at::kCUDA).dtype(dtype);
+  at::Tensor gu1 = (at::randn({rows, 2 * width}, cuda) * 3).requires_grad_();
+  at::Tensor gu2 = gu1.detach().clone().requires_grad_();
+  const at::Tensor fused = kernels::swiglu(gu1);
+  const at::Tensor ref = at::silu(gu2.narrow(-1, 0, width)) * gu2.narrow(-1, width, width);
+  EXPECT_LT(max_rel_diff(fused, ref), tol) << rows << " x " << width;
+  const at::Tensor probe = at::randn(fused.sizes(), cuda.dtype(at::kFloat));
+  EXPECT_LT(max_rel_diff(grads_of(fused, {gu1}, probe)[0], grads_of(ref, {gu2}, probe)[0]), tol)
+      << rows << " x " << width;
 }
 
 TEST_P(FusedOpsTest, SwiGluMatchesAten) {
   if (skip_without_cuda()) GTEST_SKIP() << "needs a CUDA device and the CUDA kernels";
-  const at::ScalarType dtype = GetParam();
-  const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
-  at::manual_seed(4);
-  const auto cuda = at::TensorOptions().device(at::kCUDA).dtype(dtype);
-  at::Tensor gu1 = (at::randn({2, 17, 2 * 40}, cuda) * 3).requires_grad_();
-  at::Tensor gu2 = gu1.detach().clone().requires_grad_();
-  const at::Tensor fused = kernels::swiglu(gu1);
-  const at::Tensor ref = at::silu(gu2.narrow(-1, 0, 40)) * gu2.narrow(-1, 40, 40);
-  EXPECT_LT(max_rel_diff(fused, ref), tol);
-  const at::Tensor probe = at::randn(fused.sizes(), cuda.dtype(at::kFloat));
-  EXPECT_LT(max_rel_diff(grads_of(fused, {gu1}, probe)[0], grads_of(ref, {gu2}, probe)[0]), tol);
+  check_swiglu(GetParam(), 34, 40);    // whole vectors in both dtypes
+  check_swiglu(GetParam(), 34, 37);    // scalar path
+  check_swiglu(GetParam(), 70000, 8);  // more rows than one grid dimension holds
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, FusedOpsTest, ::testing::Values(at::kFloat, at::kBFloat16));
