@@ -64,7 +64,8 @@ int row_threads(int64_t per_row) {
 // out_hi = x_hi c_hi - x_lo s_lo.
 template <typename T, int V>
 __global__ void rope_kernel(const T* x, RopeStrides stride, const T* cos, const T* sin, T* out,
-                            int64_t seq, int64_t rows, int heads, int head_dim, bool inverse) {
+                            RopeStrides out_stride, int64_t seq, int64_t rows, int heads,
+                            int head_dim, bool inverse) {
   const int half = head_dim / 2;
   const int chunks = half / V;
   const int per_row = heads * chunks;
@@ -72,7 +73,7 @@ __global__ void rope_kernel(const T* x, RopeStrides stride, const T* cos, const 
     const T* xr = x + (r / seq) * stride.batch + (r % seq) * stride.seq;
     const T* cr = cos + r * head_dim;
     const T* sr = sin + r * head_dim;
-    T* orow = out + r * heads * head_dim;
+    T* orow = out + (r / seq) * out_stride.batch + (r % seq) * out_stride.seq;
     for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < per_row; q += gridDim.x * blockDim.x) {
       const int h = q / chunks;
       const int i = (q - h * chunks) * V;
@@ -89,7 +90,7 @@ __global__ void rope_kernel(const T* x, RopeStrides stride, const T* cos, const 
         o_lo.v[k] = from_float<T>(inverse ? l * cl + u * sh : l * cl - u * sl);
         o_hi.v[k] = from_float<T>(inverse ? u * ch - l * sl : u * ch + l * sh);
       }
-      T* o = orow + h * head_dim + i;
+      T* o = orow + h * out_stride.head + i;
       store_pack<T, V>(o, o_lo);
       store_pack<T, V>(o + half, o_hi);
     }
@@ -168,24 +169,27 @@ bool fits_int(int64_t v) { return v >= 0 && v <= INT32_MAX / 2; }
 }  // namespace
 
 cudaError_t launch_rope(const void* x, RopeStrides stride, const void* cos, const void* sin,
-                        void* out, int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
-                        bool inverse, Dtype dtype, cudaStream_t stream) {
+                        void* out, RopeStrides out_stride, int64_t batch, int64_t seq,
+                        int64_t heads, int64_t head_dim, bool inverse, Dtype dtype,
+                        cudaStream_t stream) {
   if (!fits_int(heads * head_dim)) return cudaErrorInvalidValue;
   const int64_t rows = batch * seq;
   return with_type(dtype, [&](auto zero) {
     using T = decltype(zero);
     constexpr int V = kVec<T>;
-    const bool vec = (head_dim / 2) % V == 0 && stride.batch % V == 0 && stride.seq % V == 0 &&
-                     stride.head % V == 0 && aligned16(x) && aligned16(cos) && aligned16(sin) &&
-                     aligned16(out);
+    const auto whole = [](RopeStrides st) {
+      return st.batch % V == 0 && st.seq % V == 0 && st.head % V == 0;
+    };
+    const bool vec = (head_dim / 2) % V == 0 && whole(stride) && whole(out_stride) &&
+                     aligned16(x) && aligned16(cos) && aligned16(sin) && aligned16(out);
     const int64_t per_row = heads * (head_dim / 2) / (vec ? V : 1);
     const int threads = row_threads(per_row);
     const dim3 grid = row_grid(rows, per_row, threads);
     auto* kernel = vec ? rope_kernel<T, V> : rope_kernel<T, 1>;
-    kernel<<<grid, threads, 0, stream>>>(static_cast<const T*>(x), stride,
-                                         static_cast<const T*>(cos), static_cast<const T*>(sin),
-                                         static_cast<T*>(out), seq, rows, static_cast<int>(heads),
-                                         static_cast<int>(head_dim), inverse);
+    kernel<<<grid, threads, 0, stream>>>(
+        static_cast<const T*>(x), stride, static_cast<const T*>(cos), static_cast<const T*>(sin),
+        static_cast<T*>(out), out_stride, seq, rows, static_cast<int>(heads),
+        static_cast<int>(head_dim), inverse);
   });
 }
 
@@ -210,7 +214,8 @@ cudaError_t launch_swiglu_backward(const void* grad, const void* gate_up, void* 
   return with_type(dtype, [&](auto zero) {
     using T = decltype(zero);
     constexpr int V = kVec<T>;
-    const bool vec = width % V == 0 && aligned16(grad) && aligned16(gate_up) && aligned16(d_gate_up);
+    const bool vec =
+        width % V == 0 && aligned16(grad) && aligned16(gate_up) && aligned16(d_gate_up);
     const int64_t per_row = width / (vec ? V : 1);
     const int threads = row_threads(per_row);
     auto* kernel = vec ? swiglu_backward_kernel<T, V> : swiglu_backward_kernel<T, 1>;

@@ -12,17 +12,19 @@ enum class Dtype { kF32, kBF16, kF16 };
 
 // Rotary embedding, rotate-half convention, for `batch` x `seq` rows of `heads` x `head_dim`
 // values. x: element (b, t, h, i) at x + b * stride.batch + t * stride.seq + h * stride.head + i
-// (head_dim contiguous, any layout otherwise); out: contiguous [batch, seq, heads, head_dim];
-// cos/sin: contiguous [batch, seq, head_dim]. `inverse` applies the transposed rotation (the
-// gradient through the rotation, for backward).
+// (head_dim contiguous, any layout otherwise); out: the same with out_stride (a contiguous
+// [batch, seq, heads, head_dim] tensor, or columns of a wider one); cos/sin: contiguous
+// [batch, seq, head_dim]. `inverse` applies the transposed rotation (the gradient through the
+// rotation, for backward).
 struct RopeStrides {
   int64_t batch = 0;
   int64_t seq = 0;
   int64_t head = 0;
 };
 cudaError_t launch_rope(const void* x, RopeStrides stride, const void* cos, const void* sin,
-                        void* out, int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
-                        bool inverse, Dtype dtype, cudaStream_t stream);
+                        void* out, RopeStrides out_stride, int64_t batch, int64_t seq,
+                        int64_t heads, int64_t head_dim, bool inverse, Dtype dtype,
+                        cudaStream_t stream);
 
 // The SwiGLU of a fused gate/up projection: gate_up is contiguous [rows, 2 * width] with the
 // gate in the first half of each row and up in the second; out [rows, width] =

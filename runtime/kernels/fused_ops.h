@@ -6,16 +6,20 @@
 // the kernels are tested against.
 #include <ATen/ATen.h>
 
+#include <array>
 #include <cstdint>
 
 namespace dstrain::kernels {
 
 bool cuda_kernels_built();
 
-// Rotary embedding (rotate-half) of a projection's output x [B, T, heads * head_dim] (a slice
-// of a wider projection is fine: only the last dimension must be contiguous). cos, sin:
-// [B, T, head_dim]. Returns [B, T, heads, head_dim], contiguous. Differentiable in x.
-at::Tensor rope(const at::Tensor& x, int64_t heads, const at::Tensor& cos, const at::Tensor& sin);
+// q, k and v of a fused projection qkv [B, T, (q_heads + 2 * kv_heads) * head_dim] (q first,
+// then k, then v; head_dim = cos.size(-1)): q and k rotated (rotary embedding,
+// rotate-half), v as it is, each
+// [B, T, heads, head_dim] and contiguous. Differentiable in qkv: backward forms the
+// projection's gradient in one tensor, with no zero-filled slices to sum.
+std::array<at::Tensor, 3> rope_qkv(const at::Tensor& qkv, int64_t q_heads, int64_t kv_heads,
+                                   const at::Tensor& cos, const at::Tensor& sin);
 
 // silu(gate) * up for a fused gate/up projection gate_up [..., 2 * width] (gate first), saving
 // only its input for backward. Returns [..., width]. Differentiable in gate_up.

@@ -31,41 +31,86 @@ void check_launch(cudaError_t err, const char* kernel) {
   TORCH_CHECK(err == cudaSuccess, kernel, ": ", cudaGetErrorString(err));
 }
 
-// x viewed as [B, T, heads, D] (D contiguous) rotated into a new contiguous tensor.
-at::Tensor rope_apply(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin,
-                      bool inverse) {
-  TORCH_CHECK(in.is_cuda() && in.dim() == 4, "rope: expected a CUDA [B, T, heads, head_dim] tensor");
+RopeStrides strides_of(const at::Tensor& t4) { return {t4.stride(0), t4.stride(1), t4.stride(2)}; }
+
+// x viewed as [B, T, heads, D] (D contiguous) rotated into `out`, the same shape with D
+// contiguous (a new tensor, or columns of a wider one).
+void rope_into(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin, bool inverse,
+               const at::Tensor& out) {
+  TORCH_CHECK(in.is_cuda() && in.dim() == 4,
+              "rope: expected a CUDA [B, T, heads, head_dim] tensor");
+  TORCH_CHECK(out.sizes() == in.sizes() && out.stride(3) == 1 &&
+                  out.scalar_type() == in.scalar_type(),
+              "rope: the output must match the input's shape and dtype, head_dim contiguous");
   const at::Tensor x4 = in.stride(3) == 1 ? in : in.contiguous();
   const at::Tensor c = cos.contiguous();
   const at::Tensor s = sin.contiguous();
   TORCH_CHECK(c.scalar_type() == x4.scalar_type() && s.scalar_type() == x4.scalar_type(),
               "rope: cos/sin must have the activations' dtype");
-  at::Tensor out = at::empty(x4.sizes(), x4.options().memory_format(at::MemoryFormat::Contiguous));
-  const RopeStrides stride{x4.stride(0), x4.stride(1), x4.stride(2)};
-  check_launch(launch_rope(x4.data_ptr(), stride, c.data_ptr(), s.data_ptr(), out.data_ptr(),
-                           x4.size(0), x4.size(1), x4.size(2), x4.size(3), inverse,
-                           kernel_dtype(x4), at::cuda::getCurrentCUDAStream()),
+  check_launch(launch_rope(x4.data_ptr(), strides_of(x4), c.data_ptr(), s.data_ptr(),
+                           out.data_ptr(), strides_of(out), x4.size(0), x4.size(1), x4.size(2),
+                           x4.size(3), inverse, kernel_dtype(x4),
+                           at::cuda::getCurrentCUDAStream()),
                "rope kernel");
+}
+
+at::Tensor rope_apply(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin,
+                      bool inverse) {
+  at::Tensor out = at::empty(in.sizes(), in.options().memory_format(at::MemoryFormat::Contiguous));
+  rope_into(in, cos, sin, inverse, out);
   return out;
 }
 
-class Rope : public torch::autograd::Function<Rope> {
+// q, k and v out of a fused projection [B, T, (q_heads + 2 kv_heads) * D]: q and k rotated, v
+// copied, each [B, T, heads, D] contiguous. Backward writes all three gradients into one
+// tensor of the projection's shape (the inverse rotations straight into its q and k columns),
+// where three slices of the projection would each have made a zero-filled copy to be summed.
+class RopeQkv : public torch::autograd::Function<RopeQkv> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t heads,
-                            const at::Tensor& cos, const at::Tensor& sin) {
-    const int64_t width = x.size(-1);
-    TORCH_CHECK(width % heads == 0, "rope: width ", width, " is not a multiple of ", heads);
-    const at::Tensor x4 = x.unflatten(-1, {heads, width / heads});
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& qkv, int64_t q_heads,
+                               int64_t kv_heads, const at::Tensor& cos, const at::Tensor& sin) {
+    const int64_t head_dim = cos.size(-1);
+    const int64_t q_width = q_heads * head_dim;
+    const int64_t kv_width = kv_heads * head_dim;
+    TORCH_CHECK(qkv.is_cuda() && qkv.dim() == 3 && qkv.size(-1) == q_width + 2 * kv_width,
+                "rope_qkv: expected a CUDA [B, T, ", q_width + 2 * kv_width, "] projection, got ",
+                qkv.sizes());
+    const auto heads_of = [&](int64_t begin, int64_t width, int64_t heads) {
+      return qkv.narrow(-1, begin, width).unflatten(-1, {heads, head_dim});
+    };
     ctx->save_for_backward({cos, sin});
-    ctx->saved_data["shape"] = x.sizes();
-    return rope_apply(x4, cos, sin, /*inverse=*/false);
+    ctx->saved_data["q_heads"] = q_heads;
+    ctx->saved_data["kv_heads"] = kv_heads;
+    return {rope_apply(heads_of(0, q_width, q_heads), cos, sin, /*inverse=*/false),
+            rope_apply(heads_of(q_width, kv_width, kv_heads), cos, sin, /*inverse=*/false),
+            heads_of(q_width + kv_width, kv_width, kv_heads).contiguous()};
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor dx = rope_apply(grad_out[0], saved[0], saved[1], /*inverse=*/true);
-    return {dx.view(ctx->saved_data["shape"].toIntVector()), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    const int64_t q_heads = ctx->saved_data["q_heads"].toInt();
+    const int64_t kv_heads = ctx->saved_data["kv_heads"].toInt();
+    const int64_t head_dim = saved[0].size(-1);
+    const at::Tensor& any = grads[0].defined()   ? grads[0]
+                            : grads[1].defined() ? grads[1]
+                                                 : grads[2];
+    at::Tensor d_qkv = at::empty({any.size(0), any.size(1), (q_heads + 2 * kv_heads) * head_dim},
+                                 any.options().memory_format(at::MemoryFormat::Contiguous));
+    int64_t begin = 0;
+    for (int part = 0; part < 3; ++part) {
+      const int64_t heads = part == 0 ? q_heads : kv_heads;
+      const at::Tensor cols =
+          d_qkv.narrow(-1, begin, heads * head_dim).unflatten(-1, {heads, head_dim});
+      begin += heads * head_dim;
+      if (!grads[part].defined()) {
+        cols.zero_();
+      } else if (part == 2) {
+        cols.copy_(grads[part]);
+      } else {
+        rope_into(grads[part], saved[0], saved[1], /*inverse=*/true, cols);
+      }
+    }
+    return {d_qkv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -102,8 +147,10 @@ class SwiGlu : public torch::autograd::Function<SwiGlu> {
 
 bool cuda_kernels_built() { return true; }
 
-at::Tensor rope(const at::Tensor& x, int64_t heads, const at::Tensor& cos, const at::Tensor& sin) {
-  return Rope::apply(x, heads, cos, sin);
+std::array<at::Tensor, 3> rope_qkv(const at::Tensor& qkv, int64_t q_heads, int64_t kv_heads,
+                                   const at::Tensor& cos, const at::Tensor& sin) {
+  const variable_list out = RopeQkv::apply(qkv, q_heads, kv_heads, cos, sin);
+  return {out[0], out[1], out[2]};
 }
 
 at::Tensor swiglu(const at::Tensor& gate_up) { return SwiGlu::apply(gate_up); }

@@ -7,7 +7,8 @@ namespace dstrain::kernels {
 
 bool cuda_kernels_built() { return false; }
 
-at::Tensor rope(const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&) {
+std::array<at::Tensor, 3> rope_qkv(const at::Tensor&, int64_t, int64_t, const at::Tensor&,
+                                   const at::Tensor&) {
   TORCH_CHECK(false, "dstrain was built without CUDA kernels (no CUDA toolkit at configure time)");
 }
 

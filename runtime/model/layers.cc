@@ -41,7 +41,8 @@ at::Tensor adjacent_frozen_weights(const std::vector<at::Tensor>& weights) {
 // `acc` as the product's accumulator: the GEMM adds it as it writes the result, so no separate
 // pass over the [.., out] output adds them.
 at::Tensor linear_into(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& acc) {
-  const at::Tensor y = at::addmm(acc.reshape({-1, acc.size(-1)}), x.reshape({-1, x.size(-1)}), weight.t());
+  const at::Tensor y =
+      at::addmm(acc.reshape({-1, acc.size(-1)}), x.reshape({-1, x.size(-1)}), weight.t());
   return y.view(acc.sizes());
 }
 
@@ -100,11 +101,28 @@ at::Tensor fused_projection(const at::Tensor& x, std::initializer_list<const Lin
   return linear_into(x, weight, acc);
 }
 
-// [B, T, heads * head_dim] -> [B, heads, T, head_dim] with the rotary embedding applied.
-at::Tensor rotated_heads(const at::Tensor& t, int64_t heads, int64_t head_dim,
-                         const at::Tensor& cos, const at::Tensor& sin) {
-  if (use_kernels(t)) return kernels::rope(t, heads, cos, sin).transpose(1, 2);
-  return apply_rope(t.unflatten(-1, {heads, head_dim}).transpose(1, 2), cos, sin);
+// q and k as [B, heads, T, head_dim] with the rotary embedding applied, v as [B, T, kv_heads,
+// head_dim], from the fused projection [B, T, q_width + 2 * kv_width].
+struct AttentionInputs {
+  at::Tensor q, k, v_rows;
+};
+AttentionInputs split_heads(const at::Tensor& qkv, const AttentionShape& shape,
+                            const base::StepContext& ctx) {
+  if (use_kernels(qkv)) {
+    const auto [q, k, v] = kernels::rope_qkv(qkv, shape.num_heads, shape.num_kv_heads,
+                                             ctx.rope_cos, ctx.rope_sin);
+    return {q.transpose(1, 2), k.transpose(1, 2), v};
+  }
+  const int64_t q_width = shape.num_heads * shape.head_dim;
+  const int64_t kv_width = shape.num_kv_heads * shape.head_dim;
+  const auto heads_of = [&](int64_t begin, int64_t width, int64_t heads) {
+    return qkv.narrow(-1, begin, width).unflatten(-1, {heads, shape.head_dim});
+  };
+  return {apply_rope(heads_of(0, q_width, shape.num_heads).transpose(1, 2), ctx.rope_cos,
+                     ctx.rope_sin),
+          apply_rope(heads_of(q_width, kv_width, shape.num_kv_heads).transpose(1, 2),
+                     ctx.rope_cos, ctx.rope_sin),
+          heads_of(q_width + kv_width, kv_width, shape.num_kv_heads)};
 }
 
 }  // namespace
@@ -148,15 +166,8 @@ at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const Atten
   const int64_t batch = x.size(0);
   const int64_t seq = x.size(1);
   const int64_t q_width = shape.num_heads * shape.head_dim;
-  const int64_t kv_width = shape.num_kv_heads * shape.head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(shape.head_dim));
-  const at::Tensor qkv = fused_projection(x, {&w.q, &w.k, &w.v});
-  const at::Tensor q = rotated_heads(qkv.narrow(-1, 0, q_width), shape.num_heads, shape.head_dim,
-                                     ctx.rope_cos, ctx.rope_sin);
-  const at::Tensor k = rotated_heads(qkv.narrow(-1, q_width, kv_width), shape.num_kv_heads,
-                                     shape.head_dim, ctx.rope_cos, ctx.rope_sin);
-  const at::Tensor v_rows = qkv.narrow(-1, q_width + kv_width, kv_width)
-                                .unflatten(-1, {shape.num_kv_heads, shape.head_dim});
+  const auto [q, k, v_rows] = split_heads(fused_projection(x, {&w.q, &w.k, &w.v}), shape, ctx);
 
   if (varlen_attention_applies(q, ctx.cu_seqlens)) {
     // Packed documents on the GPU: the rows laid end to end, [B * T, heads, head_dim] (views

@@ -32,38 +32,61 @@ std::vector<at::Tensor> grads_of(const at::Tensor& out, const std::vector<at::Te
 
 class FusedOpsTest : public ::testing::TestWithParam<at::ScalarType> {};
 
-// `offset` elements into a wider projection, as attention hands q or k over: an offset of a
-// whole 16 bytes takes the kernel's vectorised path, any other its scalar one.
-void check_rope(at::ScalarType dtype, int64_t offset, int64_t d) {
+// A fused q/k/v projection `offset` elements into a wider tensor: an offset of a whole 16 bytes
+// takes the kernel's vectorised path, any other its scalar one. q and k against ATen's rotation
+// of their slices, v against its slice, and the projection's gradient, with or without v used.
+void check_rope_qkv(at::ScalarType dtype, int64_t offset, int64_t d, bool use_v = true) {
   const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
   at::manual_seed(3);
   const auto cuda = at::TensorOptions().device(at::kCUDA).dtype(dtype);
-  const int64_t b = 2, t = 33, heads = 3;
-  const at::Tensor wide = at::randn({b, t, heads * d + 16}, cuda);
+  const int64_t b = 2, t = 33, heads = 4, kv_heads = 2;
+  const int64_t width = (heads + 2 * kv_heads) * d;
+  const at::Tensor wide = at::randn({b, t, width + 16}, cuda);
   base::ModelConfig cfg;
   cfg.num_heads = heads;
   cfg.hidden_size = heads * d;
   const at::Tensor pos = at::arange(t, at::kLong).unsqueeze(0).expand({b, t}).contiguous();
   const base::StepContext ctx = make_step_context(cfg, pos.to(at::kCUDA), dtype);
 
-  at::Tensor x1 = wide.narrow(-1, offset, heads * d).detach().requires_grad_();
+  at::Tensor x1 = wide.narrow(-1, offset, width).detach().requires_grad_();
   at::Tensor x2 = x1.detach().clone().requires_grad_();
-  const at::Tensor fused = kernels::rope(x1, heads, ctx.rope_cos, ctx.rope_sin);
-  const at::Tensor ref =
-      apply_rope(x2.unflatten(-1, {heads, d}).transpose(1, 2), ctx.rope_cos, ctx.rope_sin)
-          .transpose(1, 2);
-  EXPECT_LT(max_rel_diff(fused, ref), tol) << "offset " << offset << ", head_dim " << d;
-  const at::Tensor probe = at::randn(fused.sizes(), cuda.dtype(at::kFloat));
-  EXPECT_LT(max_rel_diff(grads_of(fused, {x1}, probe)[0], grads_of(ref, {x2}, probe)[0]), tol)
-      << "offset " << offset << ", head_dim " << d;
+  const auto [q, k, v] = kernels::rope_qkv(x1, heads, kv_heads, ctx.rope_cos, ctx.rope_sin);
+  const auto slice = [&](int64_t begin, int64_t n) {
+    return x2.narrow(-1, begin * d, n * d).unflatten(-1, {n, d});
+  };
+  const auto rotated = [&](const at::Tensor& x) {
+    return apply_rope(x.transpose(1, 2), ctx.rope_cos, ctx.rope_sin).transpose(1, 2);
+  };
+  const at::Tensor q_ref = rotated(slice(0, heads));
+  const at::Tensor k_ref = rotated(slice(heads, kv_heads));
+  const at::Tensor v_ref = slice(heads + kv_heads, kv_heads);
+  const std::string where = "offset " + std::to_string(offset) + ", head_dim " + std::to_string(d);
+  EXPECT_LT(max_rel_diff(q, q_ref), tol) << where;
+  EXPECT_LT(max_rel_diff(k, k_ref), tol) << where;
+  EXPECT_EQ(max_rel_diff(v, v_ref), 0.0) << where;
+  const at::Tensor pq = at::randn(q.sizes(), cuda.dtype(at::kFloat));
+  const at::Tensor pk = at::randn(k.sizes(), cuda.dtype(at::kFloat));
+  const at::Tensor pv = at::randn(v.sizes(), cuda.dtype(at::kFloat));
+  const auto loss = [&](const at::Tensor& qq, const at::Tensor& kk, const at::Tensor& vv) {
+    at::Tensor l = (qq.to(at::kFloat) * pq).sum() + (kk.to(at::kFloat) * pk).sum();
+    return use_v ? l + (vv.to(at::kFloat) * pv).sum() : l;
+  };
+  const at::Tensor g1 = torch::autograd::grad({loss(q, k, v)}, {x1})[0];
+  const at::Tensor g2 = torch::autograd::grad({loss(q_ref, k_ref, v_ref)}, {x2})[0];
+  EXPECT_LT(max_rel_diff(g1, g2), tol) << where;
+  if (!use_v) {
+    const at::Tensor v_cols = g1.narrow(-1, (heads + kv_heads) * d, kv_heads * d);
+    EXPECT_EQ(v_cols.abs().max().item<double>(), 0.0) << where;
+  }
 }
 
-TEST_P(FusedOpsTest, RopeMatchesAtenOnAStridedSlice) {
+TEST_P(FusedOpsTest, RopeQkvMatchesAtenOnAStridedProjection) {
   if (skip_without_cuda()) GTEST_SKIP() << "needs a CUDA device and the CUDA kernels";
-  check_rope(GetParam(), 4, 16);   // scalar path in bf16 (8-byte offset)
-  check_rope(GetParam(), 8, 16);   // 16-byte aligned in bf16
-  check_rope(GetParam(), 0, 128);  // the Llama head size
-  check_rope(GetParam(), 0, 12);   // half = 6: no whole vector in either dtype
+  check_rope_qkv(GetParam(), 4, 16);   // scalar path in bf16 (8-byte offset)
+  check_rope_qkv(GetParam(), 8, 16);   // 16-byte aligned in bf16
+  check_rope_qkv(GetParam(), 0, 128);  // the Llama head size
+  check_rope_qkv(GetParam(), 0, 12);   // half = 6: no whole vector in either dtype
+  check_rope_qkv(GetParam(), 0, 16, /*use_v=*/false);  // v unused: its gradient columns are zero
 }
 
 void check_swiglu(at::ScalarType dtype, int64_t rows, int64_t width) {
