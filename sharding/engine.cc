@@ -203,8 +203,7 @@ base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
     // The shard lives in its record of the parameter file; paged in only for loads and saves.
     if (!nvme_params_) RETURN_IF_ERROR(create_nvme_params());
     b.param_record = next_param_record_++;
-    RETURN_IF_ERROR(nvme_params_->write(
-        b.param_record, {mine.to(at::kCPU, options_.compute_dtype, /*non_blocking=*/false, /*copy=*/true)}));
+    RETURN_IF_ERROR(nvme_params_->write_behind(b.param_record, {mine}));
   } else if (b.offloaded && params_on_host()) {
     ASSIGN_OR_RETURN(b.shard_param, host_tensor(host_allocator_, b.shard.numel(), options_.compute_dtype));
     b.shard_param.copy_(mine);

@@ -63,9 +63,9 @@ base::Status Engine::store_initial_nvme_state(Buffer& b, const at::Tensor& mine)
   b.nvme_shard = nvme_shard_of_[next_trainable_++];
   // Within offload.host_budget_gib: host memory, as offload.optimizer = cpu.
   if (b.nvme_shard < 0) return init_optimizer_state(b, mine);
-  const at::Tensor master = mine.to(at::kCPU, at::kFloat, /*non_blocking=*/false, /*copy=*/true);
-  const at::Tensor zeros = at::zeros_like(master);
-  return nvme_state_->write(b.nvme_shard, {master, zeros, zeros});
+  // fp32 master copied (and converted) straight into a slot, moments written as zeros; the
+  // write overlaps the next buffer's initialisation.
+  return nvme_state_->write_behind(b.nvme_shard, {mine, at::Tensor(), at::Tensor()});
 }
 
 base::Status Engine::create_nvme_params() {

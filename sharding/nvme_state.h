@@ -41,15 +41,21 @@ class NvmeStateFile {
   const std::string& path() const { return path_; }
 
   // Synchronous whole-record transfers between the file and `record` (CPU tensors of the
-  // record's dtype and size, one per array): initialisation, checkpoints, gathers.
+  // record's dtype and size, one per array): checkpoints, gathers.
   base::Status write(int shard, const NvmeRecord& record);
   base::Status read(int shard, const NvmeRecord& record);
+  // Initialisation: copies `record` into the next slot and starts writing it, returning while
+  // the transfer runs, so writing shard i overlaps preparing shard i + 1. An undefined array is
+  // written as zeros (the optimizer's moments). flush() waits for these writes.
+  base::Status write_behind(int shard, const NvmeRecord& record);
 
   // The update pipeline. fetch() starts reading a shard into a free slot (first waiting for that
   // slot's previous write-back); acquire() waits for the read and returns views of the slot,
   // valid until release(), which starts writing them back. flush() waits for every write-back
   // (the file is scratch: nothing asks for durability). A shard is fetched, acquired and
   // released once per step, in order, with at most `slots` - 1 fetched and not yet released.
+  // Any transfer of a shard waits first for a write of that shard still in flight, so a read
+  // never overtakes the write before it.
   base::Status fetch(int shard);
   base::StatusOr<NvmeRecord> acquire(int shard);
   base::Status release(int shard);
@@ -71,6 +77,10 @@ class NvmeStateFile {
   NvmeRecord views(void* base, int shard) const;
   base::Status finish(Slot& slot);  // waits for the slot's transfer in flight, if any
   Slot* slot_of(int shard);
+  // Waits for a write of `shard` still in flight from any slot, and frees that slot.
+  base::Status retire(int shard);
+  // Slot `turn` of the first `count`, its previous transfer waited for; advances `turn`.
+  base::StatusOr<Slot*> free_slot(int& turn, int count);
 
   std::string path_;
   std::shared_ptr<offload::HostAllocator> allocator_;  // outlives the slots' buffers
@@ -81,7 +91,8 @@ class NvmeStateFile {
   at::ScalarType dtype_ = at::kFloat;
   std::vector<int64_t> offsets_;  // byte offset of each shard's record
   std::vector<Slot> slots_;
-  int next_slot_ = 0;             // round robin
+  int next_slot_ = 0;             // round robin of fetch()
+  int behind_turn_ = 0;           // slot 0 or 1 for write_behind()
 };
 
 }  // namespace dstrain::sharding

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -89,6 +90,80 @@ TEST(NvmeStateFile, OneArrayRecordsOfSixteenBitValuesRoundTrip) {
     ASSERT_TRUE((*f)->read(i, got).ok());
     EXPECT_TRUE(at::equal(got[0], (at::arange(kNumels[i], at::kFloat) * 0.5).to(at::kBFloat16)));
   }
+}
+
+// An engine that carries out each transfer only when it is waited for, in the order of the
+// waits: a read submitted after a write but waited for first overtakes it, as a real engine's
+// requests may complete in any order.
+class DeferredIoEngine : public offload::IoEngine {
+ public:
+  explicit DeferredIoEngine(std::unique_ptr<offload::IoEngine> inner) : inner_(std::move(inner)) {}
+  base::StatusOr<int> open(const std::string& path, bool create) override {
+    return inner_->open(path, create);
+  }
+  base::Status close(int file) override { return inner_->close(file); }
+  base::StatusOr<offload::IoTicket> submit(offload::IoOp op, int file, int64_t offset, void* buf,
+                                           size_t bytes) override {
+    pending_.push_back({op, file, offset, buf, bytes});
+    return static_cast<offload::IoTicket>(pending_.size() - 1);
+  }
+  base::Status wait(offload::IoTicket ticket) override {
+    const Transfer& t = pending_.at(static_cast<size_t>(ticket));
+    ASSIGN_OR_RETURN(offload::IoTicket inner,
+                     inner_->submit(t.op, t.file, t.offset, t.buf, t.bytes));
+    return inner_->wait(inner);
+  }
+  base::Status sync(int file) override { return inner_->sync(file); }
+
+ private:
+  struct Transfer {
+    offload::IoOp op;
+    int file;
+    int64_t offset;
+    void* buf;
+    size_t bytes;
+  };
+  std::unique_ptr<offload::IoEngine> inner_;
+  std::vector<Transfer> pending_;
+};
+
+// Initialisation writes every shard behind (more shards than slots, moments as zeros); a fetch,
+// a read or a synchronous write of a shard whose write is still in flight waits for it first.
+TEST(NvmeStateFile, WritesBehindAreNeverOvertaken) {
+  auto f = make_file(temp_path("behind"), std::make_unique<DeferredIoEngine>(uring()));
+  for (int i = 0; i < f->num_shards(); ++i) {
+    ASSERT_TRUE(f->write_behind(i, {at::arange(kNumels[i], at::kFloat) + i, {}, {}}).ok());
+  }
+  const auto expected = [](int i) {
+    const int64_t n = kNumels[i];
+    return NvmeRecord{at::arange(n, at::kFloat) + i, at::zeros({n}), at::zeros({n})};
+  };
+  // The last shard's write is still in flight in its slot: the fetch must not read before it.
+  const int last = f->num_shards() - 1;
+  ASSERT_TRUE(f->fetch(last).ok());
+  auto fetched = f->acquire(last);
+  ASSERT_TRUE(fetched.ok()) << fetched.status().message();
+  expect_equal(*fetched, expected(last));
+  f->discard(last);
+  // A write behind then a synchronous write of the same shard: the later one stays.
+  ASSERT_TRUE(f->write_behind(1, filled(kNumels[1], 5.0f)).ok());
+  ASSERT_TRUE(f->write(1, filled(kNumels[1], 7.0f)).ok());
+  // And a plain read after a write behind.
+  ASSERT_TRUE(f->write_behind(2, filled(kNumels[2], 9.0f)).ok());
+  for (int i = 0; i < f->num_shards(); ++i) {
+    NvmeRecord got = empty_like(kNumels[i]);
+    ASSERT_TRUE(f->read(i, got).ok());
+    const NvmeRecord want = i == 1   ? filled(kNumels[1], 7.0f)
+                            : i == 2 ? filled(kNumels[2], 9.0f)
+                                     : expected(i);
+    expect_equal(got, want);
+  }
+  for (int step = 0; step < 2; ++step) ASSERT_TRUE(one_step(*f, 1.0f).ok());
+  NvmeRecord got = empty_like(kNumels[0]);
+  ASSERT_TRUE(f->read(0, got).ok());
+  NvmeRecord want = expected(0);
+  want[0].add_(2.0f);
+  expect_equal(got, want);
 }
 
 TEST(NvmeStateFile, AcquireWithoutFetchIsAnError) {
