@@ -13,7 +13,7 @@ export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_f
 export CCACHE_MAXSIZE ?= 5G
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all setup configure build demo test clean
+.PHONY: all setup configure build demo test format clean
 
 all: build
 
@@ -38,6 +38,11 @@ demo: build
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 900
+
+# Lays the C++ sources out as .clang-format says (the `format` test checks it).
+format:
+	find base cmake launch offload runtime sharding tests -path tests/fuzz/corpus -prune -o \( -name '*.cc' \
+	  -o -name '*.h' -o -name '*.cu' -o -name '*.inc' \) -print | xargs clang-format -i
 
 clean:
 	rm -rf $(BUILD)

@@ -17,7 +17,8 @@ Status make_dirs(const std::string& path) {
     pos = path.find('/', pos + 1);
     prefix = path.substr(0, pos);
     if (prefix.empty() || mkdir(prefix.c_str(), 0755) == 0 || errno == EEXIST) continue;
-    return Status::IOError(path + ": cannot create directory " + prefix + ": " + std::strerror(errno));
+    return Status::IOError(path + ": cannot create directory " + prefix + ": " +
+                           std::strerror(errno));
   }
   struct stat st {};
   if (stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {

@@ -22,7 +22,9 @@ class [[nodiscard]] Status {
  public:
   Status() = default;
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+  static Status InvalidArgument(std::string m) {
+    return {StatusCode::kInvalidArgument, std::move(m)};
+  }
   static Status BadInput(std::string m) { return {StatusCode::kBadInput, std::move(m)}; }
   static Status Distributed(std::string m) { return {StatusCode::kDistributed, std::move(m)}; }
   static Status Preempted(std::string m) { return {StatusCode::kPreempted, std::move(m)}; }
@@ -50,13 +52,22 @@ int exit_code(const Status& s);
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(T value) : value_(std::move(value)) {}                 // NOLINT: implicit by design
+  StatusOr(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
   StatusOr(Status status) : status_(std::move(status)) { assert(!status_.ok()); }  // NOLINT
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
-  T& value() & { assert(ok()); return *value_; }
-  const T& value() const& { assert(ok()); return *value_; }
-  T&& value() && { assert(ok()); return std::move(*value_); }
+  T& value() & {
+    assert(ok());
+    return *value_;
+  }
+  const T& value() const& {
+    assert(ok());
+    return *value_;
+  }
+  T&& value() && {
+    assert(ok());
+    return std::move(*value_);
+  }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
@@ -73,10 +84,10 @@ class [[nodiscard]] StatusOr {
 #define DSTRAIN_CONCAT(a, b) DSTRAIN_CONCAT_INNER(a, b)
 
 // Returns the status from the enclosing function when it is an error.
-#define RETURN_IF_ERROR(expr)                                  \
-  do {                                                         \
-    ::dstrain::base::Status _dstrain_st = (expr);              \
-    if (!_dstrain_st.ok()) return _dstrain_st;                 \
+#define RETURN_IF_ERROR(expr)                     \
+  do {                                            \
+    ::dstrain::base::Status _dstrain_st = (expr); \
+    if (!_dstrain_st.ok()) return _dstrain_st;    \
   } while (0)
 
 #define ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

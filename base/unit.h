@@ -14,14 +14,14 @@ namespace dstrain::base {
 enum class InitKind { kNormal, kZeros, kOnes, kKaimingUniform };
 
 struct ParamSpec {
-  std::string name;             // full Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight"
+  std::string name;  // full Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight"
   std::vector<int64_t> shape;
   InitKind init = InitKind::kNormal;
-  double init_std = 0.02;       // for kNormal
-  bool decay = true;            // weight decay applies (false for norms and biases)
-  bool trainable = true;        // false: frozen (LoRA base), no gradient, no optimizer state
-  std::string tied_to;          // non-empty: this parameter shares storage with the named one,
-                                // owned by an earlier unit (tied embedding / LM head)
+  double init_std = 0.02;  // for kNormal
+  bool decay = true;       // weight decay applies (false for norms and biases)
+  bool trainable = true;   // false: frozen (LoRA base), no gradient, no optimizer state
+  std::string tied_to;     // non-empty: this parameter shares storage with the named one,
+                           // owned by an earlier unit (tied embedding / LM head)
   int64_t numel() const {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;

@@ -2,6 +2,6 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <memory>
 #include <string>
 #include <vector>
-#include <memory>

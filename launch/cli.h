@@ -15,13 +15,13 @@ struct Command {
   std::vector<std::string> overrides;  // --set KEY=VALUE
   std::string resume = "auto";         // auto | never | PATH
   // plan
-  int world = 0;                       // 0: the launcher's world size
+  int world = 0;  // 0: the launcher's world size
   bool json = false;
-  double gpu_mem_gib = -1;             // per GPU; < 0: not checked
-  double host_mem_gib = -1;            // per node; < 0: this machine's
-  double nvme_gib = -1;                // free per node; < 0: free space under offload.nvme_dir
-  int ranks_per_node = 0;              // 0: every rank on one node
-  std::string hf_dir;                  // plan from a Hugging Face model directory's config.json
+  double gpu_mem_gib = -1;   // per GPU; < 0: not checked
+  double host_mem_gib = -1;  // per node; < 0: this machine's
+  double nvme_gib = -1;      // free per node; < 0: free space under offload.nvme_dir
+  int ranks_per_node = 0;    // 0: every rank on one node
+  std::string hf_dir;        // plan from a Hugging Face model directory's config.json
   // prepare
   std::vector<std::string> inputs;
   std::string output;
@@ -32,14 +32,14 @@ struct Command {
   // inspect, export
   std::string checkpoint_dir;
   // export
-  std::string export_format;           // hf | peft
+  std::string export_format;  // hf | peft
   std::string out_dir;
-  std::string export_dtype;            // fp32 | bf16 | fp16; empty: hf -> train.dtype, peft -> fp32
+  std::string export_dtype;  // fp32 | bf16 | fp16; empty: hf -> train.dtype, peft -> fp32
   int64_t max_shard_bytes = 5'000'000'000;  // --max-shard-size, transformers' default "5GB"
-  bool merge = true;                   // hf of a LoRA run: fold the adapters into the base
-  bool force = false;                  // replace a non-empty --out
+  bool merge = true;                        // hf of a LoRA run: fold the adapters into the base
+  bool force = false;                       // replace a non-empty --out
   // bench
-  std::string bench_what;              // comm | aio | adam
+  std::string bench_what;  // comm | aio | adam
   std::vector<int64_t> bench_sizes_mib;
   int bench_iters = 10;
   std::string bench_device = "auto";  // auto | cpu | cuda, as run.device (launch/device.h)
@@ -51,7 +51,7 @@ struct Command {
   // bench adam
   int64_t bench_params = 64'000'000;
   int bench_threads = 0;  // 0: every hardware thread
-  std::string help_text;               // filled for kHelp
+  std::string help_text;  // filled for kHelp
 };
 
 // Parses argv. Usage errors are kInvalidArgument with a message that ends in a hint to --help.

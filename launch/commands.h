@@ -13,7 +13,8 @@ base::Status run_prepare(const Command& cmd);
 base::Status run_inspect(const Command& cmd);
 base::Status run_export(const Command& cmd);
 base::Status run_bench_comm(const Command& cmd, World& world);
-// Single-process benchmarks (launch/bench_aio.cc, launch/bench_adam.cc); the last line printed is JSON.
+// Single-process benchmarks (launch/bench_aio.cc, launch/bench_adam.cc); the last line printed is
+// JSON.
 base::Status run_bench_aio(const Command& cmd);
 base::Status run_bench_adam(const Command& cmd);
 

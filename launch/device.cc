@@ -10,9 +10,11 @@ base::StatusOr<at::Device> select_device(const std::string& run_device, const Wo
   if (run_device == "cpu") return at::Device(at::kCPU);
   // Builds without NCCL answer the version query with an error.
   const bool have_nccl = sharding::nccl_version_string().ok();
-  const int gpus = at::detail::getCUDAHooks().hasCUDA() ? at::detail::getCUDAHooks().deviceCount() : 0;
+  const int gpus =
+      at::detail::getCUDAHooks().hasCUDA() ? at::detail::getCUDAHooks().deviceCount() : 0;
   if (run_device == "auto" && (gpus == 0 || !have_nccl)) return at::Device(at::kCPU);
-  if (gpus == 0) return base::Status::InvalidArgument("run.device = \"cuda\" but no GPU is visible");
+  if (gpus == 0)
+    return base::Status::InvalidArgument("run.device = \"cuda\" but no GPU is visible");
   if (!have_nccl) {
     return base::Status::InvalidArgument("run.device = \"cuda\" but this build has no NCCL");
   }

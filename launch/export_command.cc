@@ -35,7 +35,8 @@ base::Status run_export(const Command& cmd) {
               static_cast<long long>(reader.index().step), cmd.export_format.c_str(),
               summary.merged ? " with LoRA merged" : "", static_cast<long long>(summary.tensors),
               static_cast<long long>(summary.tensor_bytes));
-  for (const std::string& f : summary.files) std::printf("  %s/%s\n", summary.out_dir.c_str(), f.c_str());
+  for (const std::string& f : summary.files)
+    std::printf("  %s/%s\n", summary.out_dir.c_str(), f.c_str());
   return base::Status::Ok();
 }
 

@@ -32,17 +32,26 @@ int main(int argc, char** argv) {
   }
   const launch::Command& cmd = *parsed;
   switch (cmd.kind) {
-    case launch::CommandKind::kHelp: std::printf("%s", cmd.help_text.c_str()); return 0;
-    case launch::CommandKind::kVersion: std::printf("dstrain %s\n", DSTRAIN_VERSION); return 0;
-    case launch::CommandKind::kPlan: return report(launch::run_plan(cmd), 0, true);
-    case launch::CommandKind::kPrepare: return report(launch::run_prepare(cmd), 0, true);
-    case launch::CommandKind::kInspect: return report(launch::run_inspect(cmd), 0, true);
-    case launch::CommandKind::kExport: return report(launch::run_export(cmd), 0, true);
+    case launch::CommandKind::kHelp:
+      std::printf("%s", cmd.help_text.c_str());
+      return 0;
+    case launch::CommandKind::kVersion:
+      std::printf("dstrain %s\n", DSTRAIN_VERSION);
+      return 0;
+    case launch::CommandKind::kPlan:
+      return report(launch::run_plan(cmd), 0, true);
+    case launch::CommandKind::kPrepare:
+      return report(launch::run_prepare(cmd), 0, true);
+    case launch::CommandKind::kInspect:
+      return report(launch::run_inspect(cmd), 0, true);
+    case launch::CommandKind::kExport:
+      return report(launch::run_export(cmd), 0, true);
     case launch::CommandKind::kBench:
       if (cmd.bench_what == "aio") return report(launch::run_bench_aio(cmd), 0, true);
       if (cmd.bench_what == "adam") return report(launch::run_bench_adam(cmd), 0, true);
       break;
-    default: break;
+    default:
+      break;
   }
   auto world = launch::World::init(&argc, &argv);
   if (!world.ok()) return report(world.status(), 0, false);

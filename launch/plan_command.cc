@@ -51,8 +51,8 @@ sharding::Hardware hardware(const Command& cmd, const base::Config& cfg) {
   hw.host_bytes = cmd.host_mem_gib >= 0 ? gib_to_bytes(cmd.host_mem_gib) : host_memory_bytes();
   const bool uses_nvme = cfg.offload.optimizer == "nvme" || cfg.offload.params == "nvme";
   hw.nvme_bytes = cmd.nvme_gib >= 0 ? gib_to_bytes(cmd.nvme_gib)
-                  : uses_nvme      ? free_disk_bytes(cfg.offload.nvme_dir)
-                                   : -1;
+                  : uses_nvme       ? free_disk_bytes(cfg.offload.nvme_dir)
+                                    : -1;
   hw.ranks_per_node = cmd.ranks_per_node;
   return hw;
 }
@@ -70,72 +70,86 @@ nlohmann::json device_json(const sharding::DeviceBytes& d) {
 }
 
 nlohmann::json tier_json(const sharding::TierBytes& t) {
-  return {{"optimizer", t.optimizer}, {"params", t.params}, {"staging", t.staging}, {"total", t.total}};
+  return {
+      {"optimizer", t.optimizer}, {"params", t.params}, {"staging", t.staging}, {"total", t.total}};
 }
 
 nlohmann::json plan_json(const sharding::MemoryPlan& p, const base::Config& cfg) {
-  return {
-      {"world", p.world},
-      {"zero_stage", cfg.zero.stage},
-      {"dtype", cfg.train.dtype},
-      {"micro_batch", cfg.train.micro_batch},
-      {"seq_len", cfg.train.seq_len},
-      {"activation_checkpointing", cfg.train.activation_checkpointing},
-      {"offload", {{"optimizer", cfg.offload.optimizer}, {"params", cfg.offload.params}}},
-      {"parameters", p.parameters},
-      {"trainable_parameters", p.trainable_parameters},
-      {"grad_accumulation", p.grad_accumulation},
-      {"per_rank_bytes",
-       {{"compute_params", p.compute_params},
-        {"master_params", p.master_params},
-        {"optimizer_moments", p.optimizer_moments},
-        {"gradients", p.device.gradients},
-        {"total", p.device.peak + p.host.total + p.nvme.total}}},
-      {"per_rank_tier_bytes", {{"device", p.device.peak}, {"host", p.host.total}, {"nvme", p.nvme.total}}},
-      {"device_bytes", device_json(p.device)},
-      {"host_bytes", tier_json(p.host)},
-      {"nvme_bytes", tier_json(p.nvme)},
-      {"activations",
-       {{"per_layer_bytes", p.layer_activation_bytes}, {"at_backward_bytes", p.activations_at_backward}}},
-      {"comm",
-       {{"intra_node_bytes_per_step", p.comm.intra_node},
-        {"inter_node_bytes_per_step", p.comm.inter_node},
-        {"shard_group", p.comm.shard_group},
-        {"ranks_per_node", p.comm.ranks_per_node}}},
-      {"comm_bytes_per_step_per_rank", p.comm.intra_node + p.comm.inter_node},
-      {"host_device_bytes_per_step_per_rank", p.comm.host_device},
-      {"nvme_bytes_per_step_per_rank", p.comm.nvme}};
+  return {{"world", p.world},
+          {"zero_stage", cfg.zero.stage},
+          {"dtype", cfg.train.dtype},
+          {"micro_batch", cfg.train.micro_batch},
+          {"seq_len", cfg.train.seq_len},
+          {"activation_checkpointing", cfg.train.activation_checkpointing},
+          {"offload", {{"optimizer", cfg.offload.optimizer}, {"params", cfg.offload.params}}},
+          {"parameters", p.parameters},
+          {"trainable_parameters", p.trainable_parameters},
+          {"grad_accumulation", p.grad_accumulation},
+          {"per_rank_bytes",
+           {{"compute_params", p.compute_params},
+            {"master_params", p.master_params},
+            {"optimizer_moments", p.optimizer_moments},
+            {"gradients", p.device.gradients},
+            {"total", p.device.peak + p.host.total + p.nvme.total}}},
+          {"per_rank_tier_bytes",
+           {{"device", p.device.peak}, {"host", p.host.total}, {"nvme", p.nvme.total}}},
+          {"device_bytes", device_json(p.device)},
+          {"host_bytes", tier_json(p.host)},
+          {"nvme_bytes", tier_json(p.nvme)},
+          {"activations",
+           {{"per_layer_bytes", p.layer_activation_bytes},
+            {"at_backward_bytes", p.activations_at_backward}}},
+          {"comm",
+           {{"intra_node_bytes_per_step", p.comm.intra_node},
+            {"inter_node_bytes_per_step", p.comm.inter_node},
+            {"shard_group", p.comm.shard_group},
+            {"ranks_per_node", p.comm.ranks_per_node}}},
+          {"comm_bytes_per_step_per_rank", p.comm.intra_node + p.comm.inter_node},
+          {"host_device_bytes_per_step_per_rank", p.comm.host_device},
+          {"nvme_bytes_per_step_per_rank", p.comm.nvme}};
 }
 
 void print_table(const sharding::MemoryPlan& p, const base::Config& cfg, const sharding::Verdict& v,
                  const sharding::Hardware& hw) {
-  std::printf("model: %lld parameters (%lld trainable); %d rank(s), zero stage %lld, %s, micro-batch %lld x %lld "
-              "tokens, checkpointing %s, offload optimizer %s, params %s\n",
-              static_cast<long long>(p.parameters), static_cast<long long>(p.trainable_parameters), p.world,
-              static_cast<long long>(cfg.zero.stage), cfg.train.dtype.c_str(),
-              static_cast<long long>(cfg.train.micro_batch), static_cast<long long>(cfg.train.seq_len),
-              cfg.train.activation_checkpointing.c_str(), cfg.offload.optimizer.c_str(),
-              cfg.offload.params.c_str());
+  std::printf(
+      "model: %lld parameters (%lld trainable); %d rank(s), zero stage %lld, %s, micro-batch %lld "
+      "x %lld "
+      "tokens, checkpointing %s, offload optimizer %s, params %s\n",
+      static_cast<long long>(p.parameters), static_cast<long long>(p.trainable_parameters), p.world,
+      static_cast<long long>(cfg.zero.stage), cfg.train.dtype.c_str(),
+      static_cast<long long>(cfg.train.micro_batch), static_cast<long long>(cfg.train.seq_len),
+      cfg.train.activation_checkpointing.c_str(), cfg.offload.optimizer.c_str(),
+      cfg.offload.params.c_str());
   const sharding::DeviceBytes& d = p.device;
   std::printf("%-34s %10s\n", "per rank, GPU", "GiB");
   const std::pair<const char*, int64_t> rows[] = {
-      {"  parameters", d.params},          {"  parameters in flight (stage 3)", d.params_in_flight},
-      {"  gradients", d.gradients},        {"  optimizer state", d.optimizer},
+      {"  parameters", d.params},
+      {"  parameters in flight (stage 3)", d.params_in_flight},
+      {"  gradients", d.gradients},
+      {"  optimizer state", d.optimizer},
       {"  activations (one micro-batch)", d.activations},
       {"  communication buffers", d.comm_buffers},
-      {"  workspace", d.workspace},        {"  peak", d.peak}};
-  for (const auto& [name, bytes] : rows) std::printf("%-34s %10.3f\n", name, gib(static_cast<double>(bytes)));
-  std::printf("%-34s %10.3f  (optimizer %.3f, params %.3f, staging %.3f)\n", "per rank, host memory",
-              gib(static_cast<double>(p.host.total)), gib(static_cast<double>(p.host.optimizer)),
-              gib(static_cast<double>(p.host.params)), gib(static_cast<double>(p.host.staging)));
-  std::printf("%-34s %10.3f  (optimizer %.3f, params %.3f)\n", "per rank, NVMe", gib(static_cast<double>(p.nvme.total)),
-              gib(static_cast<double>(p.nvme.optimizer)), gib(static_cast<double>(p.nvme.params)));
-  std::printf("%-34s %10.3f  (intra-node %.3f, inter-node %.3f; shard group %s, %d rank(s) per node)\n",
-              "network per step per rank", gib(static_cast<double>(p.comm.intra_node + p.comm.inter_node)),
-              gib(static_cast<double>(p.comm.intra_node)), gib(static_cast<double>(p.comm.inter_node)),
-              p.comm.shard_group.c_str(), p.comm.ranks_per_node);
-  std::printf("%-34s %10.3f\n", "host<->device per step", gib(static_cast<double>(p.comm.host_device)));
-  if (p.comm.nvme > 0) std::printf("%-34s %10.3f\n", "NVMe read+written per step", gib(static_cast<double>(p.comm.nvme)));
+      {"  workspace", d.workspace},
+      {"  peak", d.peak}};
+  for (const auto& [name, bytes] : rows)
+    std::printf("%-34s %10.3f\n", name, gib(static_cast<double>(bytes)));
+  std::printf("%-34s %10.3f  (optimizer %.3f, params %.3f, staging %.3f)\n",
+              "per rank, host memory", gib(static_cast<double>(p.host.total)),
+              gib(static_cast<double>(p.host.optimizer)), gib(static_cast<double>(p.host.params)),
+              gib(static_cast<double>(p.host.staging)));
+  std::printf("%-34s %10.3f  (optimizer %.3f, params %.3f)\n", "per rank, NVMe",
+              gib(static_cast<double>(p.nvme.total)), gib(static_cast<double>(p.nvme.optimizer)),
+              gib(static_cast<double>(p.nvme.params)));
+  std::printf(
+      "%-34s %10.3f  (intra-node %.3f, inter-node %.3f; shard group %s, %d rank(s) per node)\n",
+      "network per step per rank", gib(static_cast<double>(p.comm.intra_node + p.comm.inter_node)),
+      gib(static_cast<double>(p.comm.intra_node)), gib(static_cast<double>(p.comm.inter_node)),
+      p.comm.shard_group.c_str(), p.comm.ranks_per_node);
+  std::printf("%-34s %10.3f\n", "host<->device per step",
+              gib(static_cast<double>(p.comm.host_device)));
+  if (p.comm.nvme > 0)
+    std::printf("%-34s %10.3f\n", "NVMe read+written per step",
+                gib(static_cast<double>(p.comm.nvme)));
   if (hw.gpu_bytes < 0) std::printf("GPU memory not checked (give --gpu-mem GiB)\n");
   if (v.fits) {
     std::printf("fits\n");
@@ -149,9 +163,11 @@ void print_table(const sharding::MemoryPlan& p, const base::Config& cfg, const s
   for (const std::string& problem : v.problems) std::printf("does not fit: %s\n", problem.c_str());
   if (!v.fixes.empty()) {
     std::printf("smallest change that fits: %s (GPU peak %.3f GiB, host %.3f GiB per rank)\n",
-                v.fixes[0].description.c_str(), gib(static_cast<double>(v.fixes[0].plan.device.peak)),
+                v.fixes[0].description.c_str(),
+                gib(static_cast<double>(v.fixes[0].plan.device.peak)),
                 gib(static_cast<double>(v.fixes[0].plan.host.total)));
-    for (size_t i = 1; i < v.fixes.size(); ++i) std::printf("  also fits: %s\n", v.fixes[i].description.c_str());
+    for (size_t i = 1; i < v.fixes.size(); ++i)
+      std::printf("  also fits: %s\n", v.fixes[i].description.c_str());
   } else if (v.combined_fits) {
     std::string all;
     for (const std::string& c : v.combined) all += (all.empty() ? "" : ", ") + c;

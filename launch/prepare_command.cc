@@ -28,7 +28,8 @@ base::Status run_prepare(const Command& cmd) {
               static_cast<long long>(stats.num_target_tokens));
   if (stats.reused_parts > 0) {
     std::printf(" (%lld of %lld parts reused from an interrupted run)",
-                static_cast<long long>(stats.reused_parts), static_cast<long long>(stats.num_parts));
+                static_cast<long long>(stats.reused_parts),
+                static_cast<long long>(stats.num_parts));
   }
   std::printf("\n");
   return base::Status::Ok();

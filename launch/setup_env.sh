@@ -11,7 +11,7 @@ VENV="${DSTRAIN_VENV:-$HOME/.cache/dstrain/venv}"
 TORCH_VERSION="2.11.0"
 DEB_PACKAGES=(build-essential cmake ninja-build ccache pkg-config python3-venv
   openmpi-bin libopenmpi-dev libhdf5-dev libboost-program-options-dev libtomlplusplus-dev
-  liburing-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev fio clang
+  liburing-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev fio clang clang-format
   libpcre2-dev libsentencepiece-dev libicu-dev)
 PY_PACKAGES=("torch==${TORCH_VERSION}" "numpy" "transformers" "safetensors" "h5py" "peft" "tensorboard" "sentencepiece")
 

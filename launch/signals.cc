@@ -67,7 +67,8 @@ base::StatusOr<std::unique_ptr<StopSignals>> StopSignals::install() {
         sigaction(kStopSignals[done], &s->saved_->old[done], nullptr);
       }
       s->saved_.reset();
-      return base::Status::Internal(std::string("sigaction(") + strsignal(sig) + "): " + std::strerror(err));
+      return base::Status::Internal(std::string("sigaction(") + strsignal(sig) +
+                                    "): " + std::strerror(err));
     }
     ++done;
   }

@@ -10,8 +10,8 @@ base::StatusOr<std::unique_ptr<Topology>> Topology::create(MPI_Comm world) {
   int rank = 0;
   RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_rank(world, &rank)));
   MPI_Comm node = MPI_COMM_NULL;
-  RETURN_IF_ERROR(MPI_CHECK(
-      MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node)));
+  RETURN_IF_ERROR(
+      MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node)));
   base::StatusOr<std::unique_ptr<Topology>> t = create_from_node_comm(world, node);
   MPI_Comm_free(&node);
   return t;
@@ -41,14 +41,14 @@ base::StatusOr<std::unique_ptr<Topology>> Topology::create_from_node_comm(MPI_Co
   t->num_nodes_ = static_cast<int>(leaders.size());
   t->ranks_per_node_ = local_size;
   for (int r = 0; r < size; ++r) {
-    const int index = static_cast<int>(std::lower_bound(leaders.begin(), leaders.end(), all[3 * r]) -
-                                       leaders.begin());
+    const int index = static_cast<int>(
+        std::lower_bound(leaders.begin(), leaders.end(), all[3 * r]) - leaders.begin());
     t->places_.push_back({index, all[3 * r + 1]});
     if (all[3 * r + 2] != local_size) {
       return base::Status::InvalidArgument(
-          "nodes hold different numbers of ranks: world rank " + std::to_string(r) + " is on a node of " +
-          std::to_string(all[3 * r + 2]) + " rank(s), world rank " + std::to_string(t->rank_) +
-          " on one of " + std::to_string(local_size) +
+          "nodes hold different numbers of ranks: world rank " + std::to_string(r) +
+          " is on a node of " + std::to_string(all[3 * r + 2]) + " rank(s), world rank " +
+          std::to_string(t->rank_) + " on one of " + std::to_string(local_size) +
           "; hybrid sharding needs the same number of ranks on every node (check the hostfile's "
           "slots or --ntasks-per-node)");
     }
@@ -63,8 +63,8 @@ Topology::~Topology() {
 }
 
 std::string Topology::describe() const {
-  std::string s = std::to_string(num_nodes_) + " node(s) x " + std::to_string(ranks_per_node_) +
-                  " rank(s):";
+  std::string s =
+      std::to_string(num_nodes_) + " node(s) x " + std::to_string(ranks_per_node_) + " rank(s):";
   for (size_t r = 0; r < places_.size(); ++r) {
     s += (r == 0 ? " rank " : ", rank ") + std::to_string(r) + " node " +
          std::to_string(places_[r].node) + " local " + std::to_string(places_[r].local_rank);

@@ -5,10 +5,10 @@
 
 #include "base/fs.h"
 #include "launch/commands.h"
+#include "launch/config/config_loader.h"
 #include "launch/device.h"
 #include "launch/signals.h"
 #include "launch/topology.h"
-#include "launch/config/config_loader.h"
 #include "runtime/trainer.h"
 #include "sharding/mpi_communicator.h"
 #include "sharding/nccl_factory.h"
@@ -48,17 +48,17 @@ base::Status run_train(const Command& cmd, World& world) {
   // On GPUs the engine's collectives run over NCCL; host-side reductions stay on MPI.
   std::unique_ptr<sharding::Communicator> nccl;
   if (device.is_cuda() && !topology) {
-    ASSIGN_OR_RETURN(nccl, sharding::make_nccl_communicator(world.comm(), device.index(),
-                                                            options("world")));
+    ASSIGN_OR_RETURN(
+        nccl, sharding::make_nccl_communicator(world.comm(), device.index(), options("world")));
   }
   // zero.shard_group = "node": the engine shards over the node and all-reduces across nodes. On
   // the CPU both groups run on the host communicator's thread (one thread inside MPI).
   std::unique_ptr<sharding::Communicator> node_comm, replicas;
   if (topology && device.is_cuda()) {
-    ASSIGN_OR_RETURN(node_comm, sharding::make_nccl_communicator(topology->intra_node(), device.index(),
-                                                                      options("node")));
-    ASSIGN_OR_RETURN(replicas, sharding::make_nccl_communicator(topology->inter_node(), device.index(),
-                                                                     options("replicas")));
+    ASSIGN_OR_RETURN(node_comm, sharding::make_nccl_communicator(topology->intra_node(),
+                                                                 device.index(), options("node")));
+    ASSIGN_OR_RETURN(replicas, sharding::make_nccl_communicator(
+                                   topology->inter_node(), device.index(), options("replicas")));
   } else if (topology) {
     ASSIGN_OR_RETURN(node_comm, comm->create_sharing_thread(topology->intra_node(), "node"));
     ASSIGN_OR_RETURN(replicas, comm->create_sharing_thread(topology->inter_node(), "replicas"));
@@ -82,13 +82,14 @@ base::Status run_train(const Command& cmd, World& world) {
   ASSIGN_OR_RETURN(runtime::TrainSummary summary, trainer->run());
   if (world.rank() == 0) {
     if (summary.steps == summary.start_step) {
-      std::printf("done: the checkpoint resumed from is already at train.steps = %lld; nothing to "
-                  "train (--resume never starts afresh)",
-                  static_cast<long long>(cfg.train.steps));
+      std::printf(
+          "done: the checkpoint resumed from is already at train.steps = %lld; nothing to "
+          "train (--resume never starts afresh)",
+          static_cast<long long>(cfg.train.steps));
     } else {
       std::printf("done: steps %lld..%lld, loss %.4f -> %.4f",
-                  static_cast<long long>(summary.start_step + 1), static_cast<long long>(summary.steps),
-                  summary.first_loss, summary.last_loss);
+                  static_cast<long long>(summary.start_step + 1),
+                  static_cast<long long>(summary.steps), summary.first_loss, summary.last_loss);
     }
     if (summary.last_eval_loss) std::printf(", eval loss %.4f", *summary.last_eval_loss);
     std::printf("\noutputs: %s/metrics.jsonl\n", cfg.run.dir.c_str());

@@ -37,7 +37,8 @@ base::StatusOr<std::unique_ptr<World>> World::init(int* argc, char*** argv) {
   MPI_Comm_free(&node);
   for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"}) {
     // SLURM_LOCALID names the task only when srun started each rank itself.
-    if (std::string(var) == "SLURM_LOCALID" && std::getenv("OMPI_COMM_WORLD_RANK") != nullptr) continue;
+    if (std::string(var) == "SLURM_LOCALID" && std::getenv("OMPI_COMM_WORLD_RANK") != nullptr)
+      continue;
     std::string warning = check_env(var, w->local_rank_);
     if (!warning.empty()) w->launcher_warning_ = warning;
   }

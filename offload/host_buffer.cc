@@ -37,7 +37,8 @@ class AlignedHostAllocator final : public HostAllocator {
     void* p = nullptr;
     // posix_memalign rejects size 0 on some libcs; hand out one aligned block instead.
     if (posix_memalign(&p, kHostAlignment, size == 0 ? kHostAlignment : size) != 0) {
-      return base::Status::IOError("host allocator: cannot allocate " + std::to_string(size) + " bytes");
+      return base::Status::IOError("host allocator: cannot allocate " + std::to_string(size) +
+                                   " bytes");
     }
     in_use_ += size;
     return HostBuffer(p, size, this);

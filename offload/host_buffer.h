@@ -18,7 +18,8 @@ class HostAllocator;
 class HostBuffer {
  public:
   HostBuffer() = default;
-  HostBuffer(void* data, size_t size, HostAllocator* owner) : data_(data), size_(size), owner_(owner) {}
+  HostBuffer(void* data, size_t size, HostAllocator* owner)
+      : data_(data), size_(size), owner_(owner) {}
   ~HostBuffer();
   HostBuffer(HostBuffer&& other) noexcept;
   HostBuffer& operator=(HostBuffer&& other) noexcept;

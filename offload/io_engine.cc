@@ -74,9 +74,9 @@ base::Status check_transfer(const void* buf, int64_t offset, size_t bytes, bool 
         std::to_string(offset));
   }
   const auto address = reinterpret_cast<uintptr_t>(buf);
-  if (direct && (address % kHostAlignment != 0 ||
-                 offset % static_cast<int64_t>(kHostAlignment) != 0 ||
-                 bytes % kHostAlignment != 0)) {
+  if (direct &&
+      (address % kHostAlignment != 0 || offset % static_cast<int64_t>(kHostAlignment) != 0 ||
+       bytes % kHostAlignment != 0)) {
     return base::Status::InvalidArgument(
         "direct I/O needs buffer, offset and size aligned to " + std::to_string(kHostAlignment) +
         " bytes, got buffer " + std::to_string(address) + ", offset " + std::to_string(offset) +

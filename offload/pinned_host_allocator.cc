@@ -14,9 +14,11 @@ class PinnedHostAllocator final : public HostAllocator {
     const size_t rounded = (size + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
     void* p = nullptr;
     // Portable: usable from every device's streams. cudaHostAlloc returns page-aligned memory.
-    const cudaError_t rc = cudaHostAlloc(&p, rounded == 0 ? kHostAlignment : rounded, cudaHostAllocPortable);
+    const cudaError_t rc =
+        cudaHostAlloc(&p, rounded == 0 ? kHostAlignment : rounded, cudaHostAllocPortable);
     if (rc != cudaSuccess) {
-      return base::Status::IOError("pinned host allocator: cudaHostAlloc of " + std::to_string(size) +
+      return base::Status::IOError("pinned host allocator: cudaHostAlloc of " +
+                                   std::to_string(size) +
                                    " bytes failed: " + cudaGetErrorString(rc));
     }
     in_use_ += size;

@@ -140,9 +140,10 @@ class UringIoEngine final : public IoEngine {
       const int err = errno;
       if (err == EINVAL && options_.direct) {
         return base::Status::InvalidArgument(
-            path + ": its file system refuses O_DIRECT (tmpfs before Linux 6.6, some FUSE and "
-                   "network file systems); put the file on one that takes it or turn direct I/O "
-                   "off");
+            path +
+            ": its file system refuses O_DIRECT (tmpfs before Linux 6.6, some FUSE and "
+            "network file systems); put the file on one that takes it or turn direct I/O "
+            "off");
       }
       return base::Status::IOError(path + ": cannot open: " + errno_text(err));
     }

@@ -23,8 +23,8 @@ Dataset::Options options_for(const base::DataConfig& data, const base::TrainConf
 }
 
 base::StatusOr<Dataset> open_dataset(const std::string& path, const base::DataConfig& data,
-                                     const base::TrainConfig& train,
-                                     const base::ModelConfig& model, DataSplit split) {
+                                     const base::TrainConfig& train, const base::ModelConfig& model,
+                                     DataSplit split) {
   ASSIGN_OR_RETURN(TokenFile file, TokenFile::open(path));
   if (file.vocab_size() > static_cast<uint64_t>(model.vocab_size)) {
     return base::Status::BadInput(path + ": token ids go up to vocab_size " +
@@ -54,7 +54,8 @@ base::StatusOr<Dataset> open_data(const base::DataConfig& data, const base::Trai
 
 }  // namespace
 
-base::StatusOr<Dataset> open_train_data(const base::DataConfig& data, const base::TrainConfig& train,
+base::StatusOr<Dataset> open_train_data(const base::DataConfig& data,
+                                        const base::TrainConfig& train,
                                         const base::ModelConfig& model) {
   const bool hold_out = data.eval_path.empty() && data.eval_fraction > 0;
   return open_data(data, train, model, hold_out ? DataSplit::kTrain : DataSplit::kAll);
@@ -79,24 +80,28 @@ base::StatusOr<std::optional<Dataset>> open_eval_data(const base::DataConfig& da
 at::Tensor packed_attention_mask(const at::Tensor& segments) {
   const int64_t seq_len = segments.size(1);
   const at::Tensor same = segments.unsqueeze(2).eq(segments.unsqueeze(1));
-  const at::Tensor causal = at::ones({seq_len, seq_len}, segments.options().dtype(at::kBool)).tril();
+  const at::Tensor causal =
+      at::ones({seq_len, seq_len}, segments.options().dtype(at::kBool)).tril();
   return at::logical_and(same, causal).unsqueeze(1);
 }
 
 BatchTensors to_tensors(const Batch& batch, at::Device device, bool dense_mask) {
   const auto i64 = at::TensorOptions().dtype(at::kLong);
   BatchTensors t;
-  t.input_ids = at::from_blob(const_cast<int64_t*>(batch.input_ids.data()),
-                              {batch.rows, batch.seq_len}, i64).to(device, /*non_blocking=*/false, /*copy=*/true);
-  t.target_ids = at::from_blob(const_cast<int64_t*>(batch.target_ids.data()),
-                               {batch.rows, batch.seq_len}, i64).to(device, false, true);
+  t.input_ids =
+      at::from_blob(const_cast<int64_t*>(batch.input_ids.data()), {batch.rows, batch.seq_len}, i64)
+          .to(device, /*non_blocking=*/false, /*copy=*/true);
+  t.target_ids =
+      at::from_blob(const_cast<int64_t*>(batch.target_ids.data()), {batch.rows, batch.seq_len}, i64)
+          .to(device, false, true);
   if (batch.packed()) {
     t.position_ids = at::from_blob(const_cast<int64_t*>(batch.position_ids.data()),
-                                   {batch.rows, batch.seq_len}, i64).to(device, false, true);
+                                   {batch.rows, batch.seq_len}, i64)
+                         .to(device, false, true);
     if (dense_mask) {
-      const at::Tensor segments =
-          at::from_blob(const_cast<int64_t*>(batch.segment_ids.data()), {batch.rows, batch.seq_len},
-                        i64).to(device, false, true);
+      const at::Tensor segments = at::from_blob(const_cast<int64_t*>(batch.segment_ids.data()),
+                                                {batch.rows, batch.seq_len}, i64)
+                                      .to(device, false, true);
       t.attn_mask = packed_attention_mask(segments);
     }
     const DocumentBoundaries docs =
@@ -104,7 +109,9 @@ BatchTensors to_tensors(const Batch& batch, at::Device device, bool dense_mask) 
     t.cu_seqlens = at::tensor(docs.cu_seqlens, at::kInt).to(device);
     t.max_seqlen = docs.max_seqlen;
   } else {
-    t.position_ids = at::arange(batch.seq_len, i64.device(device)).unsqueeze(0).expand({batch.rows, batch.seq_len});
+    t.position_ids = at::arange(batch.seq_len, i64.device(device))
+                         .unsqueeze(0)
+                         .expand({batch.rows, batch.seq_len});
   }
   t.num_targets = batch.num_targets;
   return t;

@@ -14,7 +14,8 @@ namespace dstrain::runtime {
 // The training dataset: data.path, or the built-in demo corpus when data.path is empty.
 // Checks the file's vocabulary against the model's (kBadInput naming the file). With
 // data.eval_fraction (and no data.eval_path), only the documents it does not hold out.
-base::StatusOr<Dataset> open_train_data(const base::DataConfig& data, const base::TrainConfig& train,
+base::StatusOr<Dataset> open_train_data(const base::DataConfig& data,
+                                        const base::TrainConfig& train,
                                         const base::ModelConfig& model);
 // The evaluation dataset: data.eval_path, else the share of data.path that data.eval_fraction
 // holds out, or nullopt when neither is configured.

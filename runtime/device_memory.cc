@@ -8,7 +8,8 @@ namespace dstrain::runtime {
 int64_t device_memory_peak_bytes(const at::Device& device) {
   if (!device.is_cuda()) return 0;
   const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-  return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+      .peak;
 }
 
 int64_t device_memory_total_bytes(const at::Device& device) {

@@ -23,7 +23,9 @@ std::set<ActivityType> activities(bool cuda) {
 }  // namespace
 
 StepProfiler::StepProfiler(int64_t start, int64_t steps, bool cuda, std::string trace_path)
-    : start_(start), end_(steps > 0 ? start + steps : start), cuda_(cuda),
+    : start_(start),
+      end_(steps > 0 ? start + steps : start),
+      cuda_(cuda),
       trace_path_(std::move(trace_path)) {}
 
 StepProfiler::~StepProfiler() {

@@ -126,7 +126,8 @@ std::string encode_file_version_event(double wall_time) {
   return out;
 }
 
-std::string encode_scalars_event(double wall_time, int64_t step, const std::vector<Scalar>& scalars) {
+std::string encode_scalars_event(double wall_time, int64_t step,
+                                 const std::vector<Scalar>& scalars) {
   std::string summary;
   for (const Scalar& s : scalars) {
     std::string value;
@@ -153,8 +154,8 @@ base::StatusOr<std::unique_ptr<EventFileWriter>> EventFileWriter::open(const std
   char host[256] = {};
   if (gethostname(host, sizeof(host) - 1) != 0) std::strcpy(host, "localhost");
   const double wall_time = now_seconds();
-  const std::string path = dir + "/events.out.tfevents." +
-                           std::to_string(static_cast<int64_t>(wall_time)) + "." + host;
+  const std::string path =
+      dir + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(wall_time)) + "." + host;
   // Two opens within one second share a name: appending keeps both runs' records valid.
   std::FILE* f = std::fopen(path.c_str(), "ab");
   if (f == nullptr) {
@@ -177,7 +178,8 @@ base::Status EventFileWriter::write_session_start(int64_t first_step) {
 
 base::Status EventFileWriter::write_record(std::string_view payload) {
   const std::string frame = tfrecord_frame(payload);
-  if (std::fwrite(frame.data(), 1, frame.size(), file_) != frame.size() || std::fflush(file_) != 0) {
+  if (std::fwrite(frame.data(), 1, frame.size(), file_) != frame.size() ||
+      std::fflush(file_) != 0) {
     return base::Status::IOError(path_ + ": write failed: " + std::strerror(errno));
   }
   return base::Status::Ok();

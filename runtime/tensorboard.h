@@ -29,7 +29,8 @@ struct Scalar {
 
 // Serialized Event messages.
 std::string encode_file_version_event(double wall_time);
-std::string encode_scalars_event(double wall_time, int64_t step, const std::vector<Scalar>& scalars);
+std::string encode_scalars_event(double wall_time, int64_t step,
+                                 const std::vector<Scalar>& scalars);
 // Event{session_log{status: START}} at `step`: TensorBoard's restart record.
 std::string encode_session_start_event(double wall_time, int64_t step);
 

@@ -55,7 +55,8 @@ base::StatusOr<std::vector<double>> sum_over_ranks(sharding::Communicator& comm,
 // The randomness key of a training sample (LoRA dropout): a function of the run seed and the
 // sample's global index alone, so no rank, world size or recomputation changes it.
 int64_t sample_key(int64_t seed, int64_t global_index) {
-  uint64_t state = static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(global_index);
+  uint64_t state =
+      static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(global_index);
   return static_cast<int64_t>(splitmix64_next(state));
 }
 
@@ -63,8 +64,7 @@ int64_t sample_key(int64_t seed, int64_t global_index) {
 
 base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& user_cfg,
                                                          sharding::Communicator& comm,
-                                                         at::Device device,
-                                                         const RunOptions& run) {
+                                                         at::Device device, const RunOptions& run) {
   // With model.hf_dir the architecture comes from the checkpoint's config.json.
   base::Config cfg = user_cfg;
   if (!cfg.model.hf_dir.empty()) {
@@ -73,9 +73,9 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   RETURN_IF_ERROR(validate_llama_config(cfg.model));
   ASSIGN_OR_RETURN(Dataset train, open_train_data(cfg.data, cfg.train, cfg.model));
   ASSIGN_OR_RETURN(std::optional<Dataset> eval, open_eval_data(cfg.data, cfg.train, cfg.model));
-  ASSIGN_OR_RETURN(Sampler sampler,
-                   Sampler::create(train.num_samples(), cfg.train.global_batch, cfg.train.micro_batch,
-                                   comm.size(), comm.rank(), static_cast<uint64_t>(cfg.run.seed)));
+  ASSIGN_OR_RETURN(Sampler sampler, Sampler::create(train.num_samples(), cfg.train.global_batch,
+                                                    cfg.train.micro_batch, comm.size(), comm.rank(),
+                                                    static_cast<uint64_t>(cfg.run.seed)));
   std::unique_ptr<Trainer> t(
       new Trainer(cfg, comm, device, std::move(train), std::move(eval), std::move(sampler)));
   t->compute_dtype_ = dtype_of(cfg.train.dtype);
@@ -98,7 +98,8 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   };
   base::UnitList units = build_llama(cfg.model);
   if (cfg.lora.enabled) RETURN_IF_ERROR(apply_lora(units, cfg.lora));
-  options.replicate_frozen = replicate_frozen_base(cfg.lora.base_sharding, units, t->compute_dtype_, device);
+  options.replicate_frozen =
+      replicate_frozen_base(cfg.lora.base_sharding, units, t->compute_dtype_, device);
   if ((cfg.zero.shard_group == "node") != (run.engine_replicas != nullptr)) {
     return base::Status::Internal("zero.shard_group = \"" + cfg.zero.shard_group +
                                   "\" needs the node's and the replicas' communicators exactly "
@@ -106,8 +107,8 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   }
   sharding::Communicator& engine_comm = run.engine_comm != nullptr ? *run.engine_comm : comm;
   t->engine_comm_ = &engine_comm;
-  ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(std::move(units), options, engine_comm, init,
-                                                        run.engine_replicas));
+  ASSIGN_OR_RETURN(t->engine_, sharding::Engine::create(std::move(units), options, engine_comm,
+                                                        init, run.engine_replicas));
   if (t->is_root()) {
     ASSIGN_OR_RETURN(t->metrics_, MetricsWriter::open(cfg.run.dir + "/metrics.jsonl"));
   }
@@ -130,15 +131,14 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   return t;
 }
 
-base::StatusOr<sharding::MicroBatch> Trainer::micro_batch(const Dataset& ds,
-                                                          const std::vector<int64_t>& ids,
-                                                          const std::vector<int64_t>* global_indices,
-                                                          int64_t* num_targets) const {
+base::StatusOr<sharding::MicroBatch> Trainer::micro_batch(
+    const Dataset& ds, const std::vector<int64_t>& ids, const std::vector<int64_t>* global_indices,
+    int64_t* num_targets) const {
   ASSIGN_OR_RETURN(Batch batch, ds.batch(ids));
   // Packed batches: no dense mask where variable-length attention serves every layer.
-  BatchTensors t = to_tensors(batch, device_,
-                              !varlen_attention_serves(device_, compute_dtype_,
-                                                       cfg_.model.resolved_head_dim()));
+  BatchTensors t =
+      to_tensors(batch, device_,
+                 !varlen_attention_serves(device_, compute_dtype_, cfg_.model.resolved_head_dim()));
   *num_targets = t.num_targets;
   sharding::MicroBatch mb;
   mb.input_ids = t.input_ids;
@@ -183,15 +183,18 @@ base::Status Trainer::save_checkpoint(int64_t step, Progress& progress, TrainSum
     if (cfg_.offload.optimizer == "nvme") checkpointer_->wait_for_snapshot();
     RETURN_IF_ERROR(engine_->page_out_state(/*write_back=*/false));
   } else {
-    ASSIGN_OR_RETURN(std::optional<checkpoint::SavedCheckpoint> last, checkpointer_->finish_pending());
+    ASSIGN_OR_RETURN(std::optional<checkpoint::SavedCheckpoint> last,
+                     checkpointer_->finish_pending());
     if (last) committed.push_back(std::move(*last));
   }
   for (const checkpoint::SavedCheckpoint& c : committed) {
     summary.last_checkpoint = c.dir;
     if (!is_root()) continue;
-    RETURN_IF_ERROR(metrics_->write(
-        {{"step", c.step}, {"event", "checkpoint"}, {"path", c.dir}, {"stall_s", c.stall_s},
-         {"commit_s", c.commit_s}}));
+    RETURN_IF_ERROR(metrics_->write({{"step", c.step},
+                                     {"event", "checkpoint"},
+                                     {"path", c.dir},
+                                     {"stall_s", c.stall_s},
+                                     {"commit_s", c.commit_s}}));
     char stall[48];
     std::snprintf(stall, sizeof(stall), " (training waited %.3f s)", c.stall_s);
     progress.message("checkpoint at step " + std::to_string(c.step) + ": " + c.dir + stall);
@@ -204,7 +207,8 @@ base::Status Trainer::preempt(int64_t step, bool saved_at_step, Progress& progre
   const std::string stopped = "stopped by SIGUSR1/SIGTERM after step " + std::to_string(step);
   if (!cfg_.checkpoint.enabled) {
     progress.finish();
-    return base::Status::Preempted(stopped + "; checkpoint.enabled = false, so nothing was saved "
+    return base::Status::Preempted(stopped +
+                                   "; checkpoint.enabled = false, so nothing was saved "
                                    "and a rerun starts afresh");
   }
   if (!saved_at_step) RETURN_IF_ERROR(save_checkpoint(step, progress, summary));
@@ -226,7 +230,8 @@ base::StatusOr<TrainSummary> Trainer::run() {
   // so it times the load rather than the ranks' head start.
   RETURN_IF_ERROR(comm_.barrier());
   const auto load_start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(std::optional<checkpoint::LoadedCheckpoint> loaded, checkpointer_->resume(*engine_, resume_));
+  ASSIGN_OR_RETURN(std::optional<checkpoint::LoadedCheckpoint> loaded,
+                   checkpointer_->resume(*engine_, resume_));
   std::optional<std::string> resume_dir;
   if (loaded) {
     resume_dir = loaded->dir;
@@ -236,8 +241,10 @@ base::StatusOr<TrainSummary> Trainer::run() {
     summary.resumed_from = *resume_dir;
     summary.steps = summary.start_step;
     if (is_root()) {
-      RETURN_IF_ERROR(metrics_->write({{"step", summary.start_step}, {"event", "resume"},
-                                       {"path", *resume_dir}, {"load_s", load_s}}));
+      RETURN_IF_ERROR(metrics_->write({{"step", summary.start_step},
+                                       {"event", "resume"},
+                                       {"path", *resume_dir},
+                                       {"load_s", load_s}}));
       RETURN_IF_ERROR(metrics_->mark_restart(summary.start_step + 1));
     }
   } else if (!cfg_.model.hf_dir.empty()) {
@@ -247,7 +254,8 @@ base::StatusOr<TrainSummary> Trainer::run() {
   }
   Progress progress(summary.start_step, tc.steps, cfg_.log.progress_bar);
   if (is_root() && resume_dir) {
-    progress.message("resumed from " + *resume_dir + " at step " + std::to_string(summary.start_step));
+    progress.message("resumed from " + *resume_dir + " at step " +
+                     std::to_string(summary.start_step));
   }
   if (is_root()) {
     char line[256];
@@ -263,8 +271,8 @@ base::StatusOr<TrainSummary> Trainer::run() {
     progress.message(line);
   }
   StepProfiler profiler(std::max<int64_t>(cfg_.run.profile_start, 1) - 1, cfg_.run.profile_steps,
-                       device_.is_cuda(),
-                       cfg_.run.dir + "/profile/rank" + std::to_string(comm_.rank()) + ".json");
+                        device_.is_cuda(),
+                        cfg_.run.dir + "/profile/rank" + std::to_string(comm_.rank()) + ".json");
   for (int64_t step = summary.start_step; step < tc.steps; ++step) {
     profiler.before_step(step);
     const auto t0 = std::chrono::steady_clock::now();
@@ -288,8 +296,8 @@ base::StatusOr<TrainSummary> Trainer::run() {
 
     double local_ce = 0.0;
     for (size_t i = 0; i < mbs.size(); ++i) {
-      ASSIGN_OR_RETURN(double ce, engine_->forward_backward(mbs[i], 1.0 / global_targets,
-                                                            i + 1 == mbs.size()));
+      ASSIGN_OR_RETURN(
+          double ce, engine_->forward_backward(mbs[i], 1.0 / global_targets, i + 1 == mbs.size()));
       local_ce += ce;
     }
     // An asynchronous checkpoint copies the state during this step's forward and backward; the
@@ -304,10 +312,10 @@ base::StatusOr<TrainSummary> Trainer::run() {
     // Peaks over all ranks in one collective: host RSS, device memory, unhidden communication,
     // and whether any rank was asked to stop (riding along, so agreeing costs no extra latency).
     const bool stop_local = stop_requested_ && stop_requested_();
-    at::Tensor peaks = at::tensor({static_cast<double>(host_rss_peak_bytes()),
-                                   static_cast<double>(device_memory_peak_bytes(device_)), comm_wait,
-                                   stop_local ? 1.0 : 0.0},
-                                  at::kDouble);
+    at::Tensor peaks = at::tensor(
+        {static_cast<double>(host_rss_peak_bytes()),
+         static_cast<double>(device_memory_peak_bytes(device_)), comm_wait, stop_local ? 1.0 : 0.0},
+        at::kDouble);
     RETURN_IF_ERROR(sharding::all_reduce_now(comm_, peaks, sharding::ReduceOp::kMax));
     const double loss = ce_total[0] / global_targets;
     const double step_time =
@@ -319,32 +327,33 @@ base::StatusOr<TrainSummary> Trainer::run() {
     summary.last_loss = loss;
     summary.steps = step + 1;
     if (is_root()) {
-      nlohmann::json line = {{"step", step + 1},
-                             {"loss", loss},
-                             {"lr", lr},
-                             {"grad_norm", std::isfinite(result.grad_norm) ? nlohmann::json(result.grad_norm)
-                                                                           : nlohmann::json(nullptr)},
-                             {"tokens", static_cast<int64_t>(tokens) * (step + 1)},
-                             {"tokens_per_s", tokens / step_time},
-                             {"step_time_s", step_time},
-                             {"skipped_steps", summary.skipped_steps},
-                             {"gpu_mem_peak_bytes", static_cast<int64_t>(peaks[1].item<double>())},
-                             {"host_rss_peak_bytes", static_cast<int64_t>(peaks[0].item<double>())},
-                             {"comm_wait_s", peaks[2].item<double>()}};
+      nlohmann::json line = {
+          {"step", step + 1},
+          {"loss", loss},
+          {"lr", lr},
+          {"grad_norm", std::isfinite(result.grad_norm) ? nlohmann::json(result.grad_norm)
+                                                        : nlohmann::json(nullptr)},
+          {"tokens", static_cast<int64_t>(tokens) * (step + 1)},
+          {"tokens_per_s", tokens / step_time},
+          {"step_time_s", step_time},
+          {"skipped_steps", summary.skipped_steps},
+          {"gpu_mem_peak_bytes", static_cast<int64_t>(peaks[1].item<double>())},
+          {"host_rss_peak_bytes", static_cast<int64_t>(peaks[0].item<double>())},
+          {"comm_wait_s", peaks[2].item<double>()}};
       if (cfg_.train.dtype == "fp16") line["loss_scale"] = result.loss_scale;
       RETURN_IF_ERROR(metrics_->write(line));
       if ((step + 1) % cfg_.log.every == 0 || step + 1 == tc.steps) {
         progress.update(step + 1, loss, tokens / step_time, lr);
       }
     }
-    const bool eval_now = eval_ && tc.eval_every > 0 &&
-                          ((step + 1) % tc.eval_every == 0 || step + 1 == tc.steps);
+    const bool eval_now =
+        eval_ && tc.eval_every > 0 && ((step + 1) % tc.eval_every == 0 || step + 1 == tc.steps);
     if (eval_now) {
       ASSIGN_OR_RETURN(double eval_loss, evaluate());
       summary.last_eval_loss = eval_loss;
       if (is_root()) {
-        RETURN_IF_ERROR(metrics_->write({{"step", step + 1}, {"eval_loss", eval_loss},
-                                         {"eval_ppl", std::exp(eval_loss)}}));
+        RETURN_IF_ERROR(metrics_->write(
+            {{"step", step + 1}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}}));
         char text[96];
         std::snprintf(text, sizeof(text), "eval at step %lld: loss %.4f, perplexity %.2f",
                       static_cast<long long>(step + 1), eval_loss, std::exp(eval_loss));

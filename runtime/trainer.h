@@ -61,10 +61,15 @@ class Trainer {
  private:
   Trainer(const base::Config& cfg, sharding::Communicator& comm, at::Device device, Dataset train,
           std::optional<Dataset> eval, Sampler sampler)
-      : cfg_(cfg), comm_(comm), device_(device), train_(std::move(train)),
-        eval_(std::move(eval)), sampler_(std::move(sampler)) {}
+      : cfg_(cfg),
+        comm_(comm),
+        device_(device),
+        train_(std::move(train)),
+        eval_(std::move(eval)),
+        sampler_(std::move(sampler)) {}
   // `global_indices` (training only) key each row's randomness; nullptr for evaluation.
-  base::StatusOr<sharding::MicroBatch> micro_batch(const Dataset& ds, const std::vector<int64_t>& ids,
+  base::StatusOr<sharding::MicroBatch> micro_batch(const Dataset& ds,
+                                                   const std::vector<int64_t>& ids,
                                                    const std::vector<int64_t>* global_indices,
                                                    int64_t* num_targets) const;
   base::StatusOr<double> evaluate();

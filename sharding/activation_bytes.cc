@@ -9,12 +9,14 @@ namespace {
 constexpr int64_t kLossChunkBudget = int64_t{256} << 20;
 
 bool targets(const ActivationShape& s, const char* name) {
-  return s.lora && std::find(s.lora_targets.begin(), s.lora_targets.end(), name) != s.lora_targets.end();
+  return s.lora &&
+         std::find(s.lora_targets.begin(), s.lora_targets.end(), name) != s.lora_targets.end();
 }
 
 // rms_norm's saved tensors when its input or weight needs a gradient. `input_is_kept`: the input
 // is held anyway (a unit input), so an alias of it costs nothing.
-int64_t norm_saved(const ActivationShape& s, bool input_is_kept, bool input_grad, bool weight_grad) {
+int64_t norm_saved(const ActivationShape& s, bool input_is_kept, bool input_grad,
+                   bool weight_grad) {
   if (!input_grad && !weight_grad) return 0;
   const int64_t bth = s.batch * s.seq * s.hidden;
   const int64_t rstd = 8 * s.batch * s.seq;  // fp32 [B, T, 1] (the composite keeps two)
@@ -152,7 +154,8 @@ UnitActivations head_activations(const ActivationShape& s, bool input_grad, bool
   // same size ATen's logsumexp forms (exp(x - max), out of place): 8 bytes a logit, more than
   // the compute-dtype matmul output before the fp32 copy or the compute-dtype gradient after the
   // in-place softmax (4 + c each). On the CPU in bf16 also a widened copy of that gradient for dw.
-  const int64_t chunk = std::min(bt, std::max<int64_t>(1, kLossChunkBudget / (4 * std::max<int64_t>(s.vocab, 1))));
+  const int64_t chunk =
+      std::min(bt, std::max<int64_t>(1, kLossChunkBudget / (4 * std::max<int64_t>(s.vocab, 1))));
   const int64_t per_logit = !s.cuda && c != 4 && head_trainable ? 4 + c + 4 : 8;
   a.forward_ws = c * bth + chunk * s.vocab * per_logit;
   // Backward: dx and dw scaled by the incoming gradient, dw then rounded to the weight's dtype.

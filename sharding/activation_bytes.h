@@ -15,7 +15,7 @@
 namespace dstrain::sharding {
 
 struct ActivationShape {
-  int64_t batch = 1;      // sequences per micro-batch
+  int64_t batch = 1;  // sequences per micro-batch
   int64_t seq = 1;
   int64_t hidden = 0;
   int64_t inter = 0;

@@ -36,9 +36,9 @@ base::Status AsyncHostStep::wait_for(int i) {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return done_ > i || finished_; });
   if (done_ > i) return base::Status::Ok();
-  return status_.ok() ? base::Status::Internal("host optimizer step ended before shard " +
-                                               std::to_string(i))
-                      : status_;
+  return status_.ok()
+             ? base::Status::Internal("host optimizer step ended before shard " + std::to_string(i))
+             : status_;
 }
 
 base::Status AsyncHostStep::wait_all() {

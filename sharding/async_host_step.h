@@ -38,7 +38,7 @@ class AsyncHostStep {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  int done_ = 0;          // shards [0, done_) are done
+  int done_ = 0;           // shards [0, done_) are done
   bool finished_ = false;  // the body has returned
   base::Status status_;    // the body's status, once finished_
   std::thread thread_;

@@ -87,7 +87,7 @@ class CommTrace {
 // How a communicator is made: its collective timeout and, at log.level = "debug", where its
 // diagnostics go and the group name its lines carry.
 struct CommOptions {
-  double timeout_s = 0;  // run.collective_timeout_s; 0: wait forever
+  double timeout_s = 0;              // run.collective_timeout_s; 0: wait forever
   std::shared_ptr<CommTrace> trace;  // null: no diagnostics
   std::string group = "world";
 };

@@ -27,20 +27,25 @@ class Tally {
         bytes_.intra += sent * (1 - leaving);
         break;
       }
-      case Group::kNode: bytes_.intra += sent; break;
-      case Group::kReplicas: bytes_.inter += sent; break;
+      case Group::kNode:
+        bytes_.intra += sent;
+        break;
+      case Group::kReplicas:
+        bytes_.inter += sent;
+        break;
     }
   }
-  CommVolume result() const {
-    return {std::llround(bytes_.intra), std::llround(bytes_.inter)};
-  }
+  CommVolume result() const { return {std::llround(bytes_.intra), std::llround(bytes_.inter)}; }
 
  private:
   int64_t size(Group group) const {
     switch (group) {
-      case Group::kWorld: return nodes_ * per_node_;
-      case Group::kNode: return per_node_;
-      case Group::kReplicas: return nodes_;
+      case Group::kWorld:
+        return nodes_ * per_node_;
+      case Group::kNode:
+        return per_node_;
+      case Group::kReplicas:
+        return nodes_;
     }
     return 1;
   }
@@ -64,9 +69,9 @@ base::StatusOr<CommVolume> comm_volume_per_step(const CommVolumeInput& in) {
                                          "\" is neither \"world\" nor \"node\"");
   }
   if (in.world_size < 1 || in.ranks_per_node < 1 || in.world_size % in.ranks_per_node != 0) {
-    return base::Status::InvalidArgument(
-        "ranks per node " + std::to_string(in.ranks_per_node) + " must be at least 1 and divide the " +
-        "world size " + std::to_string(in.world_size));
+    return base::Status::InvalidArgument("ranks per node " + std::to_string(in.ranks_per_node) +
+                                         " must be at least 1 and divide the " + "world size " +
+                                         std::to_string(in.world_size));
   }
   if (in.micro_batches < 1) {
     return base::Status::InvalidArgument("micro-batches per step must be at least 1, got " +
@@ -92,7 +97,8 @@ base::StatusOr<CommVolume> comm_volume_per_step(const CommVolumeInput& in) {
       tally.add(shard, g, kGatherOrScatter, k);
       if (in.stage == 2) tally.add(shard, t, kGatherOrScatter);
       if (in.stage == 3) tally.add(shard, p, kGatherOrScatter, 2 * k);
-      if (hybrid) tally.add(Group::kReplicas, g / static_cast<double>(in.ranks_per_node), kAllReduce);
+      if (hybrid)
+        tally.add(Group::kReplicas, g / static_cast<double>(in.ranks_per_node), kAllReduce);
       break;
   }
   return tally.result();

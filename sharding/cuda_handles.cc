@@ -66,7 +66,8 @@ base::Status CudaStream::synchronize() const { return CUDA_CHECK(cudaStreamSynch
 base::StatusOr<CudaEvent> CudaEvent::create(int device, bool timing) {
   ASSIGN_OR_RETURN(CudaDeviceScope scope, CudaDeviceScope::enter(device));
   cudaEvent_t e = nullptr;
-  RETURN_IF_ERROR(CUDA_CHECK(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming)));
+  RETURN_IF_ERROR(
+      CUDA_CHECK(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming)));
   return CudaEvent(e);
 }
 

@@ -65,8 +65,7 @@ Engine::~Engine() {
 
 base::StatusOr<std::unique_ptr<Engine>> Engine::create(base::UnitList units,
                                                        const EngineOptions& options,
-                                                       Communicator& comm,
-                                                       const ParamInitFn& init,
+                                                       Communicator& comm, const ParamInitFn& init,
                                                        Communicator* replicas) {
   if (options.zero.stage < 0 || options.zero.stage > 3) {
     return base::Status::InvalidArgument("zero.stage " + std::to_string(options.zero.stage) +
@@ -78,8 +77,9 @@ base::StatusOr<std::unique_ptr<Engine>> Engine::create(base::UnitList units,
                                          " must not be negative");
   }
   if (units.empty()) return base::Status::InvalidArgument("engine: the model has no units");
-  ASSIGN_OR_RETURN(std::vector<bool> recompute,
-                   recompute_plan(units, options.activation_checkpointing, options.recompute_layers));
+  ASSIGN_OR_RETURN(
+      std::vector<bool> recompute,
+      recompute_plan(units, options.activation_checkpointing, options.recompute_layers));
   std::unique_ptr<Engine> engine(new Engine(std::move(units), options, comm, replicas));
   engine->recompute_ = std::move(recompute);
   try {
@@ -105,7 +105,11 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
   const std::vector<bool> offloaded = offloaded_units(units_, options_.offload);
 
   // Where each named parameter lives, for resolving tied references.
-  struct Owner { int unit; BufferKind kind; int entry; };
+  struct Owner {
+    int unit;
+    BufferKind kind;
+    int entry;
+  };
   std::map<std::string, Owner> owners;
 
   for (int u = 0; u < static_cast<int>(units_.size()); ++u) {
@@ -133,7 +137,8 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
       at::Tensor flat = at::zeros({b.layout.padded_numel}, at::kFloat);
       for (int e = 0; e < static_cast<int>(b.layout.entries.size()); ++e) {
         const FlatEntry& entry = b.layout.entries[e];
-        flat.narrow(0, entry.offset, entry.numel).copy_(init_values[entry.schema_index].reshape({-1}));
+        flat.narrow(0, entry.offset, entry.numel)
+            .copy_(init_values[entry.schema_index].reshape({-1}));
         owners[entry.name] = {u, static_cast<BufferKind>(k), e};
       }
       flat = flat.to(f32);
@@ -147,7 +152,8 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
         continue;
       }
       const at::Tensor mine = flat.narrow(0, b.shard.begin, b.shard.numel());
-      b.grad = stage == 2 ? at::zeros({b.shard.numel()}, f32) : at::zeros({b.layout.padded_numel}, f32);
+      b.grad =
+          stage == 2 ? at::zeros({b.shard.numel()}, f32) : at::zeros({b.layout.padded_numel}, f32);
       if (optimizer_on_nvme()) {
         b.full = flat.to(options_.compute_dtype);
         RETURN_IF_ERROR(store_initial_nvme_state(b, mine));
@@ -168,8 +174,8 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
       if (schema[i].tied_to.empty()) continue;
       auto it = owners.find(schema[i].tied_to);
       if (it == owners.end()) {
-        return base::Status::InvalidArgument("unit " + unit.name() + ": parameter " + schema[i].name +
-                                             " is tied to " + schema[i].tied_to +
+        return base::Status::InvalidArgument("unit " + unit.name() + ": parameter " +
+                                             schema[i].name + " is tied to " + schema[i].tied_to +
                                              ", which no earlier unit owns");
       }
       st->tied.push_back({i, it->second.unit, it->second.kind, it->second.entry});
@@ -183,13 +189,14 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
   trainable_before_.assign(units_.size(), false);
   for (size_t u = 1; u < units_.size(); ++u) {
     bool trainable = false;
-    for (const Buffer& b : state_[u - 1]->buffers) trainable = trainable || (b.present() && b.trainable);
+    for (const Buffer& b : state_[u - 1]->buffers)
+      trainable = trainable || (b.present() && b.trainable);
     trainable_before_[u] = trainable_before_[u - 1] || trainable;
   }
   if (optimizer_on_host()) {
-    ASSIGN_OR_RETURN(host_optimizer_, HostOptimizer::create(host_allocator_, max_shard,
-                                                            options_.compute_dtype,
-                                                            options_.offload_threads));
+    ASSIGN_OR_RETURN(host_optimizer_,
+                     HostOptimizer::create(host_allocator_, max_shard, options_.compute_dtype,
+                                           options_.offload_threads));
   }
   return base::Status::Ok();
 }
@@ -205,7 +212,8 @@ base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
     b.param_record = next_param_record_++;
     RETURN_IF_ERROR(nvme_params_->write_behind(b.param_record, {mine}));
   } else if (b.offloaded && params_on_host()) {
-    ASSIGN_OR_RETURN(b.shard_param, host_tensor(host_allocator_, b.shard.numel(), options_.compute_dtype));
+    ASSIGN_OR_RETURN(b.shard_param,
+                     host_tensor(host_allocator_, b.shard.numel(), options_.compute_dtype));
     b.shard_param.copy_(mine);
   } else {
     b.shard_param = mine.to(options_.compute_dtype, /*non_blocking=*/false, /*copy=*/true);
@@ -245,7 +253,8 @@ base::Status Engine::transition(Buffer& b, GatherState to) {
       }
       break;
     case GatherState::kGathered:
-      if (b.state == GatherState::kReleased) RETURN_IF_ERROR(transition(b, GatherState::kGathering));
+      if (b.state == GatherState::kReleased)
+        RETURN_IF_ERROR(transition(b, GatherState::kGathering));
       RETURN_IF_ERROR(b.gather->wait());
       b.gather.reset();
       b.upload.reset();
@@ -323,9 +332,10 @@ std::vector<at::Tensor> Engine::make_params(int u, std::vector<UnitRun>& runs, b
   for (const TiedRef& t : st.tied) {
     const Buffer& owner = state_[t.owner_unit]->buffers[static_cast<int>(t.owner_kind)];
     const FlatEntry& entry = owner.layout.entries[t.owner_entry];
-    params[t.schema_index] =
-        runs[t.owner_unit].leaf[static_cast<int>(t.owner_kind)].narrow(0, entry.offset, entry.numel)
-            .view(entry.shape);
+    params[t.schema_index] = runs[t.owner_unit]
+                                 .leaf[static_cast<int>(t.owner_kind)]
+                                 .narrow(0, entry.offset, entry.numel)
+                                 .view(entry.shape);
   }
   return params;
 }
@@ -512,8 +522,7 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
     if (options_.zero.stage >= 2) RETURN_IF_ERROR(finish_reductions());
     std::vector<UnitRun> runs(n);
     // The last unit's output is the loss, so its backward starts from a scalar.
-    ASSIGN_OR_RETURN(at::Tensor ce,
-                     forward_units(with_loss_targets(mb), runs, /*need_grad=*/true));
+    ASSIGN_OR_RETURN(at::Tensor ce, forward_units(with_loss_targets(mb), runs, /*need_grad=*/true));
     const double ce_value = ce.item<double>();
     runs[n - 1].out = ce * (loss_weight * loss_scale_);
     // Backward writes the gradients the overlapped host step reads and clears.
@@ -618,9 +627,10 @@ base::Status Engine::device_step(double lr, double grad_scale_value) {
       steps.push_back(step_count_);
     }
     if (params.empty()) continue;
-    const double wd = kind == static_cast<int>(BufferKind::kDecay) ? options_.optim.weight_decay : 0.0;
-    at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr,
-                      options_.optim.beta1, options_.optim.beta2, wd, options_.optim.eps,
+    const double wd =
+        kind == static_cast<int>(BufferKind::kDecay) ? options_.optim.weight_decay : 0.0;
+    at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, options_.optim.beta1,
+                      options_.optim.beta2, wd, options_.optim.eps,
                       /*amsgrad=*/false, /*maximize=*/false, grad_scale, /*found_inf=*/{});
   }
   return refresh_compute_params(Refresh::kDeviceTier);
@@ -634,7 +644,8 @@ base::Status Engine::refresh_compute_params(Refresh which) {
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
       if (!b.present() || !b.trainable) continue;
-      if ((which == Refresh::kDeviceTier && b.offloaded) || (after_host_step && !b.offloaded)) continue;
+      if ((which == Refresh::kDeviceTier && b.offloaded) || (after_host_step && !b.offloaded))
+        continue;
       if (stage == 0) {
         if (!after_host_step && !b.master.is_same(b.full)) b.full.copy_(b.master);
         continue;
@@ -647,8 +658,9 @@ base::Status Engine::refresh_compute_params(Refresh which) {
       }
       // The shard may alias `full` (fp32), and a gather's input must not overlap its output. A
       // host master goes up to the device here.
-      at::Tensor shard = after_host_step ? std::move(b.updated)
-                                         : b.master.to(b.full.options(), /*non_blocking=*/false, /*copy=*/true);
+      at::Tensor shard = after_host_step
+                             ? std::move(b.updated)
+                             : b.master.to(b.full.options(), /*non_blocking=*/false, /*copy=*/true);
       keep_alive.push_back(shard);
       gathers.push_back(comm_.all_gather(shard, b.full));
     }

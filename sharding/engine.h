@@ -46,7 +46,7 @@ struct EngineOptions {
   double loss_scale_init = 65536.0;
   int64_t loss_scale_window = 1000;
   std::string activation_checkpointing = "none";  // none | full | selective
-  int64_t recompute_layers = -1;                   // selective: how many (-1: every other)
+  int64_t recompute_layers = -1;                  // selective: how many (-1: every other)
   // offload.optimizer = cpu keeps fp32 masters and AdamW moments in host memory (pinned on GPU
   // machines) and updates them with the CPU AdamW; offload.params = cpu (stage 3) keeps the
   // parameter shards there too, uploaded before each gather.
@@ -69,11 +69,11 @@ enum class StateKind { kParam, kExpAvg, kExpAvgSq };
 const char* state_kind_name(StateKind k);
 
 struct StateSlice {
-  std::string name;                 // parameter name, e.g. "model.norm.weight"
+  std::string name;  // parameter name, e.g. "model.norm.weight"
   StateKind kind = StateKind::kParam;
   std::vector<int64_t> full_shape;  // shape of the whole parameter
   int64_t offset = 0;               // element offset of this piece in the flattened parameter
-  at::Tensor data;                  // [numel] view: fp32 master (trainable) or compute dtype (frozen)
+  at::Tensor data;  // [numel] view: fp32 master (trainable) or compute dtype (frozen)
 };
 
 // Optimizer scalars that continue across a resume.
@@ -100,8 +100,7 @@ class Engine {
   // the shard group's ones it follows have completed.
   static base::StatusOr<std::unique_ptr<Engine>> create(base::UnitList units,
                                                         const EngineOptions& options,
-                                                        Communicator& comm,
-                                                        const ParamInitFn& init,
+                                                        Communicator& comm, const ParamInitFn& init,
                                                         Communicator* replicas = nullptr);
   ~Engine();
   Engine(const Engine&) = delete;
@@ -226,9 +225,9 @@ class Engine {
   // Creates the NVMe parameter file sized for every gathered shard (offload.params = nvme).
   base::Status create_nvme_params();
   // A scratch file "<offload.nvme_dir>/<kind>-rankNNNNN.bin" behind io_uring.
-  base::StatusOr<std::unique_ptr<NvmeStateFile>> create_nvme_file(const std::string& kind,
-                                                                  const std::vector<int64_t>& numels,
-                                                                  int arrays, at::ScalarType dtype);
+  base::StatusOr<std::unique_ptr<NvmeStateFile>> create_nvme_file(
+      const std::string& kind, const std::vector<int64_t>& numels, int arrays,
+      at::ScalarType dtype);
   // Creates the NVMe state file sized for every trainable shard (offload.optimizer = nvme).
   base::Status create_nvme_state();
   // Places the next trainable buffer's optimizer state: its record of the state file, holding
@@ -239,24 +238,24 @@ class Engine {
 
   base::UnitList units_;
   EngineOptions options_;
-  Communicator& comm_;        // the shard group
-  Communicator* replicas_;    // hybrid sharding: the same shard on the other nodes; else null
+  Communicator& comm_;      // the shard group
+  Communicator* replicas_;  // hybrid sharding: the same shard on the other nodes; else null
   std::vector<std::unique_ptr<UnitState>> state_;
   std::vector<bool> trainable_before_;  // per unit: does any earlier unit have trainable params?
   std::vector<bool> recompute_;         // per unit: activation checkpointing recomputes it
-  std::vector<std::unique_ptr<Work>> pending_;  // gradient reductions in flight
+  std::vector<std::unique_ptr<Work>> pending_;              // gradient reductions in flight
   std::shared_ptr<offload::HostAllocator> host_allocator_;  // offload tiers only
   std::unique_ptr<HostOptimizer> host_optimizer_;
-  std::optional<c10::Stream> upload_stream_;  // offload.params = cpu on a GPU: the uploads' stream
-  std::unique_ptr<AsyncHostStep> host_run_;  // the overlapped host step in flight, or null
-  std::vector<HostShard> host_shards_;       // its shards, alive until it has been waited for
-  base::Status host_error_;                  // a failed overlapped step: every later call fails
-  std::unique_ptr<NvmeStateFile> nvme_state_;   // offload.optimizer = nvme
+  std::optional<c10::Stream> upload_stream_;   // offload.params = cpu on a GPU: the uploads' stream
+  std::unique_ptr<AsyncHostStep> host_run_;    // the overlapped host step in flight, or null
+  std::vector<HostShard> host_shards_;         // its shards, alive until it has been waited for
+  base::Status host_error_;                    // a failed overlapped step: every later call fails
+  std::unique_ptr<NvmeStateFile> nvme_state_;  // offload.optimizer = nvme
   std::unique_ptr<NvmeStateFile> nvme_params_;  // offload.params = nvme
   int next_param_record_ = 0;
   std::vector<int> nvme_shard_of_;  // per trainable buffer in init order: record, or -1 (host)
   int next_trainable_ = 0;
-  at::Tensor step_count_;                        // AdamW step (float scalar, as _fused_adamw_ wants)
+  at::Tensor step_count_;  // AdamW step (float scalar, as _fused_adamw_ wants)
   double loss_scale_ = 1.0;
   int64_t good_steps_ = 0;
 };

@@ -9,8 +9,8 @@
 #include <optional>
 
 #include "base/fs.h"
-#include "sharding/async_host_step.h"
 #include "offload/uring_io_engine.h"
+#include "sharding/async_host_step.h"
 #include "sharding/engine.h"
 #include "sharding/engine_state.h"
 #include "sharding/host_tensor.h"
@@ -51,7 +51,8 @@ std::vector<FlatLayout> Engine::layouts_in_init_order() const {
   std::vector<FlatLayout> layouts;
   for (const auto& unit : units_) {
     for (int k = 0; k < kNumBufferKinds; ++k) {
-      FlatLayout layout = make_flat_layout(unit->schema(), static_cast<BufferKind>(k), comm_.size());
+      FlatLayout layout =
+          make_flat_layout(unit->schema(), static_cast<BufferKind>(k), comm_.size());
       if (!layout.empty()) layouts.push_back(std::move(layout));
     }
   }
@@ -75,7 +76,8 @@ base::Status Engine::create_nvme_params() {
     if (layout.kind == BufferKind::kFrozen && options_.replicate_frozen) continue;
     numels.push_back(shard_range(layout, comm_.rank()).numel());
   }
-  ASSIGN_OR_RETURN(nvme_params_, create_nvme_file("params", numels, /*arrays=*/1, options_.compute_dtype));
+  ASSIGN_OR_RETURN(nvme_params_,
+                   create_nvme_file("params", numels, /*arrays=*/1, options_.compute_dtype));
   return base::Status::Ok();
 }
 
@@ -100,8 +102,8 @@ base::Status Engine::create_nvme_state() {
   double budget = options_.offload.host_budget_gib * (1 << 30);
   for (const FlatLayout& layout : layouts_in_init_order()) {
     if (layout.kind == BufferKind::kFrozen) continue;
-    const int64_t n = options_.zero.stage == 0 ? layout.padded_numel
-                                               : shard_range(layout, comm_.rank()).numel();
+    const int64_t n =
+        options_.zero.stage == 0 ? layout.padded_numel : shard_range(layout, comm_.rank()).numel();
     const double bytes = 12.0 * static_cast<double>(n);
     if (bytes <= budget) {
       budget -= bytes;
@@ -195,11 +197,11 @@ base::Status Engine::start_host_step(std::vector<HostShard> shards,
     if (side) on_side.emplace(*side);
     // Each gradient is cleared for the next step once its shard is done (on the side stream:
     // the next backward runs only after wait_host_step(), which follows the synchronize below).
-    base::Status st = host_optimizer_->step(host_shards_, hyper, nvme_state_.get(), nullptr,
-                                            [&](int i) {
-                                              host_shards_[i].grad.zero_();
-                                              done(i);
-                                            });
+    base::Status st =
+        host_optimizer_->step(host_shards_, hyper, nvme_state_.get(), nullptr, [&](int i) {
+          host_shards_[i].grad.zero_();
+          done(i);
+        });
     if (side) side->synchronize();
     return st;
   });
@@ -231,7 +233,8 @@ base::Status Engine::page_in_state() {
   for (auto& st : state_) {
     for (Buffer& b : st->buffers) {
       if (b.param_record >= 0 && !b.shard_param.defined()) {
-        b.shard_param = at::empty({b.shard.numel()}, at::TensorOptions().dtype(options_.compute_dtype));
+        b.shard_param =
+            at::empty({b.shard.numel()}, at::TensorOptions().dtype(options_.compute_dtype));
         RETURN_IF_ERROR(nvme_params_->read(b.param_record, {b.shard_param}));
       }
       if (b.nvme_shard < 0 || b.master.defined()) continue;

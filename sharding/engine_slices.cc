@@ -52,13 +52,18 @@ int64_t Engine::count_parameters(bool trainable_only) const {
 
 int64_t Engine::num_parameters() const { return count_parameters(/*trainable_only=*/false); }
 
-int64_t Engine::num_trainable_parameters() const { return count_parameters(/*trainable_only=*/true); }
+int64_t Engine::num_trainable_parameters() const {
+  return count_parameters(/*trainable_only=*/true);
+}
 
 const char* state_kind_name(StateKind k) {
   switch (k) {
-    case StateKind::kParam: return "param";
-    case StateKind::kExpAvg: return "exp_avg";
-    case StateKind::kExpAvgSq: return "exp_avg_sq";
+    case StateKind::kParam:
+      return "param";
+    case StateKind::kExpAvg:
+      return "exp_avg";
+    case StateKind::kExpAvgSq:
+      return "exp_avg_sq";
   }
   return "?";
 }
@@ -79,7 +84,8 @@ std::vector<StateSlice> Engine::state_slices(bool owned_only) {
       const int64_t base_offset = whole ? 0 : b.shard.begin;
       std::vector<std::pair<StateKind, at::Tensor>> tensors;
       if (b.trainable) {
-        tensors = {{StateKind::kParam, b.master}, {StateKind::kExpAvg, b.exp_avg},
+        tensors = {{StateKind::kParam, b.master},
+                   {StateKind::kExpAvg, b.exp_avg},
                    {StateKind::kExpAvgSq, b.exp_avg_sq}};
       } else {
         tensors = {{StateKind::kParam, b.gathers ? b.shard_param : b.full}};

@@ -22,21 +22,22 @@ enum class Engine::GatherState { kReleased, kGathering, kGathered };
 struct Engine::Buffer {
   FlatLayout layout;
   SplitPlan split;
-  ShardRange shard;      // this rank's range of the state it holds (the whole buffer at stage 0
-                         // and for frozen buffers kept whole)
+  ShardRange shard;  // this rank's range of the state it holds (the whole buffer at stage 0
+                     // and for frozen buffers kept whole)
   bool trainable = false;
   bool gathers = false;  // stage 3: `full` comes and goes (false: it is always there)
-  at::Tensor full;       // compute dtype, [padded_numel]: what forward reads. Under stage 3 its
-                         // memory exists only between a gather and the release after use; the
-                         // tensor (and its storage object, which saved graphs reference) is permanent.
+  // Compute dtype, [padded_numel]: what forward reads. Under stage 3 its memory exists only
+  // between a gather and the release after use; the tensor (and its storage object, which saved
+  // graphs reference) is permanent.
+  at::Tensor full;
   at::Tensor shard_param;  // stage 3: this rank's part of `full` in the compute dtype (the gather's
                            // input); aliases `master` in fp32
-  at::Tensor master;     // fp32 master: whole buffer (stage 0) or the shard; aliases `full` in fp32
-                         // below stage 3
-  at::Tensor exp_avg;    // AdamW moments, shaped like `master`
+  at::Tensor master;   // fp32 master: whole buffer (stage 0) or the shard; aliases `full` in fp32
+                       // below stage 3
+  at::Tensor exp_avg;  // AdamW moments, shaped like `master`
   at::Tensor exp_avg_sq;
-  at::Tensor grad;       // fp32 accumulator: whole buffer (stages 0, 1) or the shard (stages 2, 3)
-  at::Tensor mb_grad;    // stages 2, 3: this micro-batch's whole-buffer gradient until reduce-scatter
+  at::Tensor grad;     // fp32 accumulator: whole buffer (stages 0, 1) or the shard (stages 2, 3)
+  at::Tensor mb_grad;  // stages 2, 3: this micro-batch's whole-buffer gradient until reduce-scatter
   GatherState state = GatherState::kGathered;
   std::unique_ptr<Work> gather;  // the all-gather into `full` while kGathering
   at::Tensor upload;             // offload.params: the device copy of `shard_param` being gathered

@@ -14,7 +14,8 @@ double gib(double bytes) { return bytes / static_cast<double>(int64_t{1} << 30);
 
 std::string describe(const char* what, double need, double have, const char* unit_of) {
   char line[200];
-  std::snprintf(line, sizeof(line), "%s: needs %.2f GiB %s, has %.2f GiB", what, gib(need), unit_of, gib(have));
+  std::snprintf(line, sizeof(line), "%s: needs %.2f GiB %s, has %.2f GiB", what, gib(need), unit_of,
+                gib(have));
   return line;
 }
 
@@ -60,10 +61,11 @@ std::vector<Candidate> candidates(const base::Config& cfg, int world) {
                    }});
   }
   for (int factor = 2; factor <= 64; factor *= 2) {
-    out.push_back({"--world " + std::to_string(world * factor), [world, factor](base::Config&, int& w) {
-                     w = world * factor;
-                     return true;
-                   }});
+    out.push_back(
+        {"--world " + std::to_string(world * factor), [world, factor](base::Config&, int& w) {
+           w = world * factor;
+           return true;
+         }});
   }
   if (cfg.offload.params != "cpu") {
     out.push_back({"zero.stage=3, offload.params=cpu", [](base::Config& c, int&) {
@@ -102,11 +104,14 @@ std::vector<Candidate> escalation() {
   };
   return {{"zero.stage=3", set_in(&base::Config::zero, &base::ZeroConfig::stage, int64_t{3})},
           {"train.activation_checkpointing=full",
-           set_in(&base::Config::train, &base::TrainConfig::activation_checkpointing, std::string("full"))},
-          {"train.micro_batch=1", set_in(&base::Config::train, &base::TrainConfig::micro_batch, int64_t{1})},
+           set_in(&base::Config::train, &base::TrainConfig::activation_checkpointing,
+                  std::string("full"))},
+          {"train.micro_batch=1",
+           set_in(&base::Config::train, &base::TrainConfig::micro_batch, int64_t{1})},
           {"offload.optimizer=cpu",
            set_in(&base::Config::offload, &base::OffloadConfig::optimizer, std::string("cpu"))},
-          {"offload.params=cpu", set_in(&base::Config::offload, &base::OffloadConfig::params, std::string("cpu"))}};
+          {"offload.params=cpu",
+           set_in(&base::Config::offload, &base::OffloadConfig::params, std::string("cpu"))}};
 }
 
 using PlanFn = std::function<base::StatusOr<MemoryPlan>(const base::Config&, int)>;
@@ -123,17 +128,20 @@ base::Status find_faster(const base::UnitList& units, const base::Config& cfg, i
   };
   // Fewer recomputed layers: memory falls as layers are added, so the first count that fits is
   // the smallest, below the decoder layers the configured policy recomputes.
-  ASSIGN_OR_RETURN(const std::vector<bool> recompute,
-                   recompute_plan(units, cfg.train.activation_checkpointing, cfg.train.recompute_layers));
+  ASSIGN_OR_RETURN(
+      const std::vector<bool> recompute,
+      recompute_plan(units, cfg.train.activation_checkpointing, cfg.train.recompute_layers));
   int64_t now = 0;
-  for (size_t u = 0; u < units.size(); ++u) now += recompute[u] && is_decoder_layer(*units[u]) ? 1 : 0;
+  for (size_t u = 0; u < units.size(); ++u)
+    now += recompute[u] && is_decoder_layer(*units[u]) ? 1 : 0;
   for (int64_t k = 0; k < now; ++k) {
     Change change{"", cfg, world, {}};
     change.config.train.activation_checkpointing = k == 0 ? "none" : "selective";
     change.config.train.recompute_layers = k == 0 ? -1 : k;
-    change.description = k == 0 ? "train.activation_checkpointing=none"
-                                : "train.activation_checkpointing=selective, train.recompute_layers=" +
-                                      std::to_string(k);
+    change.description = k == 0
+                             ? "train.activation_checkpointing=none"
+                             : "train.activation_checkpointing=selective, train.recompute_layers=" +
+                                   std::to_string(k);
     ASSIGN_OR_RETURN(const bool ok, fits(change));
     if (ok) {
       v.faster.push_back(std::move(change));
@@ -144,7 +152,8 @@ base::Status find_faster(const base::UnitList& units, const base::Config& cfg, i
   // Fewer units on the host means more on the device: the first ratio that fits is the smallest.
   // Units are whole, so several ratios may pick the configured units: those change nothing.
   const std::vector<bool> offloaded = offloaded_units(units, cfg.offload);
-  for (int twentieths = 1; twentieths < 20 && twentieths * 0.05 < cfg.offload.ratio - 1e-9; ++twentieths) {
+  for (int twentieths = 1; twentieths < 20 && twentieths * 0.05 < cfg.offload.ratio - 1e-9;
+       ++twentieths) {
     Change change{"", cfg, world, {}};
     change.config.offload.ratio = twentieths * 0.05;
     if (offloaded_units(units, change.config.offload) == offloaded) break;
@@ -171,7 +180,8 @@ std::vector<std::string> fit_problems(const MemoryPlan& plan, const Hardware& hw
   }
   const double host = static_cast<double>(plan.host.total) * per_node;
   if (hw.host_bytes >= 0 && host > static_cast<double>(hw.host_bytes)) {
-    problems.push_back(describe("host memory", host, static_cast<double>(hw.host_bytes), "per node"));
+    problems.push_back(
+        describe("host memory", host, static_cast<double>(hw.host_bytes), "per node"));
   }
   const double nvme = static_cast<double>(plan.nvme.total) * per_node;
   if (nvme > 0 && hw.nvme_bytes >= 0 && nvme > static_cast<double>(hw.nvme_bytes)) {
@@ -191,7 +201,8 @@ base::StatusOr<Verdict> judge(const base::UnitList& units, const base::Config& c
     o.world = world;
     return plan_memory(units, c, o);
   };
-  if (v.fits && hw.gpu_bytes >= 0) RETURN_IF_ERROR(find_faster(units, cfg, options.world, hw, try_plan, v));
+  if (v.fits && hw.gpu_bytes >= 0)
+    RETURN_IF_ERROR(find_faster(units, cfg, options.world, hw, try_plan, v));
   if (v.fits) return v;
   for (const Candidate& cand : candidates(cfg, options.world)) {
     Change change{cand.description, cfg, options.world, {}};

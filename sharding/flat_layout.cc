@@ -6,9 +6,12 @@ namespace dstrain::sharding {
 
 const char* buffer_kind_name(BufferKind k) {
   switch (k) {
-    case BufferKind::kDecay: return "decay";
-    case BufferKind::kNoDecay: return "no_decay";
-    case BufferKind::kFrozen: return "frozen";
+    case BufferKind::kDecay:
+      return "decay";
+    case BufferKind::kNoDecay:
+      return "no_decay";
+    case BufferKind::kFrozen:
+      return "frozen";
   }
   return "?";
 }

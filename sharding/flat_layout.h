@@ -20,10 +20,10 @@ const char* buffer_kind_name(BufferKind k);
 BufferKind buffer_kind_of(const base::ParamSpec& spec);
 
 struct FlatEntry {
-  int schema_index;        // position in the unit's schema
+  int schema_index;  // position in the unit's schema
   std::string name;
   std::vector<int64_t> shape;
-  int64_t offset;          // element offset in the flat buffer
+  int64_t offset;  // element offset in the flat buffer
   int64_t numel;
 };
 

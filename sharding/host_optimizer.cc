@@ -57,7 +57,8 @@ base::Status HostOptimizer::step(std::vector<HostShard>& shards, const offload::
     HostShard& s = shards[i];
     if (st.ok() && s.nvme_param >= 0) {
       // fp32 compute: the master is the result; otherwise the staging slot.
-      keep_first(nvme_params->write(s.nvme_param, {out_dtype_ == at::kFloat ? s.master : host_out[i]}));
+      keep_first(
+          nvme_params->write(s.nvme_param, {out_dtype_ == at::kFloat ? s.master : host_out[i]}));
     } else if (st.ok() && s.out.defined()) {
       // fp32 compute: the master is the result. Otherwise the staging slot, unless the update
       // wrote straight into a host `out`.
@@ -96,7 +97,8 @@ base::Status HostOptimizer::step(std::vector<HostShard>& shards, const offload::
     if (s.nvme_param >= 0 && out_dtype_ != at::kFloat) {
       host_out[i] = slot.out.narrow(0, 0, numel);
     } else if (s.out.defined() && s.out.scalar_type() != at::kFloat) {
-      const bool direct = s.out.is_cpu() && s.out.is_contiguous() && s.out.scalar_type() == out_dtype_;
+      const bool direct =
+          s.out.is_cpu() && s.out.is_contiguous() && s.out.scalar_type() == out_dtype_;
       host_out[i] = direct ? s.out : slot.out.narrow(0, 0, numel);
     }
     updates[i] = std::async(std::launch::async, [this, &s, grad, out = host_out[i], hyper]() {

@@ -19,14 +19,14 @@
 namespace dstrain::sharding {
 
 struct HostShard {
-  at::Tensor grad;        // fp32 gradient of the shard (device or host), read only
-  at::Tensor master;      // fp32 host tensors, updated in place
+  at::Tensor grad;    // fp32 gradient of the shard (device or host), read only
+  at::Tensor master;  // fp32 host tensors, updated in place
   at::Tensor exp_avg;
   at::Tensor exp_avg_sq;
-  at::Tensor out;         // receives the updated parameters (any device and dtype); may be undefined
+  at::Tensor out;  // receives the updated parameters (any device and dtype); may be undefined
   double weight_decay = 0.0;
-  int nvme_shard = -1;    // >= 0: master and moments are that shard of the NVMe state file
-  int nvme_param = -1;    // >= 0: the updated parameters go to that record of the parameter file
+  int nvme_shard = -1;  // >= 0: master and moments are that shard of the NVMe state file
+  int nvme_param = -1;  // >= 0: the updated parameters go to that record of the parameter file
 };
 
 class HostOptimizer {

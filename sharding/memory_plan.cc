@@ -39,8 +39,8 @@ struct BufferInfo {
   int64_t padded = 0;  // elements of the whole buffer
   int64_t shard = 0;   // elements of one rank's shard
   bool trainable = false;
-  bool gathers = false;  // stage 3: gathered before use, released after
-  int64_t owned = 0;     // elements of optimizer state this rank holds
+  bool gathers = false;    // stage 3: gathered before use, released after
+  int64_t owned = 0;       // elements of optimizer state this rank holds
   bool offloaded = false;  // its unit's state is in the offload tiers (offload_split.h)
 };
 
@@ -162,8 +162,8 @@ void place_state(const Layouts& l, const base::Config& cfg, bool cuda, MemoryPla
       continue;
     }
     // The fp32 master is the parameters themselves where both are fp32 on the same side.
-    const bool alias = c == 4 && (b.gathers ? (opt != "none") == (par != "none") && par != "nvme"
-                                            : opt == "none");
+    const bool alias =
+        c == 4 && (b.gathers ? (opt != "none") == (par != "none") && par != "nvme" : opt == "none");
     plan.master_params += alias ? 0 : 4 * b.owned;
     if (!alias) add_optimizer(b.owned);  // the master
     add_optimizer(b.owned);              // exp_avg
@@ -172,8 +172,10 @@ void place_state(const Layouts& l, const base::Config& cfg, bool cuda, MemoryPla
   if (cfg.offload.optimizer != "none") {  // HostOptimizer: two slots of the largest shard
     plan.host.staging += 2 * max_owned * (4 + (c != 4 ? c : 0));
   }
-  if (max_nvme_record > 0) plan.host.staging += kNvmeSlots * 3 * align_up(4 * max_nvme_record, kNvmeAlign);
-  if (max_param_record > 0) plan.host.staging += kNvmeSlots * align_up(c * max_param_record, kNvmeAlign);
+  if (max_nvme_record > 0)
+    plan.host.staging += kNvmeSlots * 3 * align_up(4 * max_nvme_record, kNvmeAlign);
+  if (max_param_record > 0)
+    plan.host.staging += kNvmeSlots * align_up(c * max_param_record, kNvmeAlign);
   plan.device.persistent = plan.device.params + plan.device.gradients + plan.device.optimizer;
   plan.host.total = plan.host.optimizer + plan.host.params + plan.host.staging;
   plan.nvme.total = plan.nvme.optimizer + plan.nvme.params;
@@ -376,22 +378,24 @@ int64_t cuda_allocated_bytes(int64_t bytes) {
 base::StatusOr<MemoryPlan> plan_memory(const base::UnitList& units, const base::Config& cfg,
                                        const PlanOptions& options) {
   if (options.world < 1) {
-    return base::Status::InvalidArgument("plan: world size must be >= 1, got " + std::to_string(options.world));
+    return base::Status::InvalidArgument("plan: world size must be >= 1, got " +
+                                         std::to_string(options.world));
   }
   if (units.size() < 2) return base::Status::InvalidArgument("plan: the model has no units");
-  ASSIGN_OR_RETURN(std::vector<bool> recompute, recompute_plan(units, cfg.train.activation_checkpointing,
-                                                                cfg.train.recompute_layers));
+  ASSIGN_OR_RETURN(
+      std::vector<bool> recompute,
+      recompute_plan(units, cfg.train.activation_checkpointing, cfg.train.recompute_layers));
   MemoryPlan plan;
   plan.world = options.world;
-  const int ranks_per_node = options.ranks_per_node > 0 ? std::min(options.ranks_per_node, options.world)
-                                                        : options.world;
+  const int ranks_per_node =
+      options.ranks_per_node > 0 ? std::min(options.ranks_per_node, options.world) : options.world;
   // zero.shard_group = "node" shards over the node's ranks and replicates across nodes.
   plan.shard_world = cfg.zero.shard_group == "node" ? ranks_per_node : options.world;
   const int64_t per_step = cfg.train.micro_batch * options.world;
   plan.grad_accumulation = std::max<int64_t>(1, (cfg.train.global_batch + per_step - 1) / per_step);
   plan.replicate_frozen = frozen_base_replicated(units, cfg, options);
-  const Layouts layouts = make_layouts(units, plan.shard_world, cfg.zero.stage, plan.replicate_frozen,
-                                       offloaded_units(units, cfg.offload));
+  const Layouts layouts = make_layouts(units, plan.shard_world, cfg.zero.stage,
+                                       plan.replicate_frozen, offloaded_units(units, cfg.offload));
   plan.parameters = layouts.parameters;
   plan.trainable_parameters = layouts.trainable_parameters;
   place_state(layouts, cfg, options.cuda, plan);

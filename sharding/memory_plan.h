@@ -57,14 +57,14 @@ struct CommBytes {
 
 struct MemoryPlan {
   int world = 1;
-  int shard_world = 1;                // ranks a buffer is sharded over (the node's under "node")
-  int64_t parameters = 0;             // real elements
+  int shard_world = 1;     // ranks a buffer is sharded over (the node's under "node")
+  int64_t parameters = 0;  // real elements
   int64_t trainable_parameters = 0;
-  int64_t grad_accumulation = 1;      // micro-batches per optimizer step per rank
+  int64_t grad_accumulation = 1;  // micro-batches per optimizer step per rank
   bool replicate_frozen = false;
   // The old per_rank_bytes view: every tier together.
-  int64_t compute_params = 0;         // compute-dtype parameters wherever they live
-  int64_t master_params = 0;          // fp32 masters not aliasing the parameters
+  int64_t compute_params = 0;  // compute-dtype parameters wherever they live
+  int64_t master_params = 0;   // fp32 masters not aliasing the parameters
   int64_t optimizer_moments = 0;
   DeviceBytes device;
   TierBytes host;

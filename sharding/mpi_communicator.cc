@@ -15,11 +15,16 @@ namespace {
 
 base::StatusOr<MPI_Datatype> mpi_type(const at::Tensor& t) {
   switch (t.scalar_type()) {
-    case at::kFloat: return MPI_FLOAT;
-    case at::kDouble: return MPI_DOUBLE;
-    case at::kLong: return MPI_INT64_T;
-    case at::kInt: return MPI_INT32_T;
-    case at::kByte: return MPI_UINT8_T;
+    case at::kFloat:
+      return MPI_FLOAT;
+    case at::kDouble:
+      return MPI_DOUBLE;
+    case at::kLong:
+      return MPI_INT64_T;
+    case at::kInt:
+      return MPI_INT32_T;
+    case at::kByte:
+      return MPI_UINT8_T;
     default:
       return base::Status::InvalidArgument(std::string("MPI communicator: unsupported dtype ") +
                                            c10::toString(t.scalar_type()));
@@ -117,13 +122,17 @@ class FutureWork final : public Work {
  public:
   FutureWork(std::future<base::Status> f, std::string what, std::shared_ptr<MpiCommShared> shared,
              CommOp op, std::shared_ptr<CommTrace> trace)
-      : f_(std::move(f)), what_(std::move(what)), shared_(std::move(shared)), op_(op),
+      : f_(std::move(f)),
+        what_(std::move(what)),
+        shared_(std::move(shared)),
+        op_(op),
         trace_(std::move(trace)) {}
   base::Status wait() override {
     const auto start = std::chrono::steady_clock::now();
     base::Status st = wait_bounded();
     const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::steady_clock::now() - start).count();
+                           std::chrono::steady_clock::now() - start)
+                           .count();
     shared_->waited_ns += ns;
     if (trace_) trace_->add_wait(op_, static_cast<double>(ns) * 1e-9);
     return st;
@@ -187,9 +196,9 @@ void run_queue(std::shared_ptr<MpiCommShared> shared) {
       s.in_flight = task->what;
     }
     const auto started = std::chrono::steady_clock::now();
-    base::Status st = s.timed_out ? base::Status::Distributed(
-                                        "abandoned after an earlier collective timed out")
-                                  : run_guarded(task->fn);
+    base::Status st =
+        s.timed_out ? base::Status::Distributed("abandoned after an earlier collective timed out")
+                    : run_guarded(task->fn);
     if (task->trace) {
       task->trace->record({task->op, task->group, "mpi", task->seq, task->bytes},
                           {{"queue_ms", ms_between(task->issued, started)},
@@ -239,14 +248,14 @@ int64_t nbytes(const at::Tensor& t) { return t.defined() ? static_cast<int64_t>(
 }  // namespace
 
 base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Comm comm,
-                                                                          double timeout_s) {
+                                                                         double timeout_s) {
   CommOptions options;
   options.timeout_s = timeout_s;
   return create(comm, std::move(options));
 }
 
 base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create(MPI_Comm comm,
-                                                                          CommOptions options) {
+                                                                         CommOptions options) {
   if (!(options.timeout_s >= 0)) {
     return base::Status::InvalidArgument("MPI communicator: timeout must be >= 0 seconds, got " +
                                          seconds_text(options.timeout_s));
@@ -276,7 +285,9 @@ base::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::create_sharing
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, CommOptions options,
                                  std::shared_ptr<MpiCommShared> shared)
-    : comm_(comm), trace_(std::move(options.trace)), group_(std::move(options.group)),
+    : comm_(comm),
+      trace_(std::move(options.trace)),
+      group_(std::move(options.group)),
       shared_(std::move(shared)) {
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
@@ -339,71 +350,72 @@ std::unique_ptr<Work> MpiCommunicator::enqueue(CommOp op, int64_t bytes, const s
 }
 
 std::unique_ptr<Work> MpiCommunicator::all_reduce(at::Tensor t, ReduceOp op) {
-  return enqueue(CommOp::kAllReduce, nbytes(t), describe(t),
-                 [comm = comm_, t, op]() -> base::Status {
-    RETURN_IF_ERROR(check_cpu_contiguous(t, "all_reduce"));
-    ASSIGN_OR_RETURN(const int count, mpi_count(t.numel(), "all_reduce"));
-    Staged s = stage(t);
-    ASSIGN_OR_RETURN(MPI_Datatype type, mpi_type(s.wire));
-    RETURN_IF_ERROR(MPI_CHECK(
-        MPI_Allreduce(MPI_IN_PLACE, s.wire.data_ptr(), count, type, mpi_op(op), comm)));
-    s.finish();
-    return base::Status::Ok();
-  });
+  return enqueue(
+      CommOp::kAllReduce, nbytes(t), describe(t), [comm = comm_, t, op]() -> base::Status {
+        RETURN_IF_ERROR(check_cpu_contiguous(t, "all_reduce"));
+        ASSIGN_OR_RETURN(const int count, mpi_count(t.numel(), "all_reduce"));
+        Staged s = stage(t);
+        ASSIGN_OR_RETURN(MPI_Datatype type, mpi_type(s.wire));
+        RETURN_IF_ERROR(MPI_CHECK(
+            MPI_Allreduce(MPI_IN_PLACE, s.wire.data_ptr(), count, type, mpi_op(op), comm)));
+        s.finish();
+        return base::Status::Ok();
+      });
 }
 
 std::unique_ptr<Work> MpiCommunicator::all_gather(at::Tensor shard, at::Tensor full) {
-  return enqueue(CommOp::kAllGather, nbytes(full), describe(full),
-                 [comm = comm_, size = size_, shard, full]() -> base::Status {
-    RETURN_IF_ERROR(check_cpu_contiguous(shard, "all_gather"));
-    RETURN_IF_ERROR(check_cpu_contiguous(full, "all_gather"));
-    if (full.numel() != shard.numel() * size || full.scalar_type() != shard.scalar_type()) {
-      return base::Status::InvalidArgument("all_gather: output must hold world_size shards");
-    }
-    // Gathering moves bytes without arithmetic, so any dtype travels as raw bytes.
-    ASSIGN_OR_RETURN(const int bytes,
-                     mpi_count(shard.numel() * shard.element_size(), "all_gather (bytes)"));
-    RETURN_IF_ERROR(MPI_CHECK(MPI_Allgather(shard.data_ptr(), bytes, MPI_BYTE, full.data_ptr(),
-                                            bytes, MPI_BYTE, comm)));
-    return base::Status::Ok();
-  });
+  return enqueue(
+      CommOp::kAllGather, nbytes(full), describe(full),
+      [comm = comm_, size = size_, shard, full]() -> base::Status {
+        RETURN_IF_ERROR(check_cpu_contiguous(shard, "all_gather"));
+        RETURN_IF_ERROR(check_cpu_contiguous(full, "all_gather"));
+        if (full.numel() != shard.numel() * size || full.scalar_type() != shard.scalar_type()) {
+          return base::Status::InvalidArgument("all_gather: output must hold world_size shards");
+        }
+        // Gathering moves bytes without arithmetic, so any dtype travels as raw bytes.
+        ASSIGN_OR_RETURN(const int bytes,
+                         mpi_count(shard.numel() * shard.element_size(), "all_gather (bytes)"));
+        RETURN_IF_ERROR(MPI_CHECK(MPI_Allgather(shard.data_ptr(), bytes, MPI_BYTE, full.data_ptr(),
+                                                bytes, MPI_BYTE, comm)));
+        return base::Status::Ok();
+      });
 }
 
 std::unique_ptr<Work> MpiCommunicator::reduce_scatter(at::Tensor full, at::Tensor shard,
                                                       ReduceOp op) {
-  return enqueue(CommOp::kReduceScatter, nbytes(full), describe(full),
-                 [comm = comm_, size = size_, full, shard, op]() -> base::Status {
-    RETURN_IF_ERROR(check_cpu_contiguous(full, "reduce_scatter"));
-    RETURN_IF_ERROR(check_cpu_contiguous(shard, "reduce_scatter"));
-    if (full.numel() != shard.numel() * size || full.scalar_type() != shard.scalar_type()) {
-      return base::Status::InvalidArgument("reduce_scatter: input must hold world_size shards");
-    }
-    ASSIGN_OR_RETURN(const int count, mpi_count(shard.numel(), "reduce_scatter"));
-    Staged in = stage(full);
-    Staged out = stage(shard);
-    ASSIGN_OR_RETURN(MPI_Datatype type, mpi_type(in.wire));
-    RETURN_IF_ERROR(MPI_CHECK(MPI_Reduce_scatter_block(in.wire.data_ptr(), out.wire.data_ptr(),
-                                                       count, type, mpi_op(op), comm)));
-    out.finish();
-    return base::Status::Ok();
-  });
+  return enqueue(
+      CommOp::kReduceScatter, nbytes(full), describe(full),
+      [comm = comm_, size = size_, full, shard, op]() -> base::Status {
+        RETURN_IF_ERROR(check_cpu_contiguous(full, "reduce_scatter"));
+        RETURN_IF_ERROR(check_cpu_contiguous(shard, "reduce_scatter"));
+        if (full.numel() != shard.numel() * size || full.scalar_type() != shard.scalar_type()) {
+          return base::Status::InvalidArgument("reduce_scatter: input must hold world_size shards");
+        }
+        ASSIGN_OR_RETURN(const int count, mpi_count(shard.numel(), "reduce_scatter"));
+        Staged in = stage(full);
+        Staged out = stage(shard);
+        ASSIGN_OR_RETURN(MPI_Datatype type, mpi_type(in.wire));
+        RETURN_IF_ERROR(MPI_CHECK(MPI_Reduce_scatter_block(in.wire.data_ptr(), out.wire.data_ptr(),
+                                                           count, type, mpi_op(op), comm)));
+        out.finish();
+        return base::Status::Ok();
+      });
 }
 
 std::unique_ptr<Work> MpiCommunicator::broadcast(at::Tensor t, int root) {
   return enqueue(CommOp::kBroadcast, nbytes(t), describe(t),
                  [comm = comm_, t, root]() -> base::Status {
-    RETURN_IF_ERROR(check_cpu_contiguous(t, "broadcast"));
-    ASSIGN_OR_RETURN(const int bytes,
-                     mpi_count(t.numel() * t.element_size(), "broadcast (bytes)"));
-    RETURN_IF_ERROR(MPI_CHECK(MPI_Bcast(t.data_ptr(), bytes, MPI_BYTE, root, comm)));
-    return base::Status::Ok();
-  });
+                   RETURN_IF_ERROR(check_cpu_contiguous(t, "broadcast"));
+                   ASSIGN_OR_RETURN(const int bytes,
+                                    mpi_count(t.numel() * t.element_size(), "broadcast (bytes)"));
+                   RETURN_IF_ERROR(MPI_CHECK(MPI_Bcast(t.data_ptr(), bytes, MPI_BYTE, root, comm)));
+                   return base::Status::Ok();
+                 });
 }
 
 base::Status MpiCommunicator::barrier() {
-  return enqueue(CommOp::kBarrier, 0, "", [comm = comm_]() {
-           return MPI_CHECK(MPI_Barrier(comm));
-         })->wait();
+  return enqueue(CommOp::kBarrier, 0, "", [comm = comm_]() { return MPI_CHECK(MPI_Barrier(comm)); })
+      ->wait();
 }
 
 base::StatusOr<double> MpiCommunicator::take_wait_seconds() {

@@ -27,11 +27,11 @@ class MpiCommunicator final : public Communicator {
   // `timeout_s` seconds (0: forever) returns a distributed fault instead of hanging: a stopped or
   // dead peer never completes the collective, and MPI itself cannot be interrupted.
   static base::StatusOr<std::unique_ptr<MpiCommunicator>> create(MPI_Comm comm,
-                                                                  double timeout_s = 0);
+                                                                 double timeout_s = 0);
   // The same with diagnostics: a non-null options.trace gets a line per collective (lane "mpi",
   // group options.group) and the wait time per kind (sharding/comm_trace.h).
   static base::StatusOr<std::unique_ptr<MpiCommunicator>> create(MPI_Comm comm,
-                                                                  CommOptions options);
+                                                                 CommOptions options);
   // A communicator over `comm` (a sub-group of the node or of the replicas, for hybrid sharding)
   // whose collectives run on this one's thread, in one issue order with this one's: under
   // MPI_THREAD_SERIALIZED only one thread may be inside MPI, and one queue also keeps the

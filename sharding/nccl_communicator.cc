@@ -27,13 +27,20 @@ base::Status torch_guarded(Fn&& fn) {
 
 base::StatusOr<ncclDataType_t> nccl_type(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return ncclFloat32;
-    case at::kBFloat16: return ncclBfloat16;
-    case at::kHalf: return ncclFloat16;
-    case at::kDouble: return ncclFloat64;
-    case at::kLong: return ncclInt64;
-    case at::kInt: return ncclInt32;
-    case at::kByte: return ncclUint8;
+    case at::kFloat:
+      return ncclFloat32;
+    case at::kBFloat16:
+      return ncclBfloat16;
+    case at::kHalf:
+      return ncclFloat16;
+    case at::kDouble:
+      return ncclFloat64;
+    case at::kLong:
+      return ncclInt64;
+    case at::kInt:
+      return ncclInt32;
+    case at::kByte:
+      return ncclUint8;
     default:
       return base::Status::InvalidArgument(std::string("NCCL communicator: unsupported dtype ") +
                                            c10::toString(t));
@@ -67,7 +74,10 @@ class NcclWork final : public Work {
  public:
   NcclWork(std::shared_ptr<const CudaEvent> done, int device, std::string what,
            std::shared_ptr<NcclCommunicator::WaitLog> log, NcclCommunicator::OpInfo op)
-      : done_(std::move(done)), device_(device), what_(std::move(what)), log_(std::move(log)),
+      : done_(std::move(done)),
+        device_(device),
+        what_(std::move(what)),
+        log_(std::move(log)),
         op_(op) {}
   // Orders the caller's current stream (of the communicator's device) after the operation,
   // between two timing events: the time between them is how long the stream stood still.
@@ -86,9 +96,7 @@ class NcclWork final : public Work {
     });
     return st.with_context(what_);
   }
-  base::Status synchronize_device() override {
-    return done_->synchronize().with_context(what_);
-  }
+  base::Status synchronize_device() override { return done_->synchronize().with_context(what_); }
 
  private:
   std::shared_ptr<const CudaEvent> done_;
@@ -104,10 +112,9 @@ base::Status nccl_status(ncclResult_t rc, const char* call, const char* file, in
   if (rc == ncclSuccess) return base::Status::Ok();
   // ncclGetLastError holds the detailed message of the calling thread's last failure.
   const char* last = ncclGetLastError(nullptr);
-  return base::Status::Distributed(std::string(file) + ":" + std::to_string(line) + ": " + call +
-                                   ": " + ncclGetErrorString(rc) +
-                                   (last != nullptr && *last != '\0' ? std::string(": ") + last
-                                                                     : std::string()));
+  return base::Status::Distributed(
+      std::string(file) + ":" + std::to_string(line) + ": " + call + ": " + ncclGetErrorString(rc) +
+      (last != nullptr && *last != '\0' ? std::string(": ") + last : std::string()));
 }
 
 // --- NcclComm ---
@@ -202,8 +209,7 @@ base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_C
   }
 
   ASSIGN_OR_RETURN(const ncclUniqueId id, share_unique_id(comm, rank));
-  std::unique_ptr<NcclCommunicator> c(
-      new NcclCommunicator(rank, size, device, std::move(options)));
+  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(rank, size, device, std::move(options)));
   RETURN_IF_ERROR(c->init_lanes(id).with_context("rank " + std::to_string(rank)));
   if (timeout_s > 0) c->watchdog_ = std::thread([raw = c.get()] { raw->watch(); });
   return std::move(c);
@@ -307,8 +313,7 @@ void NcclCommunicator::watch() {
     base::Status fault = find_fault();
     if (fault.ok()) continue;
     // Said here as well: the issuing thread learns of it only at its next operation.
-    std::fprintf(stderr, "dstrain: %s; aborting the NCCL communicators\n",
-                 fault.message().c_str());
+    std::fprintf(stderr, "dstrain: %s; aborting the NCCL communicators\n", fault.message().c_str());
     abort(std::move(fault));
     return;
   }
@@ -352,8 +357,10 @@ base::Status NcclCommunicator::check_tensors(const std::vector<at::Tensor>& tens
                                              at::ScalarType dtype) const {
   for (const at::Tensor& t : tensors) {
     if (!t.defined() || !t.is_cuda() || t.get_device() != device_ || !t.is_contiguous()) {
-      return base::Status::InvalidArgument("NCCL communicator: needs contiguous CUDA tensors on "
-                                           "device " + std::to_string(device_));
+      return base::Status::InvalidArgument(
+          "NCCL communicator: needs contiguous CUDA tensors on "
+          "device " +
+          std::to_string(device_));
     }
     if (t.scalar_type() != dtype) {
       return base::Status::InvalidArgument(std::string("NCCL communicator: dtype ") +
@@ -468,8 +475,7 @@ std::unique_ptr<Work> NcclCommunicator::broadcast(at::Tensor t, int root) {
         return check_tensors({t}, t.scalar_type());
       },
       [&](ncclComm_t comm, cudaStream_t stream) {
-        return ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm,
-                             stream);
+        return ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm, stream);
       });
 }
 

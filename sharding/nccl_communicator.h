@@ -41,11 +41,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <utility>
-#include <memory>
-#include <string>
 #include <vector>
 
 #include "sharding/comm_trace.h"
@@ -171,13 +171,17 @@ class NcclCommunicator final : public Communicator {
     const char* name = "";
     NcclComm comm;
     CudaStream stream;
-    CudaEvent inputs_ready;  // recorded on the caller's stream, waited on by the lane
+    CudaEvent inputs_ready;          // recorded on the caller's stream, waited on by the lane
     std::deque<InFlight> in_flight;  // issue order, which is completion order on one stream
   };
 
   NcclCommunicator(int rank, int size, int device, CommOptions options)
-      : rank_(rank), size_(size), device_(device), timeout_s_(options.timeout_s),
-        trace_(std::move(options.trace)), group_(std::move(options.group)) {}
+      : rank_(rank),
+        size_(size),
+        device_(device),
+        timeout_s_(options.timeout_s),
+        trace_(std::move(options.trace)),
+        group_(std::move(options.group)) {}
   static base::StatusOr<ncclUniqueId> share_unique_id(MPI_Comm comm, int rank);
   base::Status init_lanes(const ncclUniqueId& id);
   Lane& lane(LaneId id) { return lanes_[static_cast<int>(id)]; }

@@ -29,8 +29,8 @@ class NvmeStateFile {
   // Creates (replacing) `path` sized for records of `arrays` arrays of `numels[i]` elements of
   // `dtype`, with `slots` host slots (at least 2) from `allocator`. `io` does the transfers.
   static base::StatusOr<std::unique_ptr<NvmeStateFile>> create(
-      const std::string& path, const std::vector<int64_t>& numels, int arrays,
-      at::ScalarType dtype, std::shared_ptr<offload::HostAllocator> allocator, int slots,
+      const std::string& path, const std::vector<int64_t>& numels, int arrays, at::ScalarType dtype,
+      std::shared_ptr<offload::HostAllocator> allocator, int slots,
       std::unique_ptr<offload::IoEngine> io);
   ~NvmeStateFile();
   NvmeStateFile(const NvmeStateFile&) = delete;
@@ -66,7 +66,7 @@ class NvmeStateFile {
  private:
   struct Slot {
     offload::HostBuffer buffer;
-    int shard = -1;                 // the shard it holds or is moving
+    int shard = -1;  // the shard it holds or is moving
     bool reading = false, writing = false;
     offload::IoTicket ticket = 0;
   };
@@ -91,8 +91,8 @@ class NvmeStateFile {
   at::ScalarType dtype_ = at::kFloat;
   std::vector<int64_t> offsets_;  // byte offset of each shard's record
   std::vector<Slot> slots_;
-  int next_slot_ = 0;             // round robin of fetch()
-  int behind_turn_ = 0;           // slot 0 or 1 for write_behind()
+  int next_slot_ = 0;    // round robin of fetch()
+  int behind_turn_ = 0;  // slot 0 or 1 for write_behind()
 };
 
 }  // namespace dstrain::sharding

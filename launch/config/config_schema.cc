@@ -38,7 +38,8 @@ std::vector<KeySpec> build_schema() {
       text(DSTRAIN_KEY(run.dir), "output directory: metrics.jsonl and checkpoints/ go here"),
       number(DSTRAIN_KEY(run.seed), any(), "seed for initialisation, data order and dropout"),
       choice(DSTRAIN_KEY(run.device), {"auto", "cpu", "cuda"},
-             "auto: one GPU per local rank when GPUs are present, else the CPU; cuda: GPUs or an error"),
+             "auto: one GPU per local rank when GPUs are present, else the CPU; cuda: GPUs or an "
+             "error"),
       number(DSTRAIN_KEY(run.collective_timeout_s), at_least(0),
              "seconds a rank waits for an MPI collective before it ends the job with exit 4 "
              "naming the collective (a peer died or stopped); 0: wait forever. Raise it when "

@@ -112,7 +112,8 @@ base::Status check_training(const base::Config& cfg, const KeyOrigins& origins) 
   if (cfg.train.recompute_layers >= 0 && cfg.train.activation_checkpointing != "selective") {
     return fail(cfg, origins, {"train.recompute_layers", "train.activation_checkpointing"},
                 "train.recompute_layers >= 0 requires train.activation_checkpointing = "
-                "\"selective\", got " + show(cfg, "train.recompute_layers") + ", " +
+                "\"selective\", got " +
+                    show(cfg, "train.recompute_layers") + ", " +
                     show(cfg, "train.activation_checkpointing"));
   }
   if (cfg.lora.enabled && cfg.lora.targets.empty()) {
@@ -132,9 +133,10 @@ base::Status check_offload(const base::Config& cfg, const KeyOrigins& origins) {
   // The optimizer updates the parameter shards where they live: offloaded parameters need an
   // offloaded optimizer.
   if (cfg.offload.params != "none" && cfg.offload.optimizer == "none") {
-    return fail(cfg, origins, {"offload.params", "offload.optimizer"},
-                "offload.params other than \"none\" requires offload.optimizer other than \"none\", got " +
-                    show(cfg, "offload.params") + ", " + show(cfg, "offload.optimizer"));
+    return fail(
+        cfg, origins, {"offload.params", "offload.optimizer"},
+        "offload.params other than \"none\" requires offload.optimizer other than \"none\", got " +
+            show(cfg, "offload.params") + ", " + show(cfg, "offload.optimizer"));
   }
   // NVMe records are laid out for every unit; a device share only splits the host tier.
   if (cfg.offload.ratio < 1.0 && (cfg.offload.optimizer != "cpu" || cfg.offload.params == "nvme")) {

@@ -19,7 +19,9 @@ namespace {
 int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
 
 // Version-1 files have no blocks; they are read in windows of this many bytes all the same.
-int64_t block_of(const FileEntry& f) { return f.block_bytes > 0 ? f.block_bytes : kDefaultBlockBytes; }
+int64_t block_of(const FileEntry& f) {
+  return f.block_bytes > 0 ? f.block_bytes : kDefaultBlockBytes;
+}
 
 base::Status os_error(const std::string& path, const char* what, int err) {
   return base::Status::IOError(path + ": " + what + ": " + std::strerror(err));
@@ -48,12 +50,14 @@ class BlockInput {
       return os_error(path, "open", errno);
     }
     // tmpfs and some network file systems refuse O_DIRECT: everything goes through `fd` then.
-    auto file = std::make_unique<BlockInput>(path, fd, ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT));
+    auto file = std::make_unique<BlockInput>(path, fd,
+                                             ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT));
     struct stat st {};
     if (::fstat(fd, &st) != 0) return os_error(path, "stat", errno);
     if (static_cast<int64_t>(st.st_size) != size) {
-      return base::Status::BadInput(path + ": size " + std::to_string(st.st_size) + " bytes, index says " +
-                                    std::to_string(size) + " (truncated or overwritten)");
+      return base::Status::BadInput(path + ": size " + std::to_string(st.st_size) +
+                                    " bytes, index says " + std::to_string(size) +
+                                    " (truncated or overwritten)");
     }
     return file;
   }
@@ -79,8 +83,9 @@ class BlockInput {
       done += got;
       // A short direct read ends at the end of the file (an unaligned retry would be refused).
       if (got == 0 || (direct && got % kDirectIoAlignment != 0 && done < want)) {
-        return base::Status::BadInput(path_ + ": truncated: it ends at byte " + std::to_string(offset + done) +
-                                      ", the index says it has at least " + std::to_string(offset + want));
+        return base::Status::BadInput(
+            path_ + ": truncated: it ends at byte " + std::to_string(offset + done) +
+            ", the index says it has at least " + std::to_string(offset + want));
       }
     }
     stats.bytes += want;
@@ -106,13 +111,15 @@ namespace {
 
 // The runs of blocks that cover `ranges`, in file then offset order, cut to fit a slot.
 base::StatusOr<std::vector<BlockWindow>> plan_windows(const std::vector<FileEntry>& files,
-                                                 std::vector<ByteRange> ranges, int64_t slot_bytes) {
+                                                      std::vector<ByteRange> ranges,
+                                                      int64_t slot_bytes) {
   std::sort(ranges.begin(), ranges.end(), [](const ByteRange& a, const ByteRange& b) {
     return a.file != b.file ? a.file < b.file : a.offset < b.offset;
   });
   std::vector<BlockWindow> out;
   auto add_run = [&](int file, int64_t first, int64_t last) {
-    const int64_t per_window = std::max<int64_t>(1, slot_bytes / block_of(files[static_cast<size_t>(file)]));
+    const int64_t per_window =
+        std::max<int64_t>(1, slot_bytes / block_of(files[static_cast<size_t>(file)]));
     for (int64_t b = first; b <= last; b += per_window) {
       out.push_back({file, b, std::min(per_window, last + 1 - b)});
     }
@@ -147,13 +154,15 @@ base::Status verify_window(const FileEntry& f, const std::string& path, const Bl
   for (int64_t b = w.first; b < w.first + w.count; ++b) {
     const int64_t begin = b * f.block_bytes;
     const int64_t end = std::min(f.size, begin + f.block_bytes);
-    const uint32_t crc = crc32_update(crc32_update(0, nullptr, 0), data + (begin - w.first * f.block_bytes),
-                                      static_cast<size_t>(end - begin));
+    const uint32_t crc =
+        crc32_update(crc32_update(0, nullptr, 0), data + (begin - w.first * f.block_bytes),
+                     static_cast<size_t>(end - begin));
     const uint32_t want = f.block_crc32[static_cast<size_t>(b)];
     if (crc != want) {
-      return base::Status::BadInput(path + ": checksum mismatch in block " + std::to_string(b) + " (bytes " +
-                                    std::to_string(begin) + ".." + std::to_string(end) + "): crc32 " +
-                                    std::to_string(crc) + ", index says " + std::to_string(want));
+      return base::Status::BadInput(path + ": checksum mismatch in block " + std::to_string(b) +
+                                    " (bytes " + std::to_string(begin) + ".." +
+                                    std::to_string(end) + "): crc32 " + std::to_string(crc) +
+                                    ", index says " + std::to_string(want));
     }
     ++stats.blocks_verified;
   }
@@ -176,15 +185,18 @@ int64_t read_slot_bytes(const std::vector<FileEntry>& files, int64_t budget_byte
 BlockReader::BlockReader() = default;
 BlockReader::~BlockReader() = default;
 
-base::StatusOr<std::unique_ptr<BlockReader>> BlockReader::open(const std::string& dir, std::vector<FileEntry> files,
-                                                               std::vector<ByteRange> ranges, int64_t slot_bytes) {
+base::StatusOr<std::unique_ptr<BlockReader>> BlockReader::open(const std::string& dir,
+                                                               std::vector<FileEntry> files,
+                                                               std::vector<ByteRange> ranges,
+                                                               int64_t slot_bytes) {
   std::unique_ptr<BlockReader> r(new BlockReader());
   ASSIGN_OR_RETURN(r->windows_, plan_windows(files, std::move(ranges), slot_bytes));
   r->inputs_.resize(files.size());
   for (const BlockWindow& w : r->windows_) {
     const FileEntry& f = files[static_cast<size_t>(w.file)];
     const int64_t begin = w.first * block_of(f);
-    if (round_up(std::min(f.size, begin + w.count * block_of(f)) - begin, kDirectIoAlignment) > slot_bytes) {
+    if (round_up(std::min(f.size, begin + w.count * block_of(f)) - begin, kDirectIoAlignment) >
+        slot_bytes) {
       return base::Status::Internal("BlockReader: slots of " + std::to_string(slot_bytes) +
                                     " bytes cannot hold a block of " + f.name);
     }
@@ -199,7 +211,8 @@ base::StatusOr<std::unique_ptr<BlockReader>> BlockReader::open(const std::string
 }
 
 base::StatusOr<ReadStats> BlockReader::read(const ReadSlots& slots, const WindowSink& sink) {
-  if (slots.bytes < slot_bytes_) return base::Status::Internal("BlockReader: slots smaller than planned");
+  if (slots.bytes < slot_bytes_)
+    return base::Status::Internal("BlockReader: slots smaller than planned");
   // The file range of window k.
   auto span = [this](size_t k) {
     const BlockWindow& w = windows_[k];
@@ -211,7 +224,8 @@ base::StatusOr<ReadStats> BlockReader::read(const ReadSlots& slots, const Window
   ReadStats io_stats;  // touched by the reading task only; read after its get()
   auto read_window = [&](size_t k) {
     const auto [begin, end] = span(k);
-    return inputs_[static_cast<size_t>(windows_[k].file)]->read(begin, end - begin, slots.data[k % 2], io_stats);
+    return inputs_[static_cast<size_t>(windows_[k].file)]->read(begin, end - begin,
+                                                                slots.data[k % 2], io_stats);
   };
   // Declared after everything the task touches, so it is waited for before they go.
   std::future<base::Status> in_flight;
@@ -221,8 +235,9 @@ base::StatusOr<ReadStats> BlockReader::read(const ReadSlots& slots, const Window
     if (k + 1 < windows_.size()) in_flight = std::async(std::launch::async, read_window, k + 1);
     const BlockWindow& w = windows_[k];
     const auto [begin, end] = span(k);
-    RETURN_IF_ERROR(verify_window(files_[static_cast<size_t>(w.file)], inputs_[static_cast<size_t>(w.file)]->path(),
-                                  w, slots.data[k % 2], stats));
+    RETURN_IF_ERROR(verify_window(files_[static_cast<size_t>(w.file)],
+                                  inputs_[static_cast<size_t>(w.file)]->path(), w,
+                                  slots.data[k % 2], stats));
     RETURN_IF_ERROR(sink({w.file, begin, slots.data[k % 2], end - begin}));
   }
   stats.bytes = io_stats.bytes;
@@ -233,7 +248,8 @@ base::StatusOr<ReadStats> BlockReader::read(const ReadSlots& slots, const Window
 base::StatusOr<ReadStats> read_blocks(const std::string& dir, const std::vector<FileEntry>& files,
                                       std::vector<ByteRange> ranges, const ReadSlots& slots,
                                       const WindowSink& sink) {
-  ASSIGN_OR_RETURN(std::unique_ptr<BlockReader> r, BlockReader::open(dir, files, std::move(ranges), slots.bytes));
+  ASSIGN_OR_RETURN(std::unique_ptr<BlockReader> r,
+                   BlockReader::open(dir, files, std::move(ranges), slots.bytes));
   return r->read(slots, sink);
 }
 

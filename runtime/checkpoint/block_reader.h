@@ -51,7 +51,7 @@ using WindowSink = std::function<base::Status(const ReadWindow&)>;
 // together): at least one block (or the whole file, when smaller), at most the largest file.
 int64_t read_slot_bytes(const std::vector<FileEntry>& files, int64_t budget_bytes);
 
-class BlockInput;   // an open file (block_reader.cc)
+class BlockInput;    // an open file (block_reader.cc)
 struct BlockWindow;  // whole blocks of one file read as one request (block_reader.cc)
 
 // Reads each block of `files` (in `dir`) that overlaps one of `ranges` once, in windows of whole
@@ -62,8 +62,10 @@ struct BlockWindow;  // whole blocks of one file read as one request (block_read
 class BlockReader {
  public:
   // kBadInput naming the file when one is missing or its size is not the index's.
-  static base::StatusOr<std::unique_ptr<BlockReader>> open(const std::string& dir, std::vector<FileEntry> files,
-                                                           std::vector<ByteRange> ranges, int64_t slot_bytes);
+  static base::StatusOr<std::unique_ptr<BlockReader>> open(const std::string& dir,
+                                                           std::vector<FileEntry> files,
+                                                           std::vector<ByteRange> ranges,
+                                                           int64_t slot_bytes);
   ~BlockReader();
   BlockReader(const BlockReader&) = delete;
   BlockReader& operator=(const BlockReader&) = delete;

@@ -29,10 +29,14 @@ namespace {
 
 std::string dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "fp32";
-    case at::kBFloat16: return "bf16";
-    case at::kHalf: return "fp16";
-    default: return "";
+    case at::kFloat:
+      return "fp32";
+    case at::kBFloat16:
+      return "bf16";
+    case at::kHalf:
+      return "fp16";
+    default:
+      return "";
   }
 }
 
@@ -50,8 +54,8 @@ base::Status torch_error(const std::exception& e, const std::string& what) {
 base::StatusOr<std::vector<ChecksummedRegion>> write_datasets(
     FileWriter& w, const std::vector<sharding::StateSlice>& slices,
     const std::vector<DatasetSpec>& specs, int64_t buffer_bytes, int64_t block_bytes) {
-  const int64_t slot_bytes = std::max<int64_t>(kDirectIoAlignment, buffer_bytes / 2 / kDirectIoAlignment *
-                                                                        kDirectIoAlignment);
+  const int64_t slot_bytes = std::max<int64_t>(
+      kDirectIoAlignment, buffer_bytes / 2 / kDirectIoAlignment * kDirectIoAlignment);
   AlignedBuffer slots[2];
   for (AlignedBuffer& b : slots) {
     ASSIGN_OR_RETURN(b, AlignedBuffer::allocate(static_cast<size_t>(slot_bytes)));
@@ -68,7 +72,8 @@ base::StatusOr<std::vector<ChecksummedRegion>> write_datasets(
       const int64_t n = std::min(chunk, data.numel() - c);
       char* buf = slots[next].data();
       next ^= 1;
-      at::from_blob(buf, {n}, at::TensorOptions().dtype(data.scalar_type())).copy_(data.narrow(0, c, n));
+      at::from_blob(buf, {n}, at::TensorOptions().dtype(data.scalar_type()))
+          .copy_(data.narrow(0, c, n));
       const auto bytes = static_cast<size_t>(n * elem);
       const int64_t offset = specs[i].byte_offset + c * elem;
       checksum_by_block(offset, buf, n * elem, block_bytes, regions);
@@ -139,7 +144,8 @@ std::vector<sharding::StateSlice> snapshot(std::vector<sharding::StateSlice> sli
 
 }  // namespace
 
-Checkpointer::Checkpointer(CheckpointOptions options, sharding::Communicator& comm, CheckpointIo& io)
+Checkpointer::Checkpointer(CheckpointOptions options, sharding::Communicator& comm,
+                           CheckpointIo& io)
     : options_(std::move(options)), comm_(comm), io_(io) {
   if (const char* delay = std::getenv("DSTRAIN_TEST_CHECKPOINT_DELAY_MS")) {
     test_delay_ms_ = std::atoll(delay);
@@ -165,7 +171,8 @@ base::Status Checkpointer::write_rank_file(const std::vector<sharding::StateSlic
   std::vector<DatasetSpec> specs;
   for (const sharding::StateSlice& s : slices) {
     const std::string dtype = dtype_name(s.data.scalar_type());
-    if (dtype.empty()) return base::Status::Internal(s.name + ": no checkpoint dtype for its storage");
+    if (dtype.empty())
+      return base::Status::Internal(s.name + ": no checkpoint dtype for its storage");
     specs.push_back({sharding::state_kind_name(s.kind), s.name, dtype, s.data.numel(), s.offset,
                      s.full_shape, 0});
   }
@@ -176,7 +183,8 @@ base::Status Checkpointer::write_rank_file(const std::vector<sharding::StateSlic
                    write_datasets(*w, slices, specs, options_.buffer_bytes, options_.block_bytes));
   RETURN_IF_ERROR(w->sync());
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return base::Status::IOError(path + ": stat: " + std::strerror(errno));
+  if (::stat(path.c_str(), &st) != 0)
+    return base::Status::IOError(path + ": stat: " + std::strerror(errno));
   p.size = static_cast<int64_t>(st.st_size);
   ASSIGN_OR_RETURN(p.blocks, block_crc32s(path, p.size, options_.block_bytes, std::move(regions)));
   p.crc = fold_block_crc32s(p.blocks, options_.block_bytes, p.size);
@@ -224,13 +232,15 @@ base::Status Checkpointer::commit_on_root(const sharding::EngineScalars& sc, int
 
 void Checkpointer::start_pruning() {
   wait_for_pruning();
-  pruner_ = std::thread([this] { prune_status_ = delete_old_checkpoints(root_, options_.config.keep); });
+  pruner_ =
+      std::thread([this] { prune_status_ = delete_old_checkpoints(root_, options_.config.keep); });
 }
 
 void Checkpointer::wait_for_pruning() {
   if (pruner_.joinable()) pruner_.join();
   if (!prune_status_.ok()) {
-    std::fprintf(stderr, "warning: deleting old checkpoints: %s\n", prune_status_.message().c_str());
+    std::fprintf(stderr, "warning: deleting old checkpoints: %s\n",
+                 prune_status_.message().c_str());
     prune_status_ = base::Status::Ok();
   }
 }
@@ -256,8 +266,9 @@ base::StatusOr<std::string> Checkpointer::commit_all(const Pending& p) {
   const std::string tmp = dir + ".tmp";
   base::Status local = p.status;
   constexpr int kFields = 4;  // failed, size, crc, number of blocks
-  at::Tensor mine = at::tensor({local.ok() ? 0.0 : 1.0, static_cast<double>(p.size), static_cast<double>(p.crc),
-                                static_cast<double>(p.blocks.size())}, at::kDouble);
+  at::Tensor mine = at::tensor({local.ok() ? 0.0 : 1.0, static_cast<double>(p.size),
+                                static_cast<double>(p.crc), static_cast<double>(p.blocks.size())},
+                               at::kDouble);
   at::Tensor all = at::empty({kFields * comm_.size()}, at::kDouble);
   RETURN_IF_ERROR(comm_.all_gather(mine, all)->wait());
   const std::vector<double> digests(all.data_ptr<double>(), all.data_ptr<double>() + all.numel());
@@ -270,8 +281,9 @@ base::StatusOr<std::string> Checkpointer::commit_all(const Pending& p) {
   if (!failed.empty()) {
     // Nothing was committed: only this attempt's directory goes.
     if (root) (void)base::remove_tree(tmp);
-    const std::string what = "checkpoint at step " + std::to_string(p.step) + " not written (rank(s) " +
-                             failed + " failed; earlier checkpoints are intact)";
+    const std::string what = "checkpoint at step " + std::to_string(p.step) +
+                             " not written (rank(s) " + failed +
+                             " failed; earlier checkpoints are intact)";
     return local.ok() ? base::Status::IOError(what) : local.with_context(what);
   }
 
@@ -284,8 +296,11 @@ base::StatusOr<std::string> Checkpointer::commit_all(const Pending& p) {
     std::vector<FileEntry> files;
     const double* blocks = all_blocks.data_ptr<double>();
     for (int r = 0; r < comm_.size(); ++r) {
-      FileEntry f{rank_file_name(r), static_cast<int64_t>(digests[kFields * r + 1]),
-                  static_cast<uint32_t>(digests[kFields * r + 2]), options_.block_bytes, {}};
+      FileEntry f{rank_file_name(r),
+                  static_cast<int64_t>(digests[kFields * r + 1]),
+                  static_cast<uint32_t>(digests[kFields * r + 2]),
+                  options_.block_bytes,
+                  {}};
       const double* mine_at = blocks + r * my_blocks.numel();
       for (int64_t b = 0; b < static_cast<int64_t>(digests[kFields * r + 3]); ++b) {
         f.block_crc32.push_back(static_cast<uint32_t>(mine_at[b]));
@@ -303,7 +318,8 @@ base::StatusOr<std::string> Checkpointer::commit_all(const Pending& p) {
   at::Tensor verdict = at::tensor({local.ok() ? 0.0 : 1.0}, at::kDouble);
   RETURN_IF_ERROR(comm_.broadcast(verdict, 0)->wait());
   if (verdict.item<double>() != 0.0) {
-    return root ? local : base::Status::IOError("checkpoint " + dir + ": rank 0 could not commit it");
+    return root ? local
+                : base::Status::IOError("checkpoint " + dir + ": rank 0 could not commit it");
   }
   if (root) start_pruning();
   return dir;
@@ -316,8 +332,9 @@ base::StatusOr<std::string> Checkpointer::save(sharding::Engine& engine, int64_t
   p.step = step;
   p.scalars = engine.scalars();
   try {
-    p.status = write_rank_file(engine.state_slices(/*owned_only=*/true),
-                               root_ + "/" + step_dir_name(step) + ".tmp/" + rank_file_name(comm_.rank()), p);
+    p.status = write_rank_file(
+        engine.state_slices(/*owned_only=*/true),
+        root_ + "/" + step_dir_name(step) + ".tmp/" + rank_file_name(comm_.rank()), p);
   } catch (const std::exception& e) {
     p.status = torch_error(e, "writing checkpoint " + root_ + "/" + step_dir_name(step) + ".tmp");
   }
@@ -402,7 +419,8 @@ base::StatusOr<std::optional<SavedCheckpoint>> Checkpointer::finish_pending() {
   pending_.reset();
   ASSIGN_OR_RETURN(std::string dir, commit_all(p));
   const double commit_s = seconds_since(t0);
-  return std::optional<SavedCheckpoint>(SavedCheckpoint{p.step, std::move(dir), p.stall_s + commit_s, commit_s});
+  return std::optional<SavedCheckpoint>(
+      SavedCheckpoint{p.step, std::move(dir), p.stall_s + commit_s, commit_s});
 }
 
 base::StatusOr<std::vector<std::string>> Checkpointer::committed_dirs() {
@@ -411,13 +429,17 @@ base::StatusOr<std::vector<std::string>> Checkpointer::committed_dirs() {
   base::Status local;
   if (root) {
     auto listed = committed_steps(root_);
-    if (listed.ok()) steps = std::move(listed).value();
-    else local = listed.status();
+    if (listed.ok())
+      steps = std::move(listed).value();
+    else
+      local = listed.status();
   }
-  at::Tensor count = at::tensor({local.ok() ? static_cast<double>(steps.size()) : -1.0}, at::kDouble);
+  at::Tensor count =
+      at::tensor({local.ok() ? static_cast<double>(steps.size()) : -1.0}, at::kDouble);
   RETURN_IF_ERROR(comm_.broadcast(count, 0)->wait());
   const auto n = static_cast<int64_t>(count.item<double>());
-  if (n < 0) return root ? local : base::Status::IOError(root_ + ": rank 0 could not list the checkpoints");
+  if (n < 0)
+    return root ? local : base::Status::IOError(root_ + ": rank 0 could not list the checkpoints");
   std::vector<std::string> dirs;
   if (n == 0) return dirs;
   at::Tensor t = at::zeros({n}, at::kDouble);
@@ -432,7 +454,8 @@ base::StatusOr<std::vector<std::string>> Checkpointer::committed_dirs() {
 ResumeAttempt Checkpointer::agree_attempt(const ResumeAttempt& mine, std::vector<double>* counts) {
   enum Severity { kFine = 0, kCorrupt = 1, kFailed = 2 };
   const double severity = mine.status.ok() ? kFine : mine.corrupt ? kCorrupt : kFailed;
-  std::vector<double> fields = {severity, static_cast<double>(mine.status.code()), mine.changed_state ? 1.0 : 0.0};
+  std::vector<double> fields = {severity, static_cast<double>(mine.status.code()),
+                                mine.changed_state ? 1.0 : 0.0};
   const size_t n_counts = counts != nullptr ? counts->size() : 0;
   if (counts != nullptr) fields.insert(fields.end(), counts->begin(), counts->end());
   const auto width = static_cast<int64_t>(fields.size());
@@ -454,16 +477,19 @@ ResumeAttempt Checkpointer::agree_attempt(const ResumeAttempt& mine, std::vector
   if (counts != nullptr) {
     for (size_t i = 0; i < n_counts; ++i) {
       (*counts)[i] = 0.0;
-      for (int r = 0; r < comm_.size(); ++r) (*counts)[i] += a[r * width + 3 + static_cast<int64_t>(i)];
+      for (int r = 0; r < comm_.size(); ++r)
+        (*counts)[i] += a[r * width + 3 + static_cast<int64_t>(i)];
     }
   }
   if (worst == kFine) return {base::Status::Ok(), false, changed};
   // The first rank that failed worst tells every rank what it found.
   const std::string& text = mine.status.message();
-  at::Tensor length = at::tensor({comm_.rank() == first ? static_cast<double>(text.size()) : 0.0}, at::kDouble);
+  at::Tensor length =
+      at::tensor({comm_.rank() == first ? static_cast<double>(text.size()) : 0.0}, at::kDouble);
   st = comm_.broadcast(length, first)->wait();
   if (!st.ok()) return {st, false, true};
-  at::Tensor bytes = at::zeros({std::max<int64_t>(1, static_cast<int64_t>(length.item<double>()))}, at::kByte);
+  at::Tensor bytes =
+      at::zeros({std::max<int64_t>(1, static_cast<int64_t>(length.item<double>()))}, at::kByte);
   if (comm_.rank() == first) std::copy(text.begin(), text.end(), bytes.data_ptr<uint8_t>());
   st = comm_.broadcast(bytes, first)->wait();
   if (!st.ok()) return {st, false, true};
@@ -471,16 +497,27 @@ ResumeAttempt Checkpointer::agree_attempt(const ResumeAttempt& mine, std::vector
                             static_cast<size_t>(length.item<double>()));
   base::Status agreed;
   switch (static_cast<base::StatusCode>(static_cast<int>(a[first * width + 1]))) {
-    case base::StatusCode::kBadInput: agreed = base::Status::BadInput(message); break;
-    case base::StatusCode::kIOError: agreed = base::Status::IOError(message); break;
-    case base::StatusCode::kInvalidArgument: agreed = base::Status::InvalidArgument(message); break;
-    case base::StatusCode::kDistributed: agreed = base::Status::Distributed(message); break;
-    default: agreed = base::Status::Internal(message); break;
+    case base::StatusCode::kBadInput:
+      agreed = base::Status::BadInput(message);
+      break;
+    case base::StatusCode::kIOError:
+      agreed = base::Status::IOError(message);
+      break;
+    case base::StatusCode::kInvalidArgument:
+      agreed = base::Status::InvalidArgument(message);
+      break;
+    case base::StatusCode::kDistributed:
+      agreed = base::Status::Distributed(message);
+      break;
+    default:
+      agreed = base::Status::Internal(message);
+      break;
   }
   return {agreed, worst == kCorrupt, changed};
 }
 
-ResumeAttempt Checkpointer::verify_whole_files(const std::string& dir, const CheckpointIndex& index) {
+ResumeAttempt Checkpointer::verify_whole_files(const std::string& dir,
+                                               const CheckpointIndex& index) {
   const auto t0 = std::chrono::steady_clock::now();
   base::Status local;
   std::vector<double> bytes = {0.0};
@@ -489,15 +526,18 @@ ResumeAttempt Checkpointer::verify_whole_files(const std::string& dir, const Che
     local = verify_file(dir, index.files[i]);
     bytes[0] += static_cast<double>(index.files[i].size);
   }
-  ResumeAttempt agreed = agree_attempt({local, local.code() == base::StatusCode::kBadInput, false}, &bytes);
+  ResumeAttempt agreed =
+      agree_attempt({local, local.code() == base::StatusCode::kBadInput, false}, &bytes);
   if (agreed.status.ok() && comm_.rank() == 0) {
-    std::fprintf(stderr, "checkpoint %s: %.3f GB verified in %.3f s by %d rank(s) (format version 1)\n",
+    std::fprintf(stderr,
+                 "checkpoint %s: %.3f GB verified in %.3f s by %d rank(s) (format version 1)\n",
                  dir.c_str(), bytes[0] / 1e9, seconds_since(t0), comm_.size());
   }
   return agreed;
 }
 
-ResumeAttempt Checkpointer::attempt_load(sharding::Engine& engine, const std::string& dir, int64_t* step) {
+ResumeAttempt Checkpointer::attempt_load(sharding::Engine& engine, const std::string& dir,
+                                         int64_t* step) {
   wait_for_snapshot();  // the load writes the state a save in flight may still be copying
   const auto t0 = std::chrono::steady_clock::now();
   // Nothing is written into the engine until every rank has a sound index, a plan for it and
@@ -516,13 +556,17 @@ ResumeAttempt Checkpointer::attempt_load(sharding::Engine& engine, const std::st
       std::vector<SliceCopy> copies;
       if (local.status.ok()) {
         auto planned = plan_state_reads(dir, index, engine.state_slices(/*owned_only=*/false));
-        if (planned.ok()) copies = std::move(planned).value();
-        else local.status = planned.status();  // another model: not damage, the walk stops
+        if (planned.ok())
+          copies = std::move(planned).value();
+        else
+          local.status = planned.status();  // another model: not damage, the walk stops
       }
       if (local.status.ok()) {
         auto opened = StateReader::open(dir, index, std::move(copies), options_.buffer_bytes);
-        if (opened.ok()) reader = std::move(opened).value();
-        else local = {opened.status(), opened.status().code() == base::StatusCode::kBadInput, false};
+        if (opened.ok())
+          reader = std::move(opened).value();
+        else
+          local = {opened.status(), opened.status().code() == base::StatusCode::kBadInput, false};
       }
     } catch (const std::exception& e) {
       local.status = torch_error(e, "planning the load of checkpoint " + dir);
@@ -554,13 +598,13 @@ ResumeAttempt Checkpointer::attempt_load(sharding::Engine& engine, const std::st
   agreed = agree_attempt(local, &counts);
   if (!agreed.status.ok()) return agreed;
   if (comm_.rank() == 0) {
-    std::fprintf(stderr,
-                 "checkpoint %s: %.3f GB read and %s in %.3f s by %d rank(s), %.0f%% with direct I/O "
-                 "(%.3f s in all)\n",
-                 dir.c_str(), counts[0] / 1e9,
-                 index.format_version < kBlockChecksumsSince ? "loaded" : "verified",
-                 seconds_since(t1), comm_.size(), counts[0] > 0 ? 100.0 * counts[1] / counts[0] : 0.0,
-                 seconds_since(t0));
+    std::fprintf(
+        stderr,
+        "checkpoint %s: %.3f GB read and %s in %.3f s by %d rank(s), %.0f%% with direct I/O "
+        "(%.3f s in all)\n",
+        dir.c_str(), counts[0] / 1e9,
+        index.format_version < kBlockChecksumsSince ? "loaded" : "verified", seconds_since(t1),
+        comm_.size(), counts[0] > 0 ? 100.0 * counts[1] / counts[0] : 0.0, seconds_since(t0));
   }
   engine.set_scalars({index.adam_step, index.loss_scale, index.good_steps});
   base::Status finished = engine.finish_load();
@@ -587,11 +631,13 @@ base::StatusOr<std::optional<LoadedCheckpoint>> Checkpointer::resume(sharding::E
   }
   ASSIGN_OR_RETURN(std::vector<std::string> dirs, committed_dirs());
   const bool root = comm_.rank() == 0;
-  ASSIGN_OR_RETURN(
-      std::optional<std::string> dir,
-      find_resumable(
-          dirs, [root](const std::string& w) { if (root) std::fprintf(stderr, "warning: %s\n", w.c_str()); },
-          [&](const std::string& d) { return attempt_load(engine, d, &step); }));
+  ASSIGN_OR_RETURN(std::optional<std::string> dir,
+                   find_resumable(
+                       dirs,
+                       [root](const std::string& w) {
+                         if (root) std::fprintf(stderr, "warning: %s\n", w.c_str());
+                       },
+                       [&](const std::string& d) { return attempt_load(engine, d, &step); }));
   if (!dir) {
     // A fresh start: give back what an attempt paged in (offload.optimizer = nvme).
     RETURN_IF_ERROR(engine.page_out_state(/*write_back=*/false));

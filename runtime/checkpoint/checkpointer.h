@@ -43,13 +43,13 @@ namespace dstrain::runtime::checkpoint {
 struct CheckpointOptions {
   std::string run_dir;
   base::CheckpointConfig config;
-  std::string config_toml;      // snapshot of the run's config, stored in the index
+  std::string config_toml;  // snapshot of the run's config, stored in the index
   std::string dstrain_version;
-  std::string dtype;            // train.dtype
+  std::string dtype;  // train.dtype
   int64_t seed = 0;
   int64_t zero_stage = 0;
   int64_t buffer_bytes = int64_t{64} << 20;  // host staging per rank while saving and loading
-  int64_t block_bytes = kDefaultBlockBytes;   // checksummed unit; a multiple of kDirectIoAlignment
+  int64_t block_bytes = kDefaultBlockBytes;  // checksummed unit; a multiple of kDirectIoAlignment
 };
 
 // A committed checkpoint, and how long training waited for it on this rank: stall_s in all, of
@@ -102,7 +102,8 @@ class Checkpointer {
   // complete checkpoints newest first, skipping corrupt ones with a warning on rank 0, as
   // find_resumable() describes; rank 0 lists them, and every rank then sees the same outcome of
   // each attempt, so all stop at the same one.
-  base::StatusOr<std::optional<LoadedCheckpoint>> resume(sharding::Engine& engine, const std::string& resume);
+  base::StatusOr<std::optional<LoadedCheckpoint>> resume(sharding::Engine& engine,
+                                                         const std::string& resume);
   // Loads `dir` into the engine, verifying every block it reads; returns the step it was saved
   // at. Every rank returns the same error, naming what the first failing rank found.
   base::StatusOr<int64_t> load(sharding::Engine& engine, const std::string& dir);

@@ -20,7 +20,9 @@ constexpr size_t kReadChunk = size_t{8} << 20;
 class ReadFd {
  public:
   explicit ReadFd(int fd) : fd_(fd) {}
-  ~ReadFd() { if (fd_ >= 0) ::close(fd_); }
+  ~ReadFd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
   ReadFd(const ReadFd&) = delete;
   ReadFd& operator=(const ReadFd&) = delete;
   int get() const { return fd_; }
@@ -38,10 +40,12 @@ base::StatusOr<uint32_t> crc_of_range(int fd, const std::string& path, int64_t o
                                       std::vector<char>& buf) {
   uint32_t crc = crc32_update(0, nullptr, 0);
   while (size > 0) {
-    const size_t want = static_cast<size_t>(std::min<int64_t>(size, static_cast<int64_t>(buf.size())));
+    const size_t want =
+        static_cast<size_t>(std::min<int64_t>(size, static_cast<int64_t>(buf.size())));
     const ssize_t got = ::pread(fd, buf.data(), want, offset);
     if (got < 0) return io_error(path, "read");
-    if (got == 0) return base::Status::BadInput(path + ": file is shorter than expected (truncated)");
+    if (got == 0)
+      return base::Status::BadInput(path + ": file is shorter than expected (truncated)");
     crc = crc32_update(crc, buf.data(), static_cast<size_t>(got));
     offset += got;
     size -= got;
@@ -74,7 +78,8 @@ void checksum_by_block(int64_t offset, const void* data, int64_t n, int64_t bloc
   const char* p = static_cast<const char*>(data);
   while (n > 0) {
     const int64_t take = std::min(n, (offset / block_bytes + 1) * block_bytes - offset);
-    out.push_back({offset, take, crc32_update(crc32_update(0, nullptr, 0), p, static_cast<size_t>(take))});
+    out.push_back(
+        {offset, take, crc32_update(crc32_update(0, nullptr, 0), p, static_cast<size_t>(take))});
     offset += take;
     p += take;
     n -= take;
@@ -85,8 +90,9 @@ base::StatusOr<std::vector<uint32_t>> block_crc32s(const std::string& path, int6
                                                    int64_t block_bytes,
                                                    std::vector<ChecksummedRegion> known) {
   if (block_bytes <= 0) return base::Status::Internal("block_crc32s: block size must be positive");
-  std::sort(known.begin(), known.end(),
-            [](const ChecksummedRegion& a, const ChecksummedRegion& b) { return a.offset < b.offset; });
+  std::sort(known.begin(), known.end(), [](const ChecksummedRegion& a, const ChecksummedRegion& b) {
+    return a.offset < b.offset;
+  });
   ReadFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return io_error(path, "open");
   std::vector<char> buf;
@@ -108,7 +114,8 @@ base::StatusOr<std::vector<uint32_t>> block_crc32s(const std::string& path, int6
     for (; next < known.size() && known[next].offset < end; ++next) {
       const ChecksummedRegion& r = known[next];
       if (r.offset < at || r.offset + r.size > end) {
-        return base::Status::Internal(path + ": overlapping, out-of-file or block-crossing checksum regions");
+        return base::Status::Internal(
+            path + ": overlapping, out-of-file or block-crossing checksum regions");
       }
       RETURN_IF_ERROR(add_gap(r.offset));
       crc = crc32_combine(crc, r.crc, r.size);
@@ -118,11 +125,13 @@ base::StatusOr<std::vector<uint32_t>> block_crc32s(const std::string& path, int6
     blocks.push_back(crc);
     crc = crc32_update(0, nullptr, 0);
   }
-  if (next < known.size()) return base::Status::Internal(path + ": checksum region beyond the end of the file");
+  if (next < known.size())
+    return base::Status::Internal(path + ": checksum region beyond the end of the file");
   return blocks;
 }
 
-uint32_t fold_block_crc32s(const std::vector<uint32_t>& blocks, int64_t block_bytes, int64_t file_size) {
+uint32_t fold_block_crc32s(const std::vector<uint32_t>& blocks, int64_t block_bytes,
+                           int64_t file_size) {
   uint32_t crc = crc32_update(0, nullptr, 0);
   for (size_t b = 0; b < blocks.size(); ++b) {
     const int64_t begin = static_cast<int64_t>(b) * block_bytes;
@@ -134,7 +143,8 @@ uint32_t fold_block_crc32s(const std::vector<uint32_t>& blocks, int64_t block_by
 base::StatusOr<uint32_t> file_crc32(const std::string& path, int64_t file_size,
                                     std::vector<ChecksummedRegion> known) {
   const int64_t whole = std::max<int64_t>(file_size, 1);
-  ASSIGN_OR_RETURN(std::vector<uint32_t> blocks, block_crc32s(path, file_size, whole, std::move(known)));
+  ASSIGN_OR_RETURN(std::vector<uint32_t> blocks,
+                   block_crc32s(path, file_size, whole, std::move(known)));
   return fold_block_crc32s(blocks, whole, file_size);
 }
 

@@ -31,7 +31,8 @@ base::StatusOr<std::vector<uint32_t>> block_crc32s(const std::string& path, int6
                                                    int64_t block_bytes,
                                                    std::vector<ChecksummedRegion> known);
 // The crc of the whole file from the crcs of its blocks.
-uint32_t fold_block_crc32s(const std::vector<uint32_t>& blocks, int64_t block_bytes, int64_t file_size);
+uint32_t fold_block_crc32s(const std::vector<uint32_t>& blocks, int64_t block_bytes,
+                           int64_t file_size);
 // The file's crc, reading only the bytes not covered by `known` (non-overlapping regions).
 base::StatusOr<uint32_t> file_crc32(const std::string& path, int64_t file_size,
                                     std::vector<ChecksummedRegion> known);

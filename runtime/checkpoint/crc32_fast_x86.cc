@@ -32,7 +32,8 @@ struct FoldConstants {
 };
 
 constexpr FoldConstants fold_constants(int d) {
-  return {static_cast<uint64_t>(x_pow_mod(63 + d)) << 32, static_cast<uint64_t>(x_pow_mod(d - 1)) << 32};
+  return {static_cast<uint64_t>(x_pow_mod(63 + d)) << 32, static_cast<uint64_t>(x_pow_mod(d - 1))
+                                                              << 32};
 }
 
 constexpr FoldConstants kFold512 = fold_constants(512);
@@ -52,7 +53,8 @@ bool crc32_fast_available() {
   return __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse2");
 }
 
-__attribute__((target("pclmul,sse2"))) uint32_t crc32_fast(uint32_t crc, const void* data, size_t n) {
+__attribute__((target("pclmul,sse2"))) uint32_t crc32_fast(uint32_t crc, const void* data,
+                                                           size_t n) {
   const auto* p = static_cast<const unsigned char*>(data);
   const __m128i k512 = _mm_set_epi64x(static_cast<long long>(kFold512.low_half),
                                       static_cast<long long>(kFold512.high_half));

@@ -27,7 +27,8 @@ class CheckpointIo {
  public:
   virtual ~CheckpointIo() = default;
   // Opens `path` for writing; `truncate` creates it or empties it, otherwise it must exist.
-  virtual base::StatusOr<std::unique_ptr<FileWriter>> open(const std::string& path, bool truncate) = 0;
+  virtual base::StatusOr<std::unique_ptr<FileWriter>> open(const std::string& path,
+                                                           bool truncate) = 0;
   // Opens the existing `path` for large writes that should bypass the page cache: the parts of a
   // write that are aligned to kDirectIoAlignment (offset, length and memory) go straight to the
   // disk where the file system allows, the rest through the page cache. Same bytes either way.

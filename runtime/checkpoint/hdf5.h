@@ -46,15 +46,16 @@ class HdfId {
 // The library's error stack as one line (innermost first), then cleared.
 std::string hdf5_error_text();
 base::Status hdf5_error(const char* call, const char* file, int line);
-base::StatusOr<HdfId> hdf5_id(hid_t id, HdfCloseFn close, const char* call, const char* file, int line);
+base::StatusOr<HdfId> hdf5_id(hid_t id, HdfCloseFn close, const char* call, const char* file,
+                              int line);
 // Stops the library from printing its error stack to stderr; errors travel as Status instead.
 void hdf5_quiet();
 
 }  // namespace dstrain::runtime::checkpoint
 
 // For calls returning herr_t (or any value that is negative on failure).
-#define HDF5_CHECK(expr)                                                          \
-  do {                                                                            \
+#define HDF5_CHECK(expr)                                                                          \
+  do {                                                                                            \
     if ((expr) < 0) return ::dstrain::runtime::checkpoint::hdf5_error(#expr, __FILE__, __LINE__); \
   } while (0)
 

@@ -28,7 +28,8 @@ T to_integer(const json& x, const std::string& key) {
   if (x.is_number_unsigned() && x.get<uint64_t>() <= static_cast<uint64_t>(kMax)) {
     return static_cast<T>(x.get<uint64_t>());
   }
-  if (x.is_number_integer() && !x.is_number_unsigned() && x.get<int64_t>() >= static_cast<int64_t>(kMin) &&
+  if (x.is_number_integer() && !x.is_number_unsigned() &&
+      x.get<int64_t>() >= static_cast<int64_t>(kMin) &&
       x.get<int64_t>() <= static_cast<int64_t>(kMax)) {
     return static_cast<T>(x.get<int64_t>());
   }
@@ -50,7 +51,10 @@ std::vector<T> integers_at(const json& j, const char* key) {
 }
 
 json piece_json(const Piece& p) {
-  return {{"file", p.file}, {"dataset", p.dataset}, {"offset", p.offset}, {"numel", p.numel},
+  return {{"file", p.file},
+          {"dataset", p.dataset},
+          {"offset", p.offset},
+          {"numel", p.numel},
           {"byte_offset", p.byte_offset}};
 }
 
@@ -80,8 +84,9 @@ constexpr int64_t kVerifyBufferBytes = int64_t{64} << 20;
 base::Status verify_whole_file(const std::string& path, const FileEntry& f) {
   ASSIGN_OR_RETURN(FileDigest d, file_digest(path));
   if (d.size != f.size) {
-    return base::Status::BadInput(path + ": size " + std::to_string(d.size) + " bytes, index says " +
-                                  std::to_string(f.size) + " (truncated or overwritten)");
+    return base::Status::BadInput(path + ": size " + std::to_string(d.size) +
+                                  " bytes, index says " + std::to_string(f.size) +
+                                  " (truncated or overwritten)");
   }
   if (d.crc != f.crc32) {
     return base::Status::BadInput(path + ": checksum mismatch (crc32 " + std::to_string(d.crc) +
@@ -124,8 +129,10 @@ std::string index_to_json(const CheckpointIndex& index) {
             {"zero_stage", index.zero_stage},
             {"dtype", index.dtype},
             {"seed", index.seed},
-            {"scalars", {{"adam_step", index.adam_step}, {"loss_scale", index.loss_scale},
-                         {"good_steps", index.good_steps}}},
+            {"scalars",
+             {{"adam_step", index.adam_step},
+              {"loss_scale", index.loss_scale},
+              {"good_steps", index.good_steps}}},
             {"files", files},
             {"tensors", tensors},
             {"config", index.config_toml}};
@@ -141,10 +148,10 @@ base::StatusOr<CheckpointIndex> parse_index(const std::string& text, const std::
     }
     index.format_version = integer_at<int>(j, "format_version");
     if (index.format_version < kOldestFormatVersion || index.format_version > kFormatVersion) {
-      return base::Status::BadInput(source + ": format_version " + std::to_string(index.format_version) +
-                                    " is not supported (this dstrain reads " +
-                                    std::to_string(kOldestFormatVersion) + " to " +
-                                    std::to_string(kFormatVersion) + ")");
+      return base::Status::BadInput(
+          source + ": format_version " + std::to_string(index.format_version) +
+          " is not supported (this dstrain reads " + std::to_string(kOldestFormatVersion) + " to " +
+          std::to_string(kFormatVersion) + ")");
     }
     index.dstrain_version = j.at("dstrain_version").get<std::string>();
     index.step = integer_at<int64_t>(j, "step");
@@ -158,7 +165,8 @@ base::StatusOr<CheckpointIndex> parse_index(const std::string& text, const std::
     index.good_steps = integer_at<int64_t>(s, "good_steps");
     index.config_toml = j.at("config").get<std::string>();
     for (const json& f : j.at("files")) {
-      FileEntry e{f.at("name").get<std::string>(), integer_at<int64_t>(f, "size"), integer_at<uint32_t>(f, "crc32")};
+      FileEntry e{f.at("name").get<std::string>(), integer_at<int64_t>(f, "size"),
+                  integer_at<uint32_t>(f, "crc32")};
       if (index.format_version >= kBlockChecksumsSince) {
         e.block_bytes = integer_at<int64_t>(f, "block_bytes");
         e.block_crc32 = integers_at<uint32_t>(f, "block_crc32");
@@ -181,7 +189,8 @@ base::StatusOr<CheckpointIndex> parse_index(const std::string& text, const std::
   } catch (const json::exception& e) {
     return base::Status::BadInput(source + ": malformed index: " + e.what());
   } catch (const NotAnInteger& e) {
-    return base::Status::BadInput(source + ": malformed index: " + e.key + " is not an integer in range");
+    return base::Status::BadInput(source + ": malformed index: " + e.key +
+                                  " is not an integer in range");
   }
   RETURN_IF_ERROR(validate_index(index, source));
   return index;
@@ -200,13 +209,14 @@ base::Status validate_index(const CheckpointIndex& index, const std::string& sou
     if (!file_size.emplace(f.name, f.size).second) return bad(f.name + ": listed twice");
     if (index.format_version < kBlockChecksumsSince) {
       if (f.block_bytes != 0 || !f.block_crc32.empty()) {
-        return bad(f.name + ": block checksums need format_version " + std::to_string(kBlockChecksumsSince));
+        return bad(f.name + ": block checksums need format_version " +
+                   std::to_string(kBlockChecksumsSince));
       }
       continue;
     }
     if (f.block_bytes <= 0 || f.block_bytes % kDirectIoAlignment != 0) {
-      return bad(f.name + ": block_bytes " + std::to_string(f.block_bytes) + " is not a positive multiple of " +
-                 std::to_string(kDirectIoAlignment));
+      return bad(f.name + ": block_bytes " + std::to_string(f.block_bytes) +
+                 " is not a positive multiple of " + std::to_string(kDirectIoAlignment));
     }
     if (static_cast<int64_t>(f.block_crc32.size()) != block_count(f)) {
       return bad(f.name + ": " + std::to_string(f.block_crc32.size()) + " block checksums, " +
@@ -229,19 +239,22 @@ base::Status validate_index(const CheckpointIndex& index, const std::string& sou
       int64_t next = 0;
       for (const Piece& p : t.pieces) {
         if (p.offset != next || p.numel <= 0) {
-          return bad(what + ": pieces do not tile the tensor (piece at " + std::to_string(p.offset) +
-                     " with " + std::to_string(p.numel) + " elements, expected one at " +
-                     std::to_string(next) + ")");
+          return bad(what + ": pieces do not tile the tensor (piece at " +
+                     std::to_string(p.offset) + " with " + std::to_string(p.numel) +
+                     " elements, expected one at " + std::to_string(next) + ")");
         }
         auto f = file_size.find(p.file);
         if (f == file_size.end()) return bad(what + ": piece in unlisted file '" + p.file + "'");
         // Division, not byte_offset + numel * elem, which can overflow.
-        if (p.byte_offset < 0 || p.byte_offset > f->second || p.numel > (f->second - p.byte_offset) / elem) {
+        if (p.byte_offset < 0 || p.byte_offset > f->second ||
+            p.numel > (f->second - p.byte_offset) / elem) {
           return bad(what + ": piece at byte " + std::to_string(p.byte_offset) + " with " +
-                     std::to_string(p.numel) + " elements of " + std::to_string(elem) + " bytes lies outside " +
-                     p.file + " (" + std::to_string(f->second) + " bytes)");
+                     std::to_string(p.numel) + " elements of " + std::to_string(elem) +
+                     " bytes lies outside " + p.file + " (" + std::to_string(f->second) +
+                     " bytes)");
         }
-        if (__builtin_add_overflow(next, p.numel, &next)) return bad(what + ": piece sizes overflow");
+        if (__builtin_add_overflow(next, p.numel, &next))
+          return bad(what + ": piece sizes overflow");
       }
       if (shape_numel(t.shape) < 0) return bad(what + ": shape has too many elements");
       if (next != shape_numel(t.shape)) {
@@ -269,7 +282,8 @@ base::Status verify_file(const std::string& dir, const FileEntry& f) {
     ASSIGN_OR_RETURN(b, AlignedBuffer::allocate(static_cast<size_t>(slot)));
   }
   const ReadSlots view{{slots[0].data(), slots[1].data()}, slot};
-  return read_blocks(dir, files, {{0, 0, f.size}}, view, [](const ReadWindow&) { return base::Status::Ok(); })
+  return read_blocks(dir, files, {{0, 0, f.size}}, view,
+                     [](const ReadWindow&) { return base::Status::Ok(); })
       .status();
 }
 

@@ -33,15 +33,15 @@ struct FileEntry {
 // A contiguous run of a tensor's flattened elements stored in one HDF5 dataset.
 struct Piece {
   std::string file;
-  std::string dataset;      // e.g. "/param/model.norm.weight"
-  int64_t offset = 0;       // first element in the flattened tensor
+  std::string dataset;  // e.g. "/param/model.norm.weight"
+  int64_t offset = 0;   // first element in the flattened tensor
   int64_t numel = 0;
   int64_t byte_offset = 0;  // where the dataset's raw data starts in the file (contiguous layout)
 };
 
 struct TensorEntry {
   std::vector<int64_t> shape;
-  std::string dtype;         // fp32 | bf16 | fp16 (16-bit types are stored as raw uint16)
+  std::string dtype;          // fp32 | bf16 | fp16 (16-bit types are stored as raw uint16)
   std::vector<Piece> pieces;  // sorted by offset, covering [0, numel) exactly once
 };
 

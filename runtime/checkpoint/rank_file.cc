@@ -20,10 +20,12 @@ hid_t file_type(const std::string& dtype) {
 base::Status write_int64_attr(hid_t obj, const char* name, const std::vector<int64_t>& values,
                               bool scalar) {
   const hsize_t n = values.size();
-  ASSIGN_OR_RETURN(HdfId space, HDF5_ID(scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &n, nullptr),
-                                        H5Sclose));
-  ASSIGN_OR_RETURN(HdfId attr, HDF5_ID(H5Acreate2(obj, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT,
-                                                  H5P_DEFAULT), H5Aclose));
+  ASSIGN_OR_RETURN(
+      HdfId space,
+      HDF5_ID(scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &n, nullptr), H5Sclose));
+  ASSIGN_OR_RETURN(HdfId attr, HDF5_ID(H5Acreate2(obj, name, H5T_STD_I64LE, space.get(),
+                                                  H5P_DEFAULT, H5P_DEFAULT),
+                                       H5Aclose));
   // An empty shape (a scalar tensor) has nothing to write.
   if (!values.empty()) HDF5_CHECK(H5Awrite(attr.get(), H5T_NATIVE_INT64, values.data()));
   return attr.close();
@@ -49,8 +51,9 @@ base::StatusOr<HdfId> string_type() {
 base::Status write_string_attr(hid_t obj, const char* name, const std::string& value) {
   ASSIGN_OR_RETURN(HdfId type, string_type());
   ASSIGN_OR_RETURN(HdfId space, HDF5_ID(H5Screate(H5S_SCALAR), H5Sclose));
-  ASSIGN_OR_RETURN(HdfId attr, HDF5_ID(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT,
-                                                  H5P_DEFAULT), H5Aclose));
+  ASSIGN_OR_RETURN(
+      HdfId attr,
+      HDF5_ID(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose));
   char buf[kDtypeChars] = {};
   value.copy(buf, kDtypeChars);
   HDF5_CHECK(H5Awrite(attr.get(), type.get(), buf));
@@ -74,7 +77,8 @@ herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* out) {
   return 0;
 }
 
-base::StatusOr<DatasetSpec> read_dataset(hid_t group, const std::string& kind, const std::string& name) {
+base::StatusOr<DatasetSpec> read_dataset(hid_t group, const std::string& kind,
+                                         const std::string& name) {
   DatasetSpec s;
   s.kind = kind;
   s.name = name;
@@ -84,10 +88,12 @@ base::StatusOr<DatasetSpec> read_dataset(hid_t group, const std::string& kind, c
   HDF5_CHECK(n);
   s.numel = n;
   const haddr_t at = H5Dget_offset(ds.get());
-  if (at == HADDR_UNDEF) return hdf5_error("H5Dget_offset (dataset not contiguous or unallocated)", __FILE__, __LINE__);
+  if (at == HADDR_UNDEF)
+    return hdf5_error("H5Dget_offset (dataset not contiguous or unallocated)", __FILE__, __LINE__);
   s.byte_offset = static_cast<int64_t>(at);
   ASSIGN_OR_RETURN(std::vector<int64_t> offset, read_int64_attr(ds.get(), "offset"));
-  if (offset.size() != 1) return base::Status::BadInput(dataset_path(kind, name) + ": bad offset attribute");
+  if (offset.size() != 1)
+    return base::Status::BadInput(dataset_path(kind, name) + ": bad offset attribute");
   s.offset = offset[0];
   ASSIGN_OR_RETURN(s.full_shape, read_int64_attr(ds.get(), "full_shape"));
   ASSIGN_OR_RETURN(s.dtype, read_string_attr(ds.get(), "dtype"));
@@ -112,14 +118,16 @@ base::Status create_rank_file(const std::string& path, std::vector<DatasetSpec>&
   // direct I/O; smaller ones are not worth the padding.
   ASSIGN_OR_RETURN(HdfId fapl, HDF5_ID(H5Pcreate(H5P_FILE_ACCESS), H5Pclose));
   HDF5_CHECK(H5Pset_alignment(fapl.get(), kAlignThreshold, kDirectIoAlignment));
-  ASSIGN_OR_RETURN(HdfId file, HDF5_ID(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
-                                       H5Fclose));
+  ASSIGN_OR_RETURN(
+      HdfId file,
+      HDF5_ID(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose));
   for (const char* kind : kKinds) {
     bool used = false;
     for (const DatasetSpec& s : specs) used = used || s.kind == kind;
     if (!used) continue;
-    ASSIGN_OR_RETURN(HdfId g, HDF5_ID(H5Gcreate2(file.get(), kind, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-                                      H5Gclose));
+    ASSIGN_OR_RETURN(
+        HdfId g,
+        HDF5_ID(H5Gcreate2(file.get(), kind, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose));
   }
   ASSIGN_OR_RETURN(HdfId dcpl, HDF5_ID(H5Pcreate(H5P_DATASET_CREATE), H5Pclose));
   HDF5_CHECK(H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS));
@@ -130,9 +138,10 @@ base::Status create_rank_file(const std::string& path, std::vector<DatasetSpec>&
     const hsize_t n = static_cast<hsize_t>(s.numel);
     ASSIGN_OR_RETURN(HdfId space, HDF5_ID(H5Screate_simple(1, &n, nullptr), H5Sclose));
     const std::string ds_path = dataset_path(s.kind, s.name);
-    ASSIGN_OR_RETURN(HdfId ds, HDF5_ID(H5Dcreate2(file.get(), ds_path.c_str(), file_type(s.dtype),
-                                                  space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
-                                       H5Dclose));
+    ASSIGN_OR_RETURN(
+        HdfId ds, HDF5_ID(H5Dcreate2(file.get(), ds_path.c_str(), file_type(s.dtype), space.get(),
+                                     H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                          H5Dclose));
     RETURN_IF_ERROR(write_int64_attr(ds.get(), "offset", {s.offset}, /*scalar=*/true));
     RETURN_IF_ERROR(write_int64_attr(ds.get(), "full_shape", s.full_shape, /*scalar=*/false));
     RETURN_IF_ERROR(write_string_attr(ds.get(), "dtype", s.dtype));
@@ -145,7 +154,8 @@ base::Status create_rank_file(const std::string& path, std::vector<DatasetSpec>&
 
 base::StatusOr<std::vector<DatasetSpec>> read_rank_file(const std::string& path) {
   hdf5_quiet();
-  ASSIGN_OR_RETURN(HdfId file, HDF5_ID(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose));
+  ASSIGN_OR_RETURN(HdfId file,
+                   HDF5_ID(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose));
   std::vector<DatasetSpec> out;
   for (const char* kind : kKinds) {
     const htri_t exists = H5Lexists(file.get(), kind, H5P_DEFAULT);

@@ -12,13 +12,13 @@
 namespace dstrain::runtime::checkpoint {
 
 struct DatasetSpec {
-  std::string kind;                 // "param" | "exp_avg" | "exp_avg_sq"
-  std::string name;                 // tensor name
-  std::string dtype;                // fp32 | bf16 | fp16
+  std::string kind;   // "param" | "exp_avg" | "exp_avg_sq"
+  std::string name;   // tensor name
+  std::string dtype;  // fp32 | bf16 | fp16
   int64_t numel = 0;
   int64_t offset = 0;
   std::vector<int64_t> full_shape;
-  int64_t byte_offset = 0;          // filled by create_rank_file / read_rank_file
+  int64_t byte_offset = 0;  // filled by create_rank_file / read_rank_file
 };
 
 std::string dataset_path(const std::string& kind, const std::string& name);

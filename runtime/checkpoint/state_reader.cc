@@ -61,7 +61,8 @@ class Destination {
 
   void convert(int64_t first, const char* src, int64_t count) {
     copy.dst.narrow(0, first, count)
-        .copy_(at::from_blob(const_cast<char*>(src), {count}, at::TensorOptions().dtype(copy.stored)));
+        .copy_(
+            at::from_blob(const_cast<char*>(src), {count}, at::TensorOptions().dtype(copy.stored)));
   }
 };
 
@@ -101,16 +102,19 @@ at::ScalarType stored_scalar_type(const std::string& dtype) {
   return at::kFloat;
 }
 
-base::StatusOr<std::vector<SliceCopy>> plan_state_reads(const std::string& dir, const CheckpointIndex& index,
-                                                        const std::vector<sharding::StateSlice>& slices) {
+base::StatusOr<std::vector<SliceCopy>> plan_state_reads(
+    const std::string& dir, const CheckpointIndex& index,
+    const std::vector<sharding::StateSlice>& slices) {
   std::map<std::string, int> file_of;
-  for (size_t i = 0; i < index.files.size(); ++i) file_of[index.files[i].name] = static_cast<int>(i);
+  for (size_t i = 0; i < index.files.size(); ++i)
+    file_of[index.files[i].name] = static_cast<int>(i);
   std::vector<SliceCopy> copies;
   for (const sharding::StateSlice& s : slices) {
     const std::string kind = sharding::state_kind_name(s.kind);
     const TensorEntry* t = find_tensor(index, kind, s.name);
     if (t == nullptr) {
-      return base::Status::BadInput(dir + ": has no " + kind + " of " + s.name + " (saved from a different model?)");
+      return base::Status::BadInput(dir + ": has no " + kind + " of " + s.name +
+                                    " (saved from a different model?)");
     }
     if (t->shape != s.full_shape) {
       return base::Status::BadInput(dir + ": " + kind + "/" + s.name + " has shape " +
@@ -133,8 +137,10 @@ base::StatusOr<std::vector<SliceCopy>> plan_state_reads(const std::string& dir, 
 StateReader::StateReader() = default;
 StateReader::~StateReader() = default;
 
-base::StatusOr<std::unique_ptr<StateReader>> StateReader::open(const std::string& dir, const CheckpointIndex& index,
-                                                               std::vector<SliceCopy> copies, int64_t budget_bytes) {
+base::StatusOr<std::unique_ptr<StateReader>> StateReader::open(const std::string& dir,
+                                                               const CheckpointIndex& index,
+                                                               std::vector<SliceCopy> copies,
+                                                               int64_t budget_bytes) {
   std::sort(copies.begin(), copies.end(), [](const SliceCopy& a, const SliceCopy& b) {
     return a.file != b.file ? a.file < b.file : a.byte_offset < b.byte_offset;
   });
@@ -167,7 +173,8 @@ base::StatusOr<ReadStats> StateReader::read(bool* touched) {
     };
     while (next < dests_.size() && before(dests_[next].copy)) ++next;
     try {
-      for (size_t i = next; i < dests_.size() && dests_[i].copy.file == w.file && dests_[i].copy.byte_offset < end;
+      for (size_t i = next;
+           i < dests_.size() && dests_[i].copy.file == w.file && dests_[i].copy.byte_offset < end;
            ++i) {
         Destination& d = dests_[i];
         const int64_t a = std::max(w.offset, d.copy.byte_offset);
@@ -177,7 +184,8 @@ base::StatusOr<ReadStats> StateReader::read(bool* touched) {
         d.put(a - d.copy.byte_offset, w.data + (a - w.offset), b - a);
       }
     } catch (const std::exception& e) {
-      return base::Status::Internal(std::string("copying checkpoint bytes into the state: ") + e.what());
+      return base::Status::Internal(std::string("copying checkpoint bytes into the state: ") +
+                                    e.what());
     }
     return base::Status::Ok();
   };

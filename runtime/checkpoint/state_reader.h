@@ -23,18 +23,19 @@ at::ScalarType stored_scalar_type(const std::string& dtype);
 
 // Part of one piece going to part of one slice.
 struct SliceCopy {
-  int file = 0;              // index into CheckpointIndex::files
-  int64_t byte_offset = 0;   // in the file
+  int file = 0;             // index into CheckpointIndex::files
+  int64_t byte_offset = 0;  // in the file
   int64_t bytes = 0;
   at::ScalarType stored = at::kFloat;
-  at::Tensor dst;            // 1-D: the elements these bytes become
+  at::Tensor dst;  // 1-D: the elements these bytes become
 };
 
 // The copies that fill `slices` from the checkpoint `index` describes (read from `dir`);
 // kBadInput naming the tensor when the checkpoint lacks one or has another shape (a different
 // model). Touches no file.
-base::StatusOr<std::vector<SliceCopy>> plan_state_reads(const std::string& dir, const CheckpointIndex& index,
-                                                        const std::vector<sharding::StateSlice>& slices);
+base::StatusOr<std::vector<SliceCopy>> plan_state_reads(
+    const std::string& dir, const CheckpointIndex& index,
+    const std::vector<sharding::StateSlice>& slices);
 
 class Destination;  // a copy in progress (state_reader.cc)
 class ReadBuffers;  // the two read slots (state_reader.cc)
@@ -45,8 +46,10 @@ class StateReader {
  public:
   // Opens the files the copies need and checks their sizes (kBadInput naming a missing or short
   // one), and allocates `budget_bytes` of read buffers (pinned when a destination is on CUDA).
-  static base::StatusOr<std::unique_ptr<StateReader>> open(const std::string& dir, const CheckpointIndex& index,
-                                                           std::vector<SliceCopy> copies, int64_t budget_bytes);
+  static base::StatusOr<std::unique_ptr<StateReader>> open(const std::string& dir,
+                                                           const CheckpointIndex& index,
+                                                           std::vector<SliceCopy> copies,
+                                                           int64_t budget_bytes);
   ~StateReader();
   StateReader(const StateReader&) = delete;
   StateReader& operator=(const StateReader&) = delete;

@@ -12,8 +12,8 @@ namespace {
 // Python's str.isspace(): Jinja's `trim` filter (Llama 3's template) is str.strip().
 bool is_python_space(uint32_t c) {
   return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
-         c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 ||
-         c == 0x202f || c == 0x205f || c == 0x3000;
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f ||
+         c == 0x205f || c == 0x3000;
 }
 
 // Length of the UTF-8 sequence led by byte `b` (input is validated UTF-8).
@@ -50,9 +50,12 @@ std::string python_strip(std::string_view s) {
 
 const char* role_name(ChatRole role) {
   switch (role) {
-    case ChatRole::kSystem: return "system";
-    case ChatRole::kUser: return "user";
-    case ChatRole::kAssistant: return "assistant";
+    case ChatRole::kSystem:
+      return "system";
+    case ChatRole::kUser:
+      return "user";
+    case ChatRole::kAssistant:
+      return "assistant";
   }
   return "user";
 }
@@ -69,8 +72,9 @@ base::StatusOr<std::string> string_field(const nlohmann::json& object, const cha
     return bad_line(file, line, where_prefix + "field \"" + key + "\" is missing");
   }
   if (!it->is_string()) {
-    return bad_line(file, line, where_prefix + "field \"" + key + "\" is " + it->type_name() +
-                                    ", expected a string");
+    return bad_line(
+        file, line,
+        where_prefix + "field \"" + key + "\" is " + it->type_name() + ", expected a string");
   }
   return it->get<std::string>();
 }
@@ -78,8 +82,9 @@ base::StatusOr<std::string> string_field(const nlohmann::json& object, const cha
 base::StatusOr<std::vector<ChatMessage>> parse_messages(const nlohmann::json& list,
                                                         const std::string& file, int64_t line) {
   if (!list.is_array()) {
-    return bad_line(file, line, std::string("field \"messages\" is ") + list.type_name() +
-                                    ", expected an array");
+    return bad_line(
+        file, line,
+        std::string("field \"messages\" is ") + list.type_name() + ", expected an array");
   }
   std::vector<ChatMessage> out;
   for (size_t i = 0; i < list.size(); ++i) {
@@ -97,8 +102,9 @@ base::StatusOr<std::vector<ChatMessage>> parse_messages(const nlohmann::json& li
     } else if (role == "assistant") {
       m.role = ChatRole::kAssistant;
     } else {
-      return bad_line(file, line, where + "role \"" + role +
-                                      "\" is not one of \"system\", \"user\", \"assistant\"");
+      return bad_line(
+          file, line,
+          where + "role \"" + role + "\" is not one of \"system\", \"user\", \"assistant\"");
     }
     m.content = std::move(content);
     out.push_back(std::move(m));
@@ -148,7 +154,10 @@ void render_chatml(const std::vector<ChatMessage>& messages, std::vector<ChatSeg
 }
 
 void render_deepseek(const std::vector<ChatMessage>& messages, std::vector<ChatSegment>& out) {
-  add(out, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", true, false);
+  add(out,
+      "<\xef\xbd\x9c"
+      "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+      true, false);
   for (const ChatMessage& m : messages) {
     switch (m.role) {
       case ChatRole::kSystem:
@@ -160,7 +169,10 @@ void render_deepseek(const std::vector<ChatMessage>& messages, std::vector<ChatS
       case ChatRole::kAssistant:
         add(out, "Assistant: ", false, false);
         add(out, m.content, false, true);
-        add(out, "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", true, true);
+        add(out,
+            "<\xef\xbd\x9c"
+            "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+            true, true);
         break;
     }
   }
@@ -224,7 +236,8 @@ base::StatusOr<std::vector<ChatMessage>> parse_chat_record(const std::string& li
   if (!record.is_object()) {
     return bad_line(file, line_no,
                     "expected a JSON object with \"messages\" or \"prompt\" and \"completion\", "
-                    "got " + std::string(record.type_name()));
+                    "got " +
+                        std::string(record.type_name()));
   }
   std::vector<ChatMessage> messages;
   auto list = record.find("messages");
@@ -232,8 +245,7 @@ base::StatusOr<std::vector<ChatMessage>> parse_chat_record(const std::string& li
     ASSIGN_OR_RETURN(messages, parse_messages(*list, file, line_no));
   } else {
     ASSIGN_OR_RETURN(std::string prompt, string_field(record, "prompt", "", file, line_no));
-    ASSIGN_OR_RETURN(std::string completion,
-                     string_field(record, "completion", "", file, line_no));
+    ASSIGN_OR_RETURN(std::string completion, string_field(record, "completion", "", file, line_no));
     messages.push_back({ChatRole::kUser, std::move(prompt)});
     messages.push_back({ChatRole::kAssistant, std::move(completion)});
   }
@@ -250,9 +262,15 @@ std::vector<ChatSegment> render_chat(ChatFormat format, const std::vector<ChatMe
   std::vector<ChatSegment> out;
   if (messages.empty()) return out;
   switch (format) {
-    case ChatFormat::kLlama3: render_llama3(messages, out); break;
-    case ChatFormat::kChatml: render_chatml(messages, out); break;
-    case ChatFormat::kDeepseek: render_deepseek(messages, out); break;
+    case ChatFormat::kLlama3:
+      render_llama3(messages, out);
+      break;
+    case ChatFormat::kChatml:
+      render_chatml(messages, out);
+      break;
+    case ChatFormat::kDeepseek:
+      render_deepseek(messages, out);
+      break;
   }
   return out;
 }

@@ -98,7 +98,8 @@ base::Status Dataset::index_samples() {
   if (options_.packing) {
     std::vector<PackPiece> pieces;
     for (int64_t d = 0; d < num_units; ++d) {
-      if (wanted(d)) document_pieces(file_.doc_begin(d), file_.doc_end(d), options_.seq_len, pieces);
+      if (wanted(d))
+        document_pieces(file_.doc_begin(d), file_.doc_end(d), options_.seq_len, pieces);
     }
     packed_ = pack_pieces(pieces, options_.seq_len);
     num_samples_ = packed_.num_sequences();
@@ -143,8 +144,8 @@ int64_t Dataset::fill(int64_t index, int64_t* inputs, int64_t* targets) const {
   return count;
 }
 
-int64_t Dataset::fill_packed(int64_t index, int64_t* inputs, int64_t* targets,
-                             int64_t* positions, int64_t* segments) const {
+int64_t Dataset::fill_packed(int64_t index, int64_t* inputs, int64_t* targets, int64_t* positions,
+                             int64_t* segments) const {
   const int64_t first = packed_.offsets[static_cast<size_t>(index)];
   const int64_t last = packed_.offsets[static_cast<size_t>(index) + 1];
   int64_t slot = 0;

@@ -16,32 +16,30 @@ struct Forms {
 };
 
 constexpr Forms kAnimals[] = {
-    {"fox", "foxes"},       {"dog", "dogs"},         {"cat", "cats"},
-    {"bird", "birds"},      {"horse", "horses"},     {"mouse", "mice"},
-    {"wolf", "wolves"},     {"rabbit", "rabbits"},   {"bear", "bears"},
-    {"goose", "geese"},     {"child", "children"},   {"farmer", "farmers"},
-    {"teacher", "teachers"}, {"king", "kings"},      {"queen", "queens"},
-    {"girl", "girls"},      {"boy", "boys"},         {"baker", "bakers"},
-    {"sailor", "sailors"},  {"doctor", "doctors"},   {"painter", "painters"},
-    {"hunter", "hunters"},  {"owl", "owls"},         {"frog", "frogs"},
+    {"fox", "foxes"},        {"dog", "dogs"},       {"cat", "cats"},       {"bird", "birds"},
+    {"horse", "horses"},     {"mouse", "mice"},     {"wolf", "wolves"},    {"rabbit", "rabbits"},
+    {"bear", "bears"},       {"goose", "geese"},    {"child", "children"}, {"farmer", "farmers"},
+    {"teacher", "teachers"}, {"king", "kings"},     {"queen", "queens"},   {"girl", "girls"},
+    {"boy", "boys"},         {"baker", "bakers"},   {"sailor", "sailors"}, {"doctor", "doctors"},
+    {"painter", "painters"}, {"hunter", "hunters"}, {"owl", "owls"},       {"frog", "frogs"},
 };
 constexpr Forms kThings[] = {
-    {"apple", "apples"},  {"ball", "balls"},     {"book", "books"},   {"box", "boxes"},
-    {"stone", "stones"},  {"letter", "letters"}, {"basket", "baskets"}, {"lamp", "lamps"},
-    {"cake", "cakes"},    {"key", "keys"},       {"hat", "hats"},     {"song", "songs"},
-    {"flower", "flowers"}, {"coin", "coins"},    {"map", "maps"},     {"bell", "bells"},
+    {"apple", "apples"},   {"ball", "balls"},     {"book", "books"},     {"box", "boxes"},
+    {"stone", "stones"},   {"letter", "letters"}, {"basket", "baskets"}, {"lamp", "lamps"},
+    {"cake", "cakes"},     {"key", "keys"},       {"hat", "hats"},       {"song", "songs"},
+    {"flower", "flowers"}, {"coin", "coins"},     {"map", "maps"},       {"bell", "bells"},
 };
 constexpr Forms kIntransitive[] = {
-    {"jumps", "jump"}, {"runs", "run"},     {"sleeps", "sleep"},   {"sings", "sing"},
-    {"waits", "wait"}, {"laughs", "laugh"}, {"walks", "walk"},     {"swims", "swim"},
-    {"dances", "dance"}, {"rests", "rest"}, {"plays", "play"},     {"hides", "hide"},
-    {"sits", "sit"},   {"works", "work"},   {"dreams", "dream"},   {"wanders", "wander"},
+    {"jumps", "jump"},   {"runs", "run"},     {"sleeps", "sleep"}, {"sings", "sing"},
+    {"waits", "wait"},   {"laughs", "laugh"}, {"walks", "walk"},   {"swims", "swim"},
+    {"dances", "dance"}, {"rests", "rest"},   {"plays", "play"},   {"hides", "hide"},
+    {"sits", "sit"},     {"works", "work"},   {"dreams", "dream"}, {"wanders", "wander"},
 };
 constexpr Forms kTransitive[] = {
-    {"sees", "see"},     {"likes", "like"},       {"follows", "follow"}, {"chases", "chase"},
-    {"finds", "find"},   {"helps", "help"},       {"watches", "watch"},  {"carries", "carry"},
-    {"feeds", "feed"},   {"meets", "meet"},       {"loves", "love"},     {"calls", "call"},
-    {"visits", "visit"}, {"remembers", "remember"}, {"greets", "greet"}, {"hears", "hear"},
+    {"sees", "see"},     {"likes", "like"},         {"follows", "follow"}, {"chases", "chase"},
+    {"finds", "find"},   {"helps", "help"},         {"watches", "watch"},  {"carries", "carry"},
+    {"feeds", "feed"},   {"meets", "meet"},         {"loves", "love"},     {"calls", "call"},
+    {"visits", "visit"}, {"remembers", "remember"}, {"greets", "greet"},   {"hears", "hear"},
 };
 constexpr Forms kCopula = {"is", "are"};
 constexpr Forms kDo = {"does", "do"};
@@ -53,17 +51,16 @@ constexpr const char* kAdjectives[] = {
     "proud", "shy",   "wise",   "calm",  "little", "bright", "sleepy", "kind",
 };
 constexpr const char* kSingularDeterminers[] = {"the", "the", "a", "every", "this", "that"};
-constexpr const char* kPluralDeterminers[] = {"the", "the", "some", "two", "three", "many",
-                                               "these", "those"};
-constexpr const char* kPrepositions[] = {"over", "under", "near", "behind", "beside",
-                                         "across", "around", "past"};
-constexpr const char* kPlaces[] = {"river", "hill",  "house", "bridge", "garden", "forest",
-                                   "road",  "field", "market", "lake",  "wall",   "tree"};
+constexpr const char* kPluralDeterminers[] = {"the",   "the",  "some",  "two",
+                                              "three", "many", "these", "those"};
+constexpr const char* kPrepositions[] = {"over",   "under",  "near",   "behind",
+                                         "beside", "across", "around", "past"};
+constexpr const char* kPlaces[] = {"river", "hill",  "house",  "bridge", "garden", "forest",
+                                   "road",  "field", "market", "lake",   "wall",   "tree"};
 constexpr const char* kAdverbs[] = {"quickly", "slowly", "quietly", "happily", "often",
                                     "again",   "today",  "softly",  "alone",   "together"};
-constexpr const char* kTimes[] = {"in the morning", "at night",    "every day",
-                                  "after the rain", "before dawn", "in winter",
-                                  "on sunday",      "at noon"};
+constexpr const char* kTimes[] = {"in the morning", "at night",  "every day", "after the rain",
+                                  "before dawn",    "in winter", "on sunday", "at noon"};
 constexpr const char* kConjunctions[] = {"because", "while", "when"};
 
 class Rng {
@@ -90,13 +87,21 @@ class SentenceMaker {
     std::string s;
     switch (rng_.below(7)) {
       case 0:
-      case 1: s = intransitive_clause() + end_modifier(); break;
-      case 2:
-      case 3: s = transitive_clause() + end_modifier(); break;
-      case 4: s = std::string(rng_.pick(kTimes)) + ", " + transitive_clause(); break;
-      case 5: s = transitive_clause() + " " + rng_.pick(kConjunctions) + " " + copula_clause();
+      case 1:
+        s = intransitive_clause() + end_modifier();
         break;
-      default: return capitalise(question()) + "?";
+      case 2:
+      case 3:
+        s = transitive_clause() + end_modifier();
+        break;
+      case 4:
+        s = std::string(rng_.pick(kTimes)) + ", " + transitive_clause();
+        break;
+      case 5:
+        s = transitive_clause() + " " + rng_.pick(kConjunctions) + " " + copula_clause();
+        break;
+      default:
+        return capitalise(question()) + "?";
     }
     return capitalise(s) + (rng_.chance(8) ? "!" : ".");
   }
@@ -116,9 +121,7 @@ class SentenceMaker {
     if (!adjective.empty()) out += std::string(" ") + (*plural ? noun.many : noun.one);
     return out;
   }
-  static bool is_vowel(char c) {
-    return c == 'a' || c == 'e' || c == 'i' || c == 'o' || c == 'u';
-  }
+  static bool is_vowel(char c) { return c == 'a' || c == 'e' || c == 'i' || c == 'o' || c == 'u'; }
   static const char* verb(const Forms& forms, bool plural) {
     return plural ? forms.many : forms.one;
   }
@@ -133,8 +136,8 @@ class SentenceMaker {
     bool object_plural;
     std::string subject = phrase(kAnimals, &plural);
     const char* v = verb(rng_.pick(kTransitive), plural);
-    std::string object = rng_.chance(50) ? phrase(kAnimals, &object_plural)
-                                         : phrase(kThings, &object_plural);
+    std::string object =
+        rng_.chance(50) ? phrase(kAnimals, &object_plural) : phrase(kThings, &object_plural);
     return subject + " " + v + " " + object;
   }
   std::string copula_clause() {
@@ -148,10 +151,14 @@ class SentenceMaker {
   }
   std::string end_modifier() {
     switch (rng_.below(4)) {
-      case 0: return std::string(" ") + rng_.pick(kPrepositions) + " the " + rng_.pick(kPlaces);
-      case 1: return std::string(" ") + rng_.pick(kAdverbs);
-      case 2: return std::string(" ") + rng_.pick(kTimes);
-      default: return "";
+      case 0:
+        return std::string(" ") + rng_.pick(kPrepositions) + " the " + rng_.pick(kPlaces);
+      case 1:
+        return std::string(" ") + rng_.pick(kAdverbs);
+      case 2:
+        return std::string(" ") + rng_.pick(kTimes);
+      default:
+        return "";
     }
   }
   std::string question() {
@@ -197,8 +204,8 @@ base::StatusOr<TokenFile> make_demo_token_file(int64_t num_bytes, uint64_t seed)
   byte_encode(make_demo_corpus(num_bytes, seed), tokens);
   tokens.push_back(kByteEos);
   std::vector<uint64_t> offsets{0, tokens.size()};
-  return TokenFile::from_tokens(tokens, kByteVocabSize, "demo corpus (seed " +
-                                std::to_string(seed) + ")", offsets);
+  return TokenFile::from_tokens(tokens, kByteVocabSize,
+                                "demo corpus (seed " + std::to_string(seed) + ")", offsets);
 }
 
 }  // namespace dstrain::runtime

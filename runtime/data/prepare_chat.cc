@@ -5,9 +5,12 @@ namespace {
 
 const char* format_key(ChatFormat format) {
   switch (format) {
-    case ChatFormat::kLlama3: return "chat-llama3";
-    case ChatFormat::kChatml: return "chat-chatml";
-    case ChatFormat::kDeepseek: return "chat-deepseek";
+    case ChatFormat::kLlama3:
+      return "chat-llama3";
+    case ChatFormat::kChatml:
+      return "chat-chatml";
+    case ChatFormat::kDeepseek:
+      return "chat-deepseek";
   }
   return "chat";
 }

@@ -30,8 +30,8 @@ base::Status check_shape(const char* count_key, int64_t count, int64_t micro_bat
                          int64_t world_size, int64_t rank) {
   if (count < 1 || micro_batch < 1) {
     return base::Status::InvalidArgument(std::string(count_key) + " (" + std::to_string(count) +
-                                         ") and train.micro_batch (" +
-                                         std::to_string(micro_batch) + ") must be positive");
+                                         ") and train.micro_batch (" + std::to_string(micro_batch) +
+                                         ") must be positive");
   }
   if (world_size < 1 || rank < 0 || rank >= world_size) {
     return base::Status::InvalidArgument("rank " + std::to_string(rank) +

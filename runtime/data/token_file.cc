@@ -131,8 +131,8 @@ base::StatusOr<TokenFile> TokenFile::validate(TokenFile file) {
       uint64_t cur = read_u64(offsets + 8 * d);
       if (cur < prev || cur > h.num_tokens) {
         return bad("doc_offsets[" + std::to_string(d) + "] = " + std::to_string(cur) +
-                   " is out of order or range (previous " + std::to_string(prev) +
-                   ", num_tokens " + std::to_string(h.num_tokens) + ")");
+                   " is out of order or range (previous " + std::to_string(prev) + ", num_tokens " +
+                   std::to_string(h.num_tokens) + ")");
       }
       prev = cur;
     }

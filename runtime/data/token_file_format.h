@@ -27,7 +27,7 @@ struct TokenFileHeader {
   uint32_t token_bytes = 2;  // 2: uint16 tokens, 4: uint32 tokens
   uint64_t vocab_size = 0;   // every token id is < vocab_size
   uint64_t num_tokens = 0;
-  uint64_t num_docs = 0;     // 0: a plain stream without document offsets
+  uint64_t num_docs = 0;  // 0: a plain stream without document offsets
   uint64_t flags = 0;
 
   bool has_mask() const { return (flags & kDstokFlagMask) != 0; }

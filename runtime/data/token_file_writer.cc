@@ -21,8 +21,7 @@ std::string parent_dir(const std::string& path) {
 
 }  // namespace
 
-base::StatusOr<TokenFileWriter> TokenFileWriter::create(const std::string& path,
-                                                        Options options) {
+base::StatusOr<TokenFileWriter> TokenFileWriter::create(const std::string& path, Options options) {
   if (options.vocab_size == 0) {
     return base::Status::InvalidArgument(path + ": vocab_size must be positive");
   }
@@ -138,8 +137,8 @@ base::Status TokenFileWriter::finish() {
 
   RETURN_IF_ERROR(write_all(fd_.get(), buffer_.data(), buffer_.size(), tmp_path_));
   buffer_.clear();
-  RETURN_IF_ERROR(write_all(fd_.get(), doc_offsets_.data(), doc_offsets_.size() * sizeof(uint64_t),
-                            tmp_path_));
+  RETURN_IF_ERROR(
+      write_all(fd_.get(), doc_offsets_.data(), doc_offsets_.size() * sizeof(uint64_t), tmp_path_));
   RETURN_IF_ERROR(write_all(fd_.get(), mask_.data(), mask_.size(), tmp_path_));
   auto encoded = encode_header(header);
   RETURN_IF_ERROR(pwrite_all(fd_.get(), encoded.data(), encoded.size(), 0, tmp_path_));

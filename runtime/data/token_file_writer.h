@@ -53,8 +53,8 @@ class TokenFileWriter {
   uint32_t token_bytes_;
   uint64_t num_tokens_ = 0;
   int64_t num_docs_ = 0;
-  std::vector<uint8_t> buffer_;         // pending token bytes, flushed when large
-  std::vector<uint64_t> doc_offsets_;   // start of each document, then the end at finish()
+  std::vector<uint8_t> buffer_;        // pending token bytes, flushed when large
+  std::vector<uint64_t> doc_offsets_;  // start of each document, then the end at finish()
   std::vector<uint8_t> mask_;
   bool spent_ = false;
 };

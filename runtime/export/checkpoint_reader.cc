@@ -35,8 +35,9 @@ base::StatusOr<std::string> resolve_checkpoint_dir(const std::string& path) {
     ASSIGN_OR_RETURN(std::optional<std::string> latest, checkpoint::read_latest(root));
     if (latest.has_value()) return root + "/" + *latest;
   }
-  return base::Status::BadInput(path + ": not a checkpoint (no index.json) nor a run or "
-                                       "checkpoints directory with a `latest` file");
+  return base::Status::BadInput(path +
+                                ": not a checkpoint (no index.json) nor a run or "
+                                "checkpoints directory with a `latest` file");
 }
 
 base::StatusOr<CheckpointReader> CheckpointReader::open(const std::string& dir) {
@@ -83,7 +84,8 @@ base::StatusOr<std::vector<float>> CheckpointReader::read_fp32(const std::string
                                                                const std::string& kind) const {
   const checkpoint::TensorEntry* t = find(name, kind);
   if (t == nullptr) {
-    return base::Status::BadInput(dir_ + "/" + checkpoint::kIndexFile + ": has no " + kind + " " + name);
+    return base::Status::BadInput(dir_ + "/" + checkpoint::kIndexFile + ": has no " + kind + " " +
+                                  name);
   }
   std::vector<float> out(static_cast<size_t>(shape_numel(t->shape)));
   std::vector<uint16_t> narrow;

@@ -52,7 +52,8 @@ base::StatusOr<json> hf_config_json(const base::ModelConfig& m, const json& base
     json j = base;
     // transformers >= 5 writes "dtype"; older versions, and vLLM, read "torch_dtype".
     if (j.contains("dtype")) j["dtype"] = torch_dtype_name(dtype);
-    if (j.contains("torch_dtype") || !j.contains("dtype")) j["torch_dtype"] = torch_dtype_name(dtype);
+    if (j.contains("torch_dtype") || !j.contains("dtype"))
+      j["torch_dtype"] = torch_dtype_name(dtype);
     return j;
   }
   json j = {{"model_type", m.architecture},

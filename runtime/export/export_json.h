@@ -18,8 +18,7 @@ std::string torch_dtype_name(const std::string& dtype);
 // every field that shapes the model. A model the architecture's class cannot express (Qwen2
 // without q/k/v biases, Mistral with biases, ...) is kInvalidArgument naming the model keys.
 base::StatusOr<nlohmann::json> hf_config_json(const base::ModelConfig& model,
-                                              const nlohmann::json& base,
-                                              const std::string& dtype);
+                                              const nlohmann::json& base, const std::string& dtype);
 
 // adapter_config.json in PEFT's layout for `modules` (HF module names, e.g. "q_proj").
 nlohmann::json adapter_config_json(const base::LoraConfig& lora,

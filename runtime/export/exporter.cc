@@ -28,9 +28,9 @@ using nlohmann::json;
 // Tokenizer and generation files of a Hugging Face model directory, copied from model.hf_dir
 // when present so the export loads with AutoTokenizer as the base did.
 constexpr const char* kCopiedBaseFiles[] = {
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "generation_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-    "chat_template.jinja"};
+    "tokenizer.json",  "tokenizer_config.json",  "special_tokens_map.json",
+    "tokenizer.model", "generation_config.json", "vocab.json",
+    "merges.txt",      "added_tokens.json",      "chat_template.jinja"};
 
 std::string safetensors_dtype(const std::string& dtype) {
   if (dtype == "bf16") return "BF16";
@@ -96,8 +96,9 @@ std::string canonical(const std::string& path) {
 }
 
 bool is_within(const std::string& inner, const std::string& outer) {
-  return inner == outer || (inner.size() > outer.size() && inner.compare(0, outer.size(), outer) == 0 &&
-                            inner[outer.size()] == '/');
+  return inner == outer ||
+         (inner.size() > outer.size() && inner.compare(0, outer.size(), outer) == 0 &&
+          inner[outer.size()] == '/');
 }
 
 // Copies the base's tokenizer and generation files that exist into `dir`.
@@ -131,8 +132,8 @@ class WeightSource {
     const PlannedAdapter& a = *it->second;
     ASSIGN_OR_RETURN(const std::vector<float> la, reader_.read_fp32(a.a.name));
     ASSIGN_OR_RETURN(const std::vector<float> lb, reader_.read_fp32(a.b.name));
-    RETURN_IF_ERROR(merge_lora(w.data(), la.data(), lb.data(), t.shape[0], t.shape[1],
-                               a.a.shape[0], plan_.lora_scale));
+    RETURN_IF_ERROR(merge_lora(w.data(), la.data(), lb.data(), t.shape[0], t.shape[1], a.a.shape[0],
+                               plan_.lora_scale));
     return w;
   }
 
@@ -143,8 +144,8 @@ class WeightSource {
 };
 
 base::Status write_hf(const CheckpointReader& reader, const base::Config& cfg,
-                      const ModelPlan& plan, const ExportOptions& options,
-                      const std::string& dtype, const std::string& dir, ExportSummary& summary) {
+                      const ModelPlan& plan, const ExportOptions& options, const std::string& dtype,
+                      const std::string& dir, ExportSummary& summary) {
   json base_config;  // null unless the run started from a Hugging Face checkpoint
   if (!plan.model.hf_dir.empty()) {
     ASSIGN_OR_RETURN(base_config, hf::read_config_json(plan.model.hf_dir));
@@ -205,8 +206,8 @@ base::Status write_peft(const CheckpointReader& reader, const base::Config& cfg,
   }
   RETURN_IF_ERROR(write_tensors(dir + "/adapter_model.safetensors", encoded, dtype));
   summary.files.push_back("adapter_model.safetensors");
-  RETURN_IF_ERROR(
-      write_json(dir + "/adapter_config.json", adapter_config_json(cfg.lora, modules, cfg.model.hf_dir)));
+  RETURN_IF_ERROR(write_json(dir + "/adapter_config.json",
+                             adapter_config_json(cfg.lora, modules, cfg.model.hf_dir)));
   summary.files.push_back("adapter_config.json");
   return copy_base_files(cfg.model.hf_dir, dir, summary);
 }
@@ -235,7 +236,8 @@ base::Status check_output_dir(const std::string& out_dir, bool force) {
   }
   DIR* d = ::opendir(out_dir.c_str());
   if (d == nullptr) {
-    return base::Status::InvalidArgument("--out " + out_dir + ": cannot list: " + std::strerror(errno));
+    return base::Status::InvalidArgument("--out " + out_dir +
+                                         ": cannot list: " + std::strerror(errno));
   }
   bool empty = true;
   while (const dirent* e = ::readdir(d)) {
@@ -258,14 +260,15 @@ base::StatusOr<ExportSummary> export_checkpoint(const CheckpointReader& reader,
   const std::string ckpt = canonical(reader.dir());
   const std::string target = canonical(out);
   if (is_within(ckpt, target) || is_within(target, ckpt)) {
-    return base::Status::InvalidArgument("--out " + out + " overlaps the checkpoint " + reader.dir());
+    return base::Status::InvalidArgument("--out " + out + " overlaps the checkpoint " +
+                                         reader.dir());
   }
   if (options.format == ExportFormat::kPeft && !cfg.lora.enabled) {
     return base::Status::InvalidArgument(
         "export --format peft needs a LoRA run, and " + reader.dir() +
         " was trained with lora.enabled = false (export it with --format hf)");
   }
-  const std::string dtype = !options.dtype.empty()                      ? options.dtype
+  const std::string dtype = !options.dtype.empty()                  ? options.dtype
                             : options.format == ExportFormat::kPeft ? std::string("fp32")
                                                                     : cfg.train.dtype;
   if (checkpoint::dtype_bytes(dtype) == 0) {

@@ -77,7 +77,8 @@ base::StatusOr<ModelPlan> plan_model(const base::Config& cfg,
   for (const std::string& m : adapter_order) plan.adapters.push_back(adapters[m]);
 
   const auto params = index.tensors.find("param");
-  if (params == index.tensors.end()) return base::Status::BadInput(origin + ": holds no parameters");
+  if (params == index.tensors.end())
+    return base::Status::BadInput(origin + ": holds no parameters");
   auto check = [&](const PlannedTensor& t) -> base::Status {
     const auto it = params->second.find(t.name);
     if (it == params->second.end()) {

@@ -31,8 +31,8 @@ struct PlannedAdapter {
 };
 
 struct ModelPlan {
-  base::ModelConfig model;             // resolved: from model.hf_dir's config.json when set
-  std::vector<PlannedTensor> weights;  // base parameters in model order; a tied lm_head omitted
+  base::ModelConfig model;               // resolved: from model.hf_dir's config.json when set
+  std::vector<PlannedTensor> weights;    // base parameters in model order; a tied lm_head omitted
   std::vector<PlannedAdapter> adapters;  // empty unless lora.enabled
   double lora_scale = 0.0;
 };

@@ -14,7 +14,8 @@ namespace dstrain::runtime::hf {
 inline constexpr uint64_t kMaxJsonBytes = 100ull * 1000 * 1000;
 
 // Deepest nesting of arrays and objects accepted. Real files nest 2 to 4 levels; the limit keeps
-// nlohmann's recursive functions (dump, copy, compare) from overflowing the stack on a hostile file.
+// nlohmann's recursive functions (dump, copy, compare) from overflowing the stack on a hostile
+// file.
 inline constexpr int kMaxJsonDepth = 64;
 
 // Parses `text`; errors are kBadInput and start with `origin` (a file name, or "file: header").

@@ -96,8 +96,8 @@ base::StatusOr<const Architecture*> find_architecture(const Keys& keys) {
     for (const Architecture& a : kArchitectures) {
       if (name == a.class_name) return &a;
     }
-    return keys.error("architectures",
-                      "names unsupported model class '" + name + "' (supported: " + kSupported + ")");
+    return keys.error("architectures", "names unsupported model class '" + name +
+                                           "' (supported: " + kSupported + ")");
   }
   ASSIGN_OR_RETURN(const std::string type, keys.string("model_type", std::nullopt));
   for (const Architecture& a : kArchitectures) {
@@ -123,12 +123,13 @@ base::Status map_rope(const Keys& top, const json& hf, const std::string& origin
   ASSIGN_OR_RETURN(const std::string type, rope.string(type_key, std::string("default")));
   if (type != "default" && type != "linear" && type != "dynamic" && type != "llama3" &&
       type != "yarn") {
-    return rope.error(type_key, "'" + type +
-                                    "' is not supported (default, linear, dynamic, llama3, yarn)");
+    return rope.error(type_key,
+                      "'" + type + "' is not supported (default, linear, dynamic, llama3, yarn)");
   }
   for (const Keys* keys : {&top, &rope}) {
     ASSIGN_OR_RETURN(const double partial, keys->number("partial_rotary_factor", 1.0));
-    if (partial != 1.0) return keys->error("partial_rotary_factor", "other than 1 is not supported");
+    if (partial != 1.0)
+      return keys->error("partial_rotary_factor", "other than 1 is not supported");
   }
   base::RopeScalingConfig& rs = cfg.rope_scaling;
   rs.type = type == "default" ? "none" : type;

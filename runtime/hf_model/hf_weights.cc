@@ -33,7 +33,8 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // LoRA adapters (PEFT's names: "<projection>.lora_A.weight", ".lora_B.weight").
@@ -50,8 +51,8 @@ base::Status check_tensor(const hf::TensorRef& ref, const base::ParamSpec& spec)
     return bad_tensor(ref, "has dtype " + ref.info->dtype + "; weights must be F32, BF16 or F16");
   }
   if (ref.info->shape != spec.shape) {
-    return bad_tensor(ref, "has shape " + shape_string(ref.info->shape) + " but config.json gives " +
-                               shape_string(spec.shape));
+    return bad_tensor(ref, "has shape " + shape_string(ref.info->shape) +
+                               " but config.json gives " + shape_string(spec.shape));
   }
   return base::Status::Ok();
 }

@@ -39,9 +39,9 @@ void rope_into(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& si
                const at::Tensor& out) {
   TORCH_CHECK(in.is_cuda() && in.dim() == 4,
               "rope: expected a CUDA [B, T, heads, head_dim] tensor");
-  TORCH_CHECK(out.sizes() == in.sizes() && out.stride(3) == 1 &&
-                  out.scalar_type() == in.scalar_type(),
-              "rope: the output must match the input's shape and dtype, head_dim contiguous");
+  TORCH_CHECK(
+      out.sizes() == in.sizes() && out.stride(3) == 1 && out.scalar_type() == in.scalar_type(),
+      "rope: the output must match the input's shape and dtype, head_dim contiguous");
   const at::Tensor x4 = in.stride(3) == 1 ? in : in.contiguous();
   const at::Tensor c = cos.contiguous();
   const at::Tensor s = sin.contiguous();
@@ -49,8 +49,7 @@ void rope_into(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& si
               "rope: cos/sin must have the activations' dtype");
   check_launch(launch_rope(x4.data_ptr(), strides_of(x4), c.data_ptr(), s.data_ptr(),
                            out.data_ptr(), strides_of(out), x4.size(0), x4.size(1), x4.size(2),
-                           x4.size(3), inverse, kernel_dtype(x4),
-                           at::cuda::getCurrentCUDAStream()),
+                           x4.size(3), inverse, kernel_dtype(x4), at::cuda::getCurrentCUDAStream()),
                "rope kernel");
 }
 
@@ -136,8 +135,8 @@ class SwiGlu : public torch::autograd::Function<SwiGlu> {
     const at::Tensor grad = grad_out[0].contiguous();
     at::Tensor d_gu = at::empty_like(gu);
     check_launch(launch_swiglu_backward(grad.data_ptr(), gu.data_ptr(), d_gu.data_ptr(),
-                                        gu.numel() / gu.size(-1), gu.size(-1) / 2,
-                                        kernel_dtype(gu), at::cuda::getCurrentCUDAStream()),
+                                        gu.numel() / gu.size(-1), gu.size(-1) / 2, kernel_dtype(gu),
+                                        at::cuda::getCurrentCUDAStream()),
                  "swiglu backward kernel");
     return {d_gu};
   }

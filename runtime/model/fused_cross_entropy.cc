@@ -13,7 +13,7 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 struct ChunkResult {
-  at::Tensor loss;       // fp32 scalar: the chunk's summed cross-entropy
+  at::Tensor loss;         // fp32 scalar: the chunk's summed cross-entropy
   at::Tensor grad_logits;  // d loss / d logits in the compute dtype, [c, V]
 };
 
@@ -85,9 +85,9 @@ class FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCros
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden,
                             const at::Tensor& weight, const at::Tensor& targets,
                             int64_t chunk_tokens) {
-    ChunkedLoss r = chunked_loss(hidden.reshape({-1, hidden.size(-1)}), weight,
-                                 targets.reshape({-1}), chunk_tokens, hidden.requires_grad(),
-                                 weight.requires_grad());
+    ChunkedLoss r =
+        chunked_loss(hidden.reshape({-1, hidden.size(-1)}), weight, targets.reshape({-1}),
+                     chunk_tokens, hidden.requires_grad(), weight.requires_grad());
     ctx->saved_data["dx"] = r.dx.defined() ? r.dx.view(hidden.sizes()) : r.dx;
     ctx->saved_data["dw"] = r.dw;
     ctx->saved_data["w_dtype"] = weight.scalar_type();

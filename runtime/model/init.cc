@@ -57,9 +57,9 @@ uint64_t param_seed(int64_t seed, const std::string& name) {
 base::Status init_unit_params(const base::Unit& unit, at::TensorList out, int64_t seed) {
   const auto& schema = unit.schema();
   if (out.size() != schema.size()) {
-    return base::Status::InvalidArgument("unit " + unit.name() + ": " +
-                                         std::to_string(out.size()) + " tensors for " +
-                                         std::to_string(schema.size()) + " parameters");
+    return base::Status::InvalidArgument("unit " + unit.name() + ": " + std::to_string(out.size()) +
+                                         " tensors for " + std::to_string(schema.size()) +
+                                         " parameters");
   }
   for (size_t i = 0; i < schema.size(); ++i) {
     const base::ParamSpec& spec = schema[i];

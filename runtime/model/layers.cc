@@ -109,8 +109,8 @@ struct AttentionInputs {
 AttentionInputs split_heads(const at::Tensor& qkv, const AttentionShape& shape,
                             const base::StepContext& ctx) {
   if (use_kernels(qkv)) {
-    const auto [q, k, v] = kernels::rope_qkv(qkv, shape.num_heads, shape.num_kv_heads,
-                                             ctx.rope_cos, ctx.rope_sin);
+    const auto [q, k, v] =
+        kernels::rope_qkv(qkv, shape.num_heads, shape.num_kv_heads, ctx.rope_cos, ctx.rope_sin);
     return {q.transpose(1, 2), k.transpose(1, 2), v};
   }
   const int64_t q_width = shape.num_heads * shape.head_dim;
@@ -118,11 +118,11 @@ AttentionInputs split_heads(const at::Tensor& qkv, const AttentionShape& shape,
   const auto heads_of = [&](int64_t begin, int64_t width, int64_t heads) {
     return qkv.narrow(-1, begin, width).unflatten(-1, {heads, shape.head_dim});
   };
-  return {apply_rope(heads_of(0, q_width, shape.num_heads).transpose(1, 2), ctx.rope_cos,
-                     ctx.rope_sin),
-          apply_rope(heads_of(q_width, kv_width, shape.num_kv_heads).transpose(1, 2),
-                     ctx.rope_cos, ctx.rope_sin),
-          heads_of(q_width + kv_width, kv_width, shape.num_kv_heads)};
+  return {
+      apply_rope(heads_of(0, q_width, shape.num_heads).transpose(1, 2), ctx.rope_cos, ctx.rope_sin),
+      apply_rope(heads_of(q_width, kv_width, shape.num_kv_heads).transpose(1, 2), ctx.rope_cos,
+                 ctx.rope_sin),
+      heads_of(q_width + kv_width, kv_width, shape.num_kv_heads)};
 }
 
 }  // namespace
@@ -173,11 +173,11 @@ at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const Atten
     // Packed documents on the GPU: the rows laid end to end, [B * T, heads, head_dim] (views
     // when the fused RoPE kernel wrote [B, T, heads, head_dim]), no mask built or read.
     const int64_t slots = batch * seq;
-    const at::Tensor out = varlen_attention(
-        q.transpose(1, 2).reshape({slots, shape.num_heads, shape.head_dim}),
-        k.transpose(1, 2).reshape({slots, shape.num_kv_heads, shape.head_dim}),
-        v_rows.reshape({slots, shape.num_kv_heads, shape.head_dim}), ctx.cu_seqlens,
-        ctx.max_seqlen, scale, shape.sliding_window);
+    const at::Tensor out =
+        varlen_attention(q.transpose(1, 2).reshape({slots, shape.num_heads, shape.head_dim}),
+                         k.transpose(1, 2).reshape({slots, shape.num_kv_heads, shape.head_dim}),
+                         v_rows.reshape({slots, shape.num_kv_heads, shape.head_dim}),
+                         ctx.cu_seqlens, ctx.max_seqlen, scale, shape.sliding_window);
     return linear(out.view({batch, seq, q_width}), w.o);
   }
   // Without the mask, the causal path below would let packed documents see each other.
@@ -192,10 +192,10 @@ at::Tensor attention(const at::Tensor& x, const AttentionWeights& w, const Atten
     const at::Tensor window = sliding_window_mask(seq, shape.sliding_window, x.device());
     attn_mask = attn_mask ? at::logical_and(*attn_mask, window) : window;
   }
-  const at::Tensor out = at::scaled_dot_product_attention(
-      q, k, v_rows.transpose(1, 2), attn_mask, /*dropout_p=*/0.0,
-      /*is_causal=*/!attn_mask.has_value(), scale,
-      /*enable_gqa=*/shape.num_kv_heads != shape.num_heads);
+  const at::Tensor out =
+      at::scaled_dot_product_attention(q, k, v_rows.transpose(1, 2), attn_mask, /*dropout_p=*/0.0,
+                                       /*is_causal=*/!attn_mask.has_value(), scale,
+                                       /*enable_gqa=*/shape.num_kv_heads != shape.num_heads);
   return linear(out.transpose(1, 2).reshape({batch, seq, q_width}), w.o);
 }
 

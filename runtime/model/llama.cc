@@ -63,10 +63,9 @@ class EmbedUnit final : public LlamaUnit {
 
 // The seven projections of a decoder layer, in schema order.
 enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kNumProj };
-constexpr const char* kProjName[kNumProj] = {"self_attn.q_proj", "self_attn.k_proj",
-                                             "self_attn.v_proj", "self_attn.o_proj",
-                                             "mlp.gate_proj",    "mlp.up_proj",
-                                             "mlp.down_proj"};
+constexpr const char* kProjName[kNumProj] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
 constexpr const char* kProjTarget[kNumProj] = {"q", "k", "v", "o", "gate", "up", "down"};
 
 // Where one projection's tensors sit in the layer's schema (kAbsent when it has none).
@@ -113,8 +112,8 @@ class DecoderLayerUnit final : public LlamaUnit {
     const bool o_bias = cfg.attention_bias && cfg.architecture == "llama";
     const int64_t dims[kNumProj][2] = {{q_out, h}, {kv_out, h}, {kv_out, h}, {h, q_out},
                                        {inter, h}, {inter, h},  {h, inter}};
-    const bool bias[kNumProj] = {cfg.attention_bias, cfg.attention_bias, cfg.attention_bias,
-                                 o_bias, cfg.mlp_bias, cfg.mlp_bias, cfg.mlp_bias};
+    const bool bias[kNumProj] = {cfg.attention_bias, cfg.attention_bias, cfg.attention_bias, o_bias,
+                                 cfg.mlp_bias,       cfg.mlp_bias,       cfg.mlp_bias};
     auto add_linear = [&](Proj p) {
       ProjSlots& s = proj_[p];
       s.out = dims[p][0];
@@ -244,19 +243,19 @@ base::Status validate_llama_config(const base::ModelConfig& cfg) {
   RETURN_IF_ERROR(positive("num_heads", cfg.num_heads));
   RETURN_IF_ERROR(positive("num_kv_heads", cfg.num_kv_heads));
   if (cfg.num_heads % cfg.num_kv_heads != 0) {
-    return base::Status::InvalidArgument(
-        "model.num_heads (" + std::to_string(cfg.num_heads) +
-        ") must be a multiple of model.num_kv_heads (" + std::to_string(cfg.num_kv_heads) + ")");
+    return base::Status::InvalidArgument("model.num_heads (" + std::to_string(cfg.num_heads) +
+                                         ") must be a multiple of model.num_kv_heads (" +
+                                         std::to_string(cfg.num_kv_heads) + ")");
   }
   if (cfg.head_dim < 0) {
     return base::Status::InvalidArgument("model.head_dim must be >= 0 (0: hidden/heads), got " +
                                          std::to_string(cfg.head_dim));
   }
   if (cfg.head_dim == 0 && cfg.hidden_size % cfg.num_heads != 0) {
-    return base::Status::InvalidArgument(
-        "model.hidden_size (" + std::to_string(cfg.hidden_size) +
-        ") must be a multiple of model.num_heads (" + std::to_string(cfg.num_heads) +
-        ") when model.head_dim is 0");
+    return base::Status::InvalidArgument("model.hidden_size (" + std::to_string(cfg.hidden_size) +
+                                         ") must be a multiple of model.num_heads (" +
+                                         std::to_string(cfg.num_heads) +
+                                         ") when model.head_dim is 0");
   }
   const int64_t head_dim = cfg.resolved_head_dim();
   if (head_dim % 2 != 0) {

@@ -10,7 +10,8 @@ namespace dstrain::runtime {
 
 // alpha / rank, or alpha / sqrt(rank) with rsLoRA.
 double lora_scale(const base::LoraConfig& cfg);
-// "all-linear" expands to every projection (q k v o gate up down), as PEFT's does (lm_head excluded).
+// "all-linear" expands to every projection (q k v o gate up down), as PEFT's does (lm_head
+// excluded).
 std::vector<std::string> lora_target_list(const base::LoraConfig& cfg);
 
 // Requires units made by build_llama. kInvalidArgument naming lora.targets when no adapter was

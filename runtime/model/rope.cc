@@ -35,14 +35,12 @@ at::Tensor llama3_inv_freq(const base::ModelConfig& cfg, int64_t dim, const at::
   const double high_freq_wavelen = old_context / rs.high_freq_factor;
   const at::Tensor wavelen = (2 * kPi) / inv_freq;
   // Long wavelengths are interpolated by `factor`, short ones kept, the band between blended.
-  const at::Tensor scaled =
-      at::where(wavelen.gt(low_freq_wavelen), inv_freq / rs.factor, inv_freq);
+  const at::Tensor scaled = at::where(wavelen.gt(low_freq_wavelen), inv_freq / rs.factor, inv_freq);
   const at::Tensor smooth =
       (old_context / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
   const at::Tensor smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
-  const at::Tensor is_medium =
-      at::logical_and(wavelen.lt(high_freq_wavelen).logical_not(),
-                      wavelen.gt(low_freq_wavelen).logical_not());
+  const at::Tensor is_medium = at::logical_and(wavelen.lt(high_freq_wavelen).logical_not(),
+                                               wavelen.gt(low_freq_wavelen).logical_not());
   return at::where(is_medium, smoothed, scaled);
 }
 
@@ -83,9 +81,8 @@ at::Tensor dynamic_inv_freq(const base::ModelConfig& cfg, int64_t dim, int64_t s
   const double factor = cfg.rope_scaling.factor;
   const int64_t length = std::max(seq_len, cfg.max_position_embeddings);
   const at::Tensor len = at::scalar_tensor(length, at::TensorOptions().dtype(at::kLong));
-  const at::Tensor ratio =
-      (len * factor / cfg.max_position_embeddings - (factor - 1))
-          .pow(static_cast<double>(dim) / static_cast<double>(dim - 2));
+  const at::Tensor ratio = (len * factor / cfg.max_position_embeddings - (factor - 1))
+                               .pow(static_cast<double>(dim) / static_cast<double>(dim - 2));
   const at::Tensor base = (cfg.rope_theta * ratio).to(device);
   const at::Tensor exponents =
       at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong).device(device)).to(at::kFloat) /

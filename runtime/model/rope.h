@@ -21,7 +21,7 @@ base::StatusOr<RopeType> parse_rope_type(const std::string& name);
 base::Status validate_rope_config(const base::ModelConfig& cfg);
 
 struct RopeFrequencies {
-  at::Tensor inv_freq;            // [head_dim / 2] fp32, on the requested device
+  at::Tensor inv_freq;             // [head_dim / 2] fp32, on the requested device
   double attention_scaling = 1.0;  // multiplies cos and sin (yarn)
 };
 

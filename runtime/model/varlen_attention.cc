@@ -42,9 +42,8 @@ class VarlenAttention : public torch::autograd::Function<VarlenAttention> {
     const variable_list s = ctx->get_saved_variables();
     const int64_t max_seqlen = ctx->saved_data["max_seqlen"].toInt();
     auto [dq, dk, dv] = at::_flash_attention_backward(
-        grad_out[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[5], max_seqlen,
-        max_seqlen, /*dropout_p=*/0.0, /*is_causal=*/true, s[6], s[7],
-        ctx->saved_data["scale"].toDouble(),
+        grad_out[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[5], max_seqlen, max_seqlen,
+        /*dropout_p=*/0.0, /*is_causal=*/true, s[6], s[7], ctx->saved_data["scale"].toDouble(),
         window_left(ctx->saved_data["sliding_window"].toInt()), kWindowRight);
     return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -53,8 +52,8 @@ class VarlenAttention : public torch::autograd::Function<VarlenAttention> {
 }  // namespace
 
 bool varlen_attention_serves(const at::Device& device, at::ScalarType dtype, int64_t head_dim) {
-  return device.is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) &&
-         head_dim % 8 == 0 && head_dim <= 256;
+  return device.is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && head_dim % 8 == 0 &&
+         head_dim <= 256;
 }
 
 bool varlen_attention_applies(const at::Tensor& q, const at::Tensor& cu_seqlens) {

@@ -22,7 +22,7 @@ TEST(Fs, MakeDirsThenRemoveTree) {
   ASSERT_EQ(symlink("/etc", (root + "/a/link").c_str()), 0);
   ASSERT_TRUE(remove_tree(root).ok());
   EXPECT_FALSE(exists(root));
-  EXPECT_TRUE(exists("/etc/passwd"));  // the link was removed, not followed
+  EXPECT_TRUE(exists("/etc/passwd"));   // the link was removed, not followed
   EXPECT_TRUE(remove_tree(root).ok());  // missing is fine
 }
 

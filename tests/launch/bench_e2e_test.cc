@@ -3,9 +3,9 @@
 // `dstrain bench aio` on a small file, judged the same way.
 #include <gtest/gtest.h>
 
-#include "tests/launch/e2e_util.h"
 #include <sys/wait.h>
 #include <unistd.h>
+#include "tests/launch/e2e_util.h"
 
 #include <array>
 #include <cmath>
@@ -18,8 +18,8 @@
 
 namespace {
 
-using dstrain::e2e::RunResult;
 using dstrain::e2e::run;
+using dstrain::e2e::RunResult;
 
 using nlohmann::json;
 
@@ -75,8 +75,8 @@ bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 
 TEST(BenchAio, ReportsWriteAndReadBandwidthAndRemovesItsFile) {
   const std::string file = aio_file();
-  const RunResult r = dstrain(1, "bench aio --file " + file +
-                                     " --file-mib 16 --block-kib 1024 --queue-depth 4 --iters 1");
+  const RunResult r = dstrain(
+      1, "bench aio --file " + file + " --file-mib 16 --block-kib 1024 --queue-depth 4 --iters 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const json out = json::parse(last_line(r.output), nullptr, /*allow_exceptions=*/false);
   ASSERT_FALSE(out.is_discarded()) << "last line is not JSON:\n" << r.output;

@@ -6,12 +6,12 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
-#include "tests/launch/e2e_run_dir.h"
-#include "tests/launch/e2e_util.h"
-#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
+#include "tests/launch/e2e_run_dir.h"
+#include "tests/launch/e2e_util.h"
 
 #include <algorithm>
 #include <array>
@@ -29,19 +29,18 @@
 
 namespace {
 
-using dstrain::e2e::kSmallModelToml;
 using dstrain::e2e::find_rank;
+using dstrain::e2e::kSmallModelToml;
 using dstrain::e2e::latest_of;
 using dstrain::e2e::losses_since_resume;
 using dstrain::e2e::metrics;
 using dstrain::e2e::read_file;
 
-using dstrain::e2e::RunResult;
-using dstrain::e2e::run;
 using dstrain::e2e::dstrain;
+using dstrain::e2e::run;
+using dstrain::e2e::RunResult;
 
 namespace fs = std::filesystem;
-
 
 std::vector<double> losses(const fs::path& run_dir) {
   std::vector<double> out;
@@ -51,13 +50,10 @@ std::vector<double> losses(const fs::path& run_dir) {
   return out;
 }
 
-
-
-
-
 // A full fp32 tensor read back through index.json: pieces in offset order, raw bytes at their
 // byte_offset (independent of HDF5 and of dstrain's own reader).
-std::vector<float> read_tensor(const fs::path& ckpt, const std::string& kind, const std::string& name) {
+std::vector<float> read_tensor(const fs::path& ckpt, const std::string& kind,
+                               const std::string& name) {
   nlohmann::json index = nlohmann::json::parse(std::ifstream(ckpt / "index.json"));
   const auto& t = index["tensors"][kind][name];
   int64_t numel = 1;
@@ -67,8 +63,9 @@ std::vector<float> read_tensor(const fs::path& ckpt, const std::string& kind, co
     const int fd = ::open((ckpt / p["file"].get<std::string>()).c_str(), O_RDONLY);
     EXPECT_GE(fd, 0);
     const size_t bytes = p["numel"].get<size_t>() * sizeof(float);
-    EXPECT_EQ(::pread(fd, out.data() + p["offset"].get<int64_t>(), bytes, p["byte_offset"].get<off_t>()),
-              static_cast<ssize_t>(bytes));
+    EXPECT_EQ(
+        ::pread(fd, out.data() + p["offset"].get<int64_t>(), bytes, p["byte_offset"].get<off_t>()),
+        static_cast<ssize_t>(bytes));
     ::close(fd);
   }
   return out;
@@ -114,7 +111,8 @@ keep = 3
   static void TearDownTestSuite() { fs::remove_all(suite_); }
 
   static std::string args(const fs::path& run_dir, const std::string& extra = "") {
-    return "--config " + (suite_ / "small.toml").string() + " --set run.dir=" + run_dir.string() + " " + extra;
+    return "--config " + (suite_ / "small.toml").string() + " --set run.dir=" + run_dir.string() +
+           " " + extra;
   }
   static fs::path ref() { return suite_ / "ref"; }
   static fs::path ckpt(const fs::path& run_dir, int step) {
@@ -151,10 +149,11 @@ TEST_F(CheckpointE2e, ReferenceRunCommitsCheckpointsAndLogsThem) {
   EXPECT_NE(reference_.output.find("checkpoint: " + ckpt(ref(), 20).string()), std::string::npos)
       << reference_.output;
 
-  RunResult r = run(std::string(DSTRAIN_BINARY) + " inspect --checkpoint " + ckpt(ref(), 20).string());
+  RunResult r =
+      run(std::string(DSTRAIN_BINARY) + " inspect --checkpoint " + ckpt(ref(), 20).string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const char* s : {"step 20, world size 2, zero stage 3, dtype fp32", "model.embed_tokens.weight",
-                        "[259, 32]", "exp_avg_sq", "checksums: ok"}) {
+  for (const char* s : {"step 20, world size 2, zero stage 3, dtype fp32",
+                        "model.embed_tokens.weight", "[259, 32]", "exp_avg_sq", "checksums: ok"}) {
     EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
   }
 }
@@ -180,7 +179,10 @@ TEST_F(CheckpointE2e, ResumeAtTheSameWorldSizeIsBitIdentical) {
 
 TEST_F(CheckpointE2e, ResumeAtOtherWorldSizesAndStages) {
   const std::vector<double> expect = reference_tail();
-  struct Case { int ranks; int stage; };
+  struct Case {
+    int ranks;
+    int stage;
+  };
   for (const Case c : {Case{1, 3}, Case{4, 3}, Case{2, 1}}) {
     const fs::path out = suite_ / ("w" + std::to_string(c.ranks) + "s" + std::to_string(c.stage));
     RunResult r = run(dstrain(c.ranks, args(out, "--set zero.stage=" + std::to_string(c.stage) +
@@ -201,10 +203,10 @@ TEST_F(CheckpointE2e, ResumeWithOffloadedStateContinuesTheSameRun) {
   // and again for the final save, which must match).
   const std::vector<double> expect = reference_tail();
   const std::string nvme = " --set offload.nvme_dir=" + (suite_ / "nvme").string();
-  for (const std::string& offload : std::vector<std::string>{"--set offload.optimizer=cpu",
-                                    "--set offload.optimizer=cpu --set offload.params=cpu",
-                                    "--set offload.optimizer=cpu --set offload.params=cpu --set offload.ratio=0.5",
-                                    "--set offload.optimizer=nvme --set offload.params=nvme" + nvme}) {
+  for (const std::string& offload : std::vector<std::string>{
+           "--set offload.optimizer=cpu", "--set offload.optimizer=cpu --set offload.params=cpu",
+           "--set offload.optimizer=cpu --set offload.params=cpu --set offload.ratio=0.5",
+           "--set offload.optimizer=nvme --set offload.params=nvme" + nvme}) {
     const fs::path out = suite_ / ("offload" + std::to_string(offload.size()));
     RunResult r = run(dstrain(2, args(out, offload + " --resume " + ckpt(ref(), 10).string())));
     ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -228,9 +230,11 @@ TEST_F(CheckpointE2e, CorruptCheckpointIsNamedAndSkipped) {
     f.seekp(size / 2);
     f.put('\x5a');
   }
-  RunResult inspect = run(std::string(DSTRAIN_BINARY) + " inspect --checkpoint " + ckpt(out, 20).string());
+  RunResult inspect =
+      run(std::string(DSTRAIN_BINARY) + " inspect --checkpoint " + ckpt(out, 20).string());
   EXPECT_EQ(inspect.exit_code, 3) << inspect.output;
-  EXPECT_NE(inspect.output.find(bad.string() + ": checksum mismatch"), std::string::npos) << inspect.output;
+  EXPECT_NE(inspect.output.find(bad.string() + ": checksum mismatch"), std::string::npos)
+      << inspect.output;
 
   RunResult r = run(dstrain(2, args(out, "--resume " + ckpt(out, 20).string())));
   EXPECT_EQ(r.exit_code, 3) << r.output;
@@ -238,9 +242,11 @@ TEST_F(CheckpointE2e, CorruptCheckpointIsNamedAndSkipped) {
 
   r = run(dstrain(2, args(out)));  // --resume auto
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("checkpoint " + ckpt(out, 20).string() + " is corrupt"), std::string::npos)
+  EXPECT_NE(r.output.find("checkpoint " + ckpt(out, 20).string() + " is corrupt"),
+            std::string::npos)
       << r.output;
-  EXPECT_NE(r.output.find("resuming from " + ckpt(out, 10).string()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resuming from " + ckpt(out, 10).string()), std::string::npos)
+      << r.output;
   EXPECT_EQ(losses(out), reference_tail());
 }
 
@@ -264,8 +270,9 @@ TEST_F(CheckpointE2e, DamageFoundWhileLoadingIsNamedAndTheResumeEventNamesWhatLo
   nlohmann::json index = nlohmann::json::parse(std::ifstream(ckpt(out, 20) / "index.json"));
   const int64_t block = index["files"][1]["block_bytes"].get<int64_t>();
   const int64_t first = size / 2 / block * block;
-  const std::string named = bad.string() + ": checksum mismatch in block " + std::to_string(size / 2 / block) +
-                            " (bytes " + std::to_string(first) + ".." + std::to_string(std::min(size, first + block)) + ")";
+  const std::string named = bad.string() + ": checksum mismatch in block " +
+                            std::to_string(size / 2 / block) + " (bytes " + std::to_string(first) +
+                            ".." + std::to_string(std::min(size, first + block)) + ")";
 
   RunResult r = run(dstrain(4, args(suite_ / "damaged_w4", "--resume " + ckpt(out, 20).string())));
   EXPECT_EQ(r.exit_code, 3) << r.output;
@@ -273,9 +280,12 @@ TEST_F(CheckpointE2e, DamageFoundWhileLoadingIsNamedAndTheResumeEventNamesWhatLo
 
   r = run(dstrain(2, args(out)));  // --resume auto
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("checkpoint " + ckpt(out, 20).string() + " is corrupt (" + named), std::string::npos)
+  EXPECT_NE(r.output.find("checkpoint " + ckpt(out, 20).string() + " is corrupt (" + named),
+            std::string::npos)
       << r.output;
-  EXPECT_NE(r.output.find("resumed from " + ckpt(out, 10).string() + " at step 10"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resumed from " + ckpt(out, 10).string() + " at step 10"),
+            std::string::npos)
+      << r.output;
   const auto lines = metrics(out);
   ASSERT_FALSE(lines.empty());
   EXPECT_EQ(lines.front()["event"], "resume");
@@ -291,7 +301,8 @@ TEST_F(CheckpointE2e, TruncatedFileIsNamedAndSkipped) {
   fs::copy(ref() / "checkpoints", out / "checkpoints", fs::copy_options::recursive);
   const fs::path cut = ckpt(out, 20) / "rank-00000.h5";
   fs::resize_file(cut, fs::file_size(cut) / 2);
-  RunResult r = run(dstrain(2, args(suite_ / "truncated_explicit", "--resume " + ckpt(out, 20).string())));
+  RunResult r =
+      run(dstrain(2, args(suite_ / "truncated_explicit", "--resume " + ckpt(out, 20).string())));
   EXPECT_EQ(r.exit_code, 3) << r.output;
   EXPECT_NE(r.output.find(cut.string() + ": size "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("truncated"), std::string::npos) << r.output;
@@ -299,13 +310,15 @@ TEST_F(CheckpointE2e, TruncatedFileIsNamedAndSkipped) {
   r = run(dstrain(1, args(out)));  // --resume auto, resharded to one rank
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("checkpoint " + ckpt(out, 20).string() + " is corrupt (" + cut.string()),
-            std::string::npos) << r.output;
+            std::string::npos)
+      << r.output;
   const auto lines = metrics(out);
   ASSERT_FALSE(lines.empty());
   EXPECT_EQ(lines.front()["path"], ckpt(out, 10).string());
   const std::vector<double> got = losses(out), expect = reference_tail();
   ASSERT_EQ(got.size(), expect.size());
-  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expect[i], 1e-5 * std::abs(expect[i])) << i;
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], expect[i], 1e-5 * std::abs(expect[i])) << i;
 }
 
 TEST_F(CheckpointE2e, UnfinishedWriteIsIgnoredAndCleanedUp) {
@@ -349,7 +362,8 @@ TEST_F(CheckpointE2e, RankKilledWhileSavingLeavesLatestOnThePreviousCheckpoint) 
       victim = find_rank(out.string(), 1);
       if (victim > 0) break;
     }
-    if (waitpid(job, nullptr, WNOHANG) == job) FAIL() << "the run ended early:\n" << read_file(suite_ / "killed.log");
+    if (waitpid(job, nullptr, WNOHANG) == job)
+      FAIL() << "the run ended early:\n" << read_file(suite_ / "killed.log");
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   ASSERT_GT(victim, 0) << "step-00000003.tmp never appeared beside latest = step-00000002\n"
@@ -376,7 +390,8 @@ TEST_F(CheckpointE2e, AsyncSaveWritesTheSameCheckpointsAsSync) {
   // is due (a step of this model takes milliseconds): that step must wait for the copy, or
   // step 11's state would land in step-10.
   const fs::path out = suite_ / "async";
-  RunResult r = run("DSTRAIN_TEST_SNAPSHOT_DELAY_MS=1000 " + dstrain(2, args(out, "--set checkpoint.async=true")));
+  RunResult r = run("DSTRAIN_TEST_SNAPSHOT_DELAY_MS=1000 " +
+                    dstrain(2, args(out, "--set checkpoint.async=true")));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(losses(out), losses(ref()));
   EXPECT_EQ(latest_of(out), "step-00000020");
@@ -390,16 +405,19 @@ TEST_F(CheckpointE2e, AsyncSaveWritesTheSameCheckpointsAsSync) {
   }
   EXPECT_EQ(events, (std::vector<int>{10, 20}));
   for (int step : {10, 20}) {
-    RunResult inspect = run(std::string(DSTRAIN_BINARY) + " inspect --checkpoint " + ckpt(out, step).string());
+    RunResult inspect =
+        run(std::string(DSTRAIN_BINARY) + " inspect --checkpoint " + ckpt(out, step).string());
     EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
     for (const auto& [kind, name] : tensor_names(ckpt(ref(), step))) {
-      EXPECT_EQ(read_tensor(ckpt(out, step), kind, name), read_tensor(ckpt(ref(), step), kind, name))
+      EXPECT_EQ(read_tensor(ckpt(out, step), kind, name),
+                read_tensor(ckpt(ref(), step), kind, name))
           << step << " " << kind << "/" << name;
     }
   }
   // And it resumes like any other checkpoint.
   const fs::path resumed = suite_ / "async_resumed";
-  r = run(dstrain(2, args(resumed, "--set checkpoint.async=true --resume " + ckpt(out, 10).string())));
+  r = run(
+      dstrain(2, args(resumed, "--set checkpoint.async=true --resume " + ckpt(out, 10).string())));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(losses(resumed), reference_tail());
 }
@@ -421,13 +439,14 @@ print(full.shape)
 )";
   for (const char* name : {"model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"}) {
     const fs::path raw = suite_ / "tensor.bin";
-    RunResult r = run(std::string(DSTRAIN_PYTHON) + " " + script.string() + " " + ckpt(ref(), 20).string() +
-                      " param " + name + " " + raw.string());
+    RunResult r = run(std::string(DSTRAIN_PYTHON) + " " + script.string() + " " +
+                      ckpt(ref(), 20).string() + " param " + name + " " + raw.string());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const std::vector<float> expect = read_tensor(ckpt(ref(), 20), "param", name);
     std::vector<float> got(expect.size());
-    std::ifstream(raw, std::ios::binary).read(reinterpret_cast<char*>(got.data()),
-                                              static_cast<std::streamsize>(got.size() * sizeof(float)));
+    std::ifstream(raw, std::ios::binary)
+        .read(reinterpret_cast<char*>(got.data()),
+              static_cast<std::streamsize>(got.size() * sizeof(float)));
     EXPECT_EQ(got, expect) << name;
     EXPECT_EQ(fs::file_size(raw), expect.size() * sizeof(float));
   }

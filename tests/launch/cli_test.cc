@@ -40,7 +40,8 @@ TEST(Cli, InspectTakesACheckpointDirectory) {
   auto resume = parse({"--config", "a.toml", "--resume", "runs/x/checkpoints/step-00000010"});
   ASSERT_TRUE(resume.ok());
   EXPECT_EQ(resume->resume, "runs/x/checkpoints/step-00000010");
-  EXPECT_NE(parse({"--help"})->help_text.find("dstrain inspect --checkpoint DIR"), std::string::npos);
+  EXPECT_NE(parse({"--help"})->help_text.find("dstrain inspect --checkpoint DIR"),
+            std::string::npos);
 }
 
 TEST(Cli, HelpAndVersion) {
@@ -57,10 +58,16 @@ TEST(Cli, HelpAndVersion) {
 }
 
 TEST(Cli, UsageErrorsExitTwo) {
-  for (auto args : std::vector<std::vector<const char*>>{
-           {"frobnicate"}, {"train"}, {"--config"}, {"--config", "a", "--bogus"},
-           {"prepare", "--input", "a.txt"}, {"prepare", "-i", "a", "-o", "b", "--format", "xml"},
-           {"bench"}, {"bench", "disk"}, {"plan", "--config", "a", "--world", "-2"}}) {
+  for (auto args :
+       std::vector<std::vector<const char*>>{{"frobnicate"},
+                                             {"train"},
+                                             {"--config"},
+                                             {"--config", "a", "--bogus"},
+                                             {"prepare", "--input", "a.txt"},
+                                             {"prepare", "-i", "a", "-o", "b", "--format", "xml"},
+                                             {"bench"},
+                                             {"bench", "disk"},
+                                             {"plan", "--config", "a", "--world", "-2"}}) {
     auto cmd = parse(args);
     ASSERT_FALSE(cmd.ok()) << args[0];
     EXPECT_EQ(base::exit_code(cmd.status()), 2);
@@ -93,7 +100,8 @@ TEST(Cli, PrepareChatNeedsItsTemplate) {
   EXPECT_EQ(chat->chat_template, "chatml");
   for (auto args : std::vector<std::vector<const char*>>{
            {"prepare", "-i", "c.jsonl", "-o", "c.dstok", "--format", "chat"},
-           {"prepare", "-i", "c.jsonl", "-o", "c.dstok", "--format", "sft", "--chat-template", "llama3"}}) {
+           {"prepare", "-i", "c.jsonl", "-o", "c.dstok", "--format", "sft", "--chat-template",
+            "llama3"}}) {
     auto cmd = parse(args);
     ASSERT_FALSE(cmd.ok());
     EXPECT_EQ(base::exit_code(cmd.status()), 2);
@@ -124,10 +132,12 @@ TEST(Cli, BenchDeviceIsAutoCpuOrCuda) {
     EXPECT_EQ(cmd->bench_device, device);
     EXPECT_TRUE(cmd->bench_sizes_mib.empty()) << "the default sizes depend on the device";
   }
-  for (auto args : std::vector<std::vector<const char*>>{
-           {"bench", "comm", "--device", "tpu"}, {"bench", "comm", "--device"},
-           {"bench", "comm", "--sizes-mib", "0"}, {"bench", "comm", "--sizes-mib", "4", "-1"},
-           {"bench", "comm", "--iters", "0"}}) {
+  for (auto args :
+       std::vector<std::vector<const char*>>{{"bench", "comm", "--device", "tpu"},
+                                             {"bench", "comm", "--device"},
+                                             {"bench", "comm", "--sizes-mib", "0"},
+                                             {"bench", "comm", "--sizes-mib", "4", "-1"},
+                                             {"bench", "comm", "--iters", "0"}}) {
     auto cmd = parse(args);
     ASSERT_FALSE(cmd.ok()) << args.back();
     EXPECT_EQ(base::exit_code(cmd.status()), 2);
@@ -150,14 +160,15 @@ TEST(Cli, ExportTakesCheckpointFormatAndOut) {
   EXPECT_FALSE(cmd->force);
   EXPECT_EQ(cmd->prepare_format, "text");  // --format is export's here, not prepare's
 
-  auto all = parse({"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--dtype", "bf16",
-                    "--max-shard-size", "2GiB", "--merge", "false", "--force"});
+  auto all = parse({"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--dtype",
+                    "bf16", "--max-shard-size", "2GiB", "--merge", "false", "--force"});
   ASSERT_TRUE(all.ok()) << all.status().message();
   EXPECT_EQ(all->export_dtype, "bf16");
   EXPECT_EQ(all->max_shard_bytes, int64_t{2} << 30);
   EXPECT_FALSE(all->merge);
   EXPECT_TRUE(all->force);
-  EXPECT_NE(parse({"--help"})->help_text.find("dstrain export  --checkpoint DIR --format hf|peft --out DIR"),
+  EXPECT_NE(parse({"--help"})
+                ->help_text.find("dstrain export  --checkpoint DIR --format hf|peft --out DIR"),
             std::string::npos);
 
   for (auto args : std::vector<std::vector<const char*>>{
@@ -166,7 +177,8 @@ TEST(Cli, ExportTakesCheckpointFormatAndOut) {
            {"export", "--checkpoint", "c", "--out", "o"},
            {"export", "--checkpoint", "c", "--format", "gguf", "--out", "o"},
            {"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--dtype", "int8"},
-           {"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--max-shard-size", "lots"},
+           {"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--max-shard-size",
+            "lots"},
            {"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--merge", "maybe"},
            {"export", "--checkpoint", "c", "--format", "hf", "--out", "o", "--config", "a.toml"}}) {
     auto bad = parse(args);

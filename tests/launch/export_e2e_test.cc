@@ -4,10 +4,10 @@
 // the checkpoint holds), the checkpoint's tensors read with h5py, and PEFT's own adapter forward.
 #include <gtest/gtest.h>
 
-#include "tests/launch/e2e_util.h"
-#include <nlohmann/json.hpp>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
+#include "tests/launch/e2e_util.h"
 
 #include <array>
 #include <cmath>
@@ -20,10 +20,10 @@
 
 namespace {
 
-using dstrain::e2e::kSmallModelToml;
-using dstrain::e2e::RunResult;
-using dstrain::e2e::run;
 using dstrain::e2e::dstrain;
+using dstrain::e2e::kSmallModelToml;
+using dstrain::e2e::run;
+using dstrain::e2e::RunResult;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -171,8 +171,8 @@ class ExportE2e : public ::testing::Test {
     }
     std::ofstream(suite_ / "hf_check.py") << kHfCheck;
     std::ofstream(suite_ / "peft_check.py") << kPeftCheck;
-    prepared_ = run(std::string(DSTRAIN_BINARY) + " prepare --input " + (suite_ / "eval.txt").string() +
-                    " --output " + eval_file().string());
+    prepared_ = run(std::string(DSTRAIN_BINARY) + " prepare --input " +
+                    (suite_ / "eval.txt").string() + " --output " + eval_file().string());
     std::ofstream(suite_ / "full.toml") << std::string(kSmallModelToml) + R"(
 max_position_embeddings = 256
 tie_embeddings = true
@@ -197,8 +197,8 @@ warmup_steps = 2
 [zero]
 stage = 3
 )";
-    full_ = run(dstrain(2, "--config " + (suite_ / "full.toml").string() + " --set run.dir=" +
-                               (suite_ / "full").string()));
+    full_ = run(dstrain(2, "--config " + (suite_ / "full.toml").string() +
+                               " --set run.dir=" + (suite_ / "full").string()));
   }
   static void TearDownTestSuite() { fs::remove_all(suite_); }
 
@@ -213,9 +213,10 @@ stage = 3
   static json hf_check(const fs::path& export_dir, const fs::path& ckpt) {
     const fs::path out = suite_ / "hf_check.json";
     fs::remove(out);
-    RunResult r = run(std::string(DSTRAIN_PYTHON) + " " + (suite_ / "hf_check.py").string() + " " +
-                      export_dir.string() + " " + ckpt.string() + " " + eval_file().string() + " " +
-                      std::to_string(kSeqLen) + " " + std::to_string(kEvalSamples) + " " + out.string());
+    RunResult r =
+        run(std::string(DSTRAIN_PYTHON) + " " + (suite_ / "hf_check.py").string() + " " +
+            export_dir.string() + " " + ckpt.string() + " " + eval_file().string() + " " +
+            std::to_string(kSeqLen) + " " + std::to_string(kEvalSamples) + " " + out.string());
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return r.exit_code == 0 ? read_json(out) : json::object();
   }
@@ -274,7 +275,8 @@ TEST_F(ExportE2e, ShardedAndBf16Exports) {
   EXPECT_FALSE(fs::exists(sharded / "model.safetensors"));
   const json index = read_json(sharded / "model.safetensors.index.json");
   std::set<std::string> files;
-  for (const auto& [name, file] : index["weight_map"].items()) files.insert(file.get<std::string>());
+  for (const auto& [name, file] : index["weight_map"].items())
+    files.insert(file.get<std::string>());
   ASSERT_GT(files.size(), 2u);
   int64_t total = 0;
   for (const std::string& f : files) {
@@ -290,7 +292,8 @@ TEST_F(ExportE2e, ShardedAndBf16Exports) {
   ASSERT_FALSE(got.empty());
   EXPECT_EQ(got["missing"], json::array());
   EXPECT_EQ(got["max_diff"].get<double>(), 0.0);
-  EXPECT_NEAR(got["loss"].get<double>(), last_eval_loss(suite_ / "full"), 1e-6 * got["loss"].get<double>());
+  EXPECT_NEAR(got["loss"].get<double>(), last_eval_loss(suite_ / "full"),
+              1e-6 * got["loss"].get<double>());
 
   const fs::path bf16 = suite_ / "bf16";
   r = dstrain_export(full_ckpt(), "hf", bf16, "--dtype bf16");
@@ -309,12 +312,14 @@ TEST_F(ExportE2e, Qwen2AndMistralLoadAsTheirTransformersClasses) {
     const char* model_keys;
     const char* hf_class;
   };
-  for (const Case& c : {Case{"qwen2", "attention_bias = true\ntie_embeddings = true\nrope_theta = 1000.0\n",
-                             "Qwen2ForCausalLM"},
-                        Case{"mistral", "sliding_window = 12\nrms_norm_eps = 1e-6\n", "MistralForCausalLM"}}) {
+  for (const Case& c :
+       {Case{"qwen2", "attention_bias = true\ntie_embeddings = true\nrope_theta = 1000.0\n",
+             "Qwen2ForCausalLM"},
+        Case{"mistral", "sliding_window = 12\nrms_norm_eps = 1e-6\n", "MistralForCausalLM"}}) {
     const std::string name = c.architecture;
-    std::ofstream(suite_ / (name + ".toml")) << "[run]\ndevice = \"cpu\"\n[model]\narchitecture = \"" << name << "\"\n"
-                                             << c.model_keys << R"(vocab_size = 259
+    std::ofstream(suite_ / (name + ".toml"))
+        << "[run]\ndevice = \"cpu\"\n[model]\narchitecture = \"" << name << "\"\n"
+        << c.model_keys << R"(vocab_size = 259
 hidden_size = 32
 intermediate_size = 64
 num_layers = 2
@@ -322,7 +327,8 @@ num_heads = 4
 num_kv_heads = 2
 max_position_embeddings = 256
 [data]
-eval_path = ")" << eval_file().string() << R"("
+eval_path = ")"
+        << eval_file().string() << R"("
 eval_batches = 2
 [train]
 steps = 4
@@ -358,9 +364,12 @@ TEST_F(ExportE2e, LoraRunExportsAPeftAdapterAndTheMergedModel) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::ofstream(base / "tokenizer_config.json") << R"({"model_max_length": 256})";
   std::ofstream(base / "generation_config.json") << R"({"bos_token_id": 256, "eos_token_id": 257})";
-  std::ofstream(suite_ / "lora.toml") << "[run]\ndevice = \"cpu\"\n[model]\nhf_dir = \"" << base.string() << "\"\n" << R"(
+  std::ofstream(suite_ / "lora.toml")
+      << "[run]\ndevice = \"cpu\"\n[model]\nhf_dir = \"" << base.string() << "\"\n"
+      << R"(
 [data]
-eval_path = ")" << eval_file().string() << R"("
+eval_path = ")"
+      << eval_file().string() << R"("
 eval_batches = 2
 [train]
 steps = 6
@@ -380,7 +389,8 @@ dropout = 0.05
 targets = ["all-linear"]
 )";
   const fs::path run_dir = suite_ / "lora";
-  r = run(dstrain(2, "--config " + (suite_ / "lora.toml").string() + " --set run.dir=" + run_dir.string()));
+  r = run(dstrain(
+      2, "--config " + (suite_ / "lora.toml").string() + " --set run.dir=" + run_dir.string()));
   if (r.exit_code == 2 && r.output.find("lora") != std::string::npos) {
     GTEST_SKIP() << "the trainer refuses lora.enabled: " << r.output;
   }
@@ -408,7 +418,8 @@ targets = ["all-linear"]
   EXPECT_EQ(ac["bias"], "none");
   EXPECT_EQ(ac["base_model_name_or_path"], base.string());
   EXPECT_EQ(ac["target_modules"].get<std::set<std::string>>(),
-            (std::set<std::string>{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}));
+            (std::set<std::string>{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                   "down_proj"}));
   // The base's tokenizer files and its config.json travel with every export.
   for (const fs::path& dir : {adapter, merged, unmerged}) {
     EXPECT_TRUE(fs::exists(dir / "tokenizer_config.json")) << dir;
@@ -417,10 +428,10 @@ targets = ["all-linear"]
   EXPECT_EQ(read_json(merged / "config.json"), read_json(base / "config.json"));
 
   const fs::path out = suite_ / "peft_check.json";
-  r = run(std::string(DSTRAIN_PYTHON) + " " + (suite_ / "peft_check.py").string() + " " + base.string() +
-          " " + adapter.string() + " " + merged.string() + " " + unmerged.string() + " " + ckpt.string() +
-          " " + eval_file().string() + " " + std::to_string(kSeqLen) + " " + std::to_string(kEvalSamples) +
-          " " + out.string());
+  r = run(std::string(DSTRAIN_PYTHON) + " " + (suite_ / "peft_check.py").string() + " " +
+          base.string() + " " + adapter.string() + " " + merged.string() + " " + unmerged.string() +
+          " " + ckpt.string() + " " + eval_file().string() + " " + std::to_string(kSeqLen) + " " +
+          std::to_string(kEvalSamples) + " " + out.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const json got = read_json(out);
   EXPECT_EQ(got["adapters"], 2 * 7 * 2);  // A and B, seven projections, two layers

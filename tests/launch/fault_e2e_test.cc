@@ -24,8 +24,8 @@
 
 namespace {
 
-using dstrain::e2e::kSmallModelToml;
 using dstrain::e2e::find_rank;
+using dstrain::e2e::kSmallModelToml;
 using dstrain::e2e::latest_of;
 using dstrain::e2e::losses_since_resume;
 using dstrain::e2e::metrics;
@@ -37,7 +37,6 @@ using Clock = std::chrono::steady_clock;
 constexpr int kRanks = 2;
 constexpr int kVictim = 1;  // rank 0 survives: it is the one that reports
 
-
 int loss_lines(const fs::path& run_dir) {
   const std::string m = read_file(run_dir / "metrics.jsonl");
   int n = 0;
@@ -47,12 +46,11 @@ int loss_lines(const fs::path& run_dir) {
   return n;
 }
 
-
 struct Outcome {
-  bool ended = false;      // false: still running at the deadline (a hang)
-  int exit_code = -1;      // mpirun's, when it exited
-  double seconds = 0;      // from the signal to mpirun's exit
-  std::string log;         // every rank's stdout and stderr, and mpirun's
+  bool ended = false;  // false: still running at the deadline (a hang)
+  int exit_code = -1;  // mpirun's, when it exited
+  double seconds = 0;  // from the signal to mpirun's exit
+  std::string log;     // every rank's stdout and stderr, and mpirun's
 };
 
 // Starts a long 2-rank CPU run, waits until it has logged two steps, sends `sig` to rank
@@ -95,9 +93,10 @@ every = 0
     Outcome o;
     const fs::path out = dir_ / name;
     const fs::path log = dir_ / (name + ".log");
-    const std::string command = dstrain::e2e::dstrain(
-        kRanks, "--config " + (dir_ / "small.toml").string() + " --set run.dir=" + out.string() +
-                    " " + extra) + " > " + log.string() + " 2>&1";
+    const std::string command =
+        dstrain::e2e::dstrain(kRanks, "--config " + (dir_ / "small.toml").string() +
+                                          " --set run.dir=" + out.string() + " " + extra) +
+        " > " + log.string() + " 2>&1";
     job_ = fork();
     if (job_ < 0) return o;
     if (job_ == 0) {

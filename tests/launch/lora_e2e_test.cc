@@ -93,17 +93,18 @@ class LoraE2e : public ::testing::Test {
 
 TEST_F(LoraE2e, TinyLoraTomlFineTunesTheTinyExportAndPeftLoadsTheAdapter) {
   // The two commands of the config's header (the CPU proofs stay on the CPU on GPU machines).
-  RunResult r = here(dstrain::e2e::dstrain(2, "--config " + config("tiny.toml") +
-                                                  " --set run.device=cpu --set train.steps=" +
-                                                  std::to_string(kBaseSteps)));
+  RunResult r = here(dstrain::e2e::dstrain(
+      2, "--config " + config("tiny.toml") +
+             " --set run.device=cpu --set train.steps=" + std::to_string(kBaseSteps)));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  r = here(std::string(DSTRAIN_BINARY) + " export --checkpoint runs/tiny --format hf --out runs/tiny-hf");
+  r = here(std::string(DSTRAIN_BINARY) +
+           " export --checkpoint runs/tiny --format hf --out runs/tiny-hf");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(fs::exists(dir_ / "runs/tiny-hf/config.json"));
 
   // The config as shipped; only the length of the run is changed.
-  r = here(dstrain::e2e::dstrain(2, "--config " + config("tiny-lora.toml") + " --set train.steps=" +
-                                        std::to_string(kLoraSteps)));
+  r = here(dstrain::e2e::dstrain(2, "--config " + config("tiny-lora.toml") +
+                                        " --set train.steps=" + std::to_string(kLoraSteps)));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::vector<double> l = losses("runs/tiny-lora");
   ASSERT_EQ(l.size(), static_cast<size_t>(kLoraSteps));
@@ -147,13 +148,14 @@ TEST_F(LoraE2e, MalformedBaseWeightsExitThreeNamingTheFile) {
     "model_type": "llama", "vocab_size": 259, "hidden_size": 32, "intermediate_size": 64,
     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
     "max_position_embeddings": 256, "tie_word_embeddings": true})";
-  const std::string header = R"({"model.norm.weight":{"dtype":"F32","shape":[32],"data_offsets":[0,128]}})";
+  const std::string header =
+      R"({"model.norm.weight":{"dtype":"F32","shape":[32],"data_offsets":[0,128]}})";
   std::string bytes(8, '\0');
   for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(header.size() >> (8 * i));
   std::ofstream(dir_ / "runs/tiny-hf/model.safetensors", std::ios::binary)
       << bytes << header << std::string(64, '\0');
-  const RunResult r = here(dstrain::e2e::dstrain(2, "--config " + config("tiny-lora.toml") +
-                                                        " --set train.steps=2"));
+  const RunResult r = here(
+      dstrain::e2e::dstrain(2, "--config " + config("tiny-lora.toml") + " --set train.steps=2"));
   EXPECT_EQ(r.exit_code, 3) << r.output;
   EXPECT_NE(r.output.find("runs/tiny-hf/model.safetensors"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("run past the data section of 64 bytes"), std::string::npos) << r.output;

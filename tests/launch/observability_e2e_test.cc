@@ -61,8 +61,9 @@ TEST_F(ObservabilityE2e, TensorBoardShowsEachStepOnceWithTheResumedValues) {
   ASSERT_EQ(first.exit_code, 0) << first.output;
   EXPECT_FALSE(fs::exists(out / "comm")) << "log.level = \"info\" writes no diagnostics";
   const fs::path step3 = out / "checkpoints" / "step-00000003";
-  RunResult second = run(dstrain(2, args(out, "--resume " + step3.string() +
-                                                  " --set train.steps=8 --set checkpoint.every=0")));
+  RunResult second =
+      run(dstrain(2, args(out, "--resume " + step3.string() +
+                                   " --set train.steps=8 --set checkpoint.every=0")));
   ASSERT_EQ(second.exit_code, 0) << second.output;
 
   // The test can tell the runs apart: each logged step 4's learning rate, differently.
@@ -81,8 +82,9 @@ TEST_F(ObservabilityE2e, TensorBoardShowsEachStepOnceWithTheResumedValues) {
 
 TEST_F(ObservabilityE2e, DebugLevelWritesEachRanksCollectivesAndStepSummaries) {
   const fs::path out = dir_ / "debug";
-  RunResult r = run(dstrain(2, args(out, "--set log.level=debug --set train.steps=3 "
-                                         "--set checkpoint.enabled=false")));
+  RunResult r = run(dstrain(2, args(out,
+                                    "--set log.level=debug --set train.steps=3 "
+                                    "--set checkpoint.enabled=false")));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (int rank : {0, 1}) {
     const fs::path log = out / "comm" / ("rank" + std::to_string(rank) + ".log");

@@ -2,8 +2,8 @@
 // sequences, and a held-out share of the training file evaluated into metrics.jsonl and
 // TensorBoard.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <filesystem>
@@ -37,8 +37,9 @@ class PackingE2e : public ::testing::Test {
     {
       std::ofstream out(jsonl);
       for (int i = 0; i < 160; ++i) {
-        nlohmann::json record = {{"prompt", "Question " + std::to_string(i) + ": " + std::string(i % 23, 'q')},
-                                 {"completion", " answer " + std::string(3 + (i * 7) % 29, 'a' + i % 5)}};
+        nlohmann::json record = {
+            {"prompt", "Question " + std::to_string(i) + ": " + std::string(i % 23, 'q')},
+            {"completion", " answer " + std::string(3 + (i * 7) % 29, 'a' + i % 5)}};
         out << record.dump() << "\n";
       }
     }
@@ -53,7 +54,8 @@ class PackingE2e : public ::testing::Test {
     const fs::path p = dir_ / "packing.toml";
     std::ofstream(p) << kSmallModelToml << R"(
 [data]
-path = ")" << data_file << R"("
+path = ")" << data_file
+                     << R"("
 format = "sft"
 packing = true
 eval_fraction = 0.1
@@ -118,7 +120,8 @@ TEST_F(PackingE2e, PackingAPlainStreamExitsThreeNamingTheFile) {
   const std::string cfg = config("");
   const std::string out = (dir_ / "stream").string();
   // The demo corpus is a plain stream without document offsets.
-  RunResult r = run(dstrain(1, "--config " + cfg + " --set data.format=tokens --set run.dir=" + out));
+  RunResult r =
+      run(dstrain(1, "--config " + cfg + " --set data.format=tokens --set run.dir=" + out));
   EXPECT_EQ(r.exit_code, 3) << r.output;
   EXPECT_NE(r.output.find("data.packing"), std::string::npos) << r.output;
 }

@@ -15,7 +15,8 @@ namespace dstrain::e2e {
 namespace {
 
 std::string temp_dir(const std::string& name) {
-  const std::string dir = (std::filesystem::temp_directory_path() / ("dstrain-plan-e2e-" + name)).string();
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("dstrain-plan-e2e-" + name)).string();
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
@@ -40,9 +41,10 @@ nlohmann::json plan_json(const std::string& args) {
 
 TEST(PlanE2e, AHuggingFaceConfigAloneIsEnough) {
   const std::string dir = hf_dir();
-  nlohmann::json j = plan_json("--hf-dir " + dir + " --world 8 --ranks-per-node 8 --gpu-mem 80" +
-                               " --set train.dtype=bf16 --set zero.stage=3 --set train.seq_len=2048" +
-                               " --set train.micro_batch=1 --set train.global_batch=8");
+  nlohmann::json j =
+      plan_json("--hf-dir " + dir + " --world 8 --ranks-per-node 8 --gpu-mem 80" +
+                " --set train.dtype=bf16 --set zero.stage=3 --set train.seq_len=2048" +
+                " --set train.micro_batch=1 --set train.global_batch=8");
   ASSERT_FALSE(j.is_null());
   EXPECT_NEAR(j["parameters"].get<double>(), 8.03e9, 0.01e9);
   EXPECT_EQ(j["comm"]["ranks_per_node"], 8);
@@ -58,8 +60,9 @@ TEST(PlanE2e, AHuggingFaceConfigAloneIsEnough) {
 
 TEST(PlanE2e, ADoesNotFitVerdictNamesAChangeThatFits) {
   const std::string dir = hf_dir();
-  const std::string base = "--hf-dir " + dir + " --gpu-mem 80 --set train.dtype=bf16 --set zero.stage=0" +
-                           " --set train.seq_len=4096 --set train.micro_batch=1 --set train.global_batch=8";
+  const std::string base =
+      "--hf-dir " + dir + " --gpu-mem 80 --set train.dtype=bf16 --set zero.stage=0" +
+      " --set train.seq_len=4096 --set train.micro_batch=1 --set train.global_batch=8";
   nlohmann::json j = plan_json(base + " --world 8");
   ASSERT_FALSE(j.is_null());
   EXPECT_FALSE(j["fits"].get<bool>());
@@ -74,12 +77,15 @@ TEST(PlanE2e, ADoesNotFitVerdictNamesAChangeThatFits) {
   RunResult table = run(std::string(DSTRAIN_BINARY) + " plan " + base + " --world 8");
   EXPECT_EQ(table.exit_code, 0) << table.output;
   EXPECT_NE(table.output.find("does not fit: gpu memory"), std::string::npos) << table.output;
-  EXPECT_NE(table.output.find("smallest change that fits: " + change), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("smallest change that fits: " + change), std::string::npos)
+      << table.output;
 }
 
 TEST(PlanE2e, UsageAndInputErrorsKeepTheirExitCodes) {
   EXPECT_EQ(run(std::string(DSTRAIN_BINARY) + " plan --world 2").exit_code, 2);
-  EXPECT_EQ(run(std::string(DSTRAIN_BINARY) + " plan --hf-dir /nonexistent-dir --gpu-mem -1").exit_code, 2);
+  EXPECT_EQ(
+      run(std::string(DSTRAIN_BINARY) + " plan --hf-dir /nonexistent-dir --gpu-mem -1").exit_code,
+      2);
   const std::string empty = temp_dir("empty");
   EXPECT_EQ(run(std::string(DSTRAIN_BINARY) + " plan --hf-dir " + empty).exit_code, 3);
 }

@@ -25,16 +25,16 @@
 
 namespace {
 
-using dstrain::e2e::kSmallModelToml;
 using dstrain::e2e::find_rank;
+using dstrain::e2e::kSmallModelToml;
 using dstrain::e2e::latest_of;
 using dstrain::e2e::losses_since_resume;
 using dstrain::e2e::metrics;
 using dstrain::e2e::read_file;
 
-using dstrain::e2e::RunResult;
 using dstrain::e2e::dstrain;
 using dstrain::e2e::run;
+using dstrain::e2e::RunResult;
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -42,15 +42,11 @@ using Clock = std::chrono::steady_clock;
 // Long enough that the signal, sent after a few steps, always lands mid-run.
 constexpr int kSteps = 60;
 
-
 int steps_logged(const fs::path& run_dir) {
   int n = 0;
   for (const auto& j : metrics(run_dir)) n += j.contains("loss") ? 1 : 0;
   return n;
 }
-
-
-
 
 // mpirun itself (exec'd by the shell, so that signals sent to the returned pid reach mpirun),
 // with its output in `log`; `delay_ms` > 0 holds each checkpoint save open that long.
@@ -58,7 +54,8 @@ pid_t start_job(const std::string& args, const fs::path& log, int delay_ms) {
   const std::string command = "exec " + dstrain(2, args) + " > " + log.string() + " 2>&1";
   const pid_t job = fork();
   if (job == 0) {
-    if (delay_ms > 0) setenv("DSTRAIN_TEST_CHECKPOINT_DELAY_MS", std::to_string(delay_ms).c_str(), 1);
+    if (delay_ms > 0)
+      setenv("DSTRAIN_TEST_CHECKPOINT_DELAY_MS", std::to_string(delay_ms).c_str(), 1);
     execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
@@ -116,8 +113,8 @@ every = 0
   static void TearDownTestSuite() { fs::remove_all(suite_); }
 
   static std::string args(const fs::path& run_dir) {
-    return "--config " + (suite_ / "small.toml").string() + " --set train.steps=" +
-           std::to_string(kSteps) + " --set run.dir=" + run_dir.string();
+    return "--config " + (suite_ / "small.toml").string() +
+           " --set train.steps=" + std::to_string(kSteps) + " --set run.dir=" + run_dir.string();
   }
   static fs::path ckpt(const fs::path& run_dir, int step) {
     char name[32];
@@ -140,7 +137,8 @@ TEST_F(PreemptE2e, Usr1CommitsACheckpointExits75AndResumesToTheSameLoss) {
   const pid_t job = start_job(args(out), log, 0);
   ASSERT_GT(job, 0);
   ASSERT_TRUE(wait_until(job, [&] { return steps_logged(out) >= 3; }))
-      << "the run ended, or never logged 3 steps:\n" << read_file(log);
+      << "the run ended, or never logged 3 steps:\n"
+      << read_file(log);
   ASSERT_EQ(::kill(job, SIGUSR1), 0);
   const std::optional<int> status = wait_for(job, std::chrono::seconds(120));
   ASSERT_TRUE(status.has_value()) << "still running 120 s after SIGUSR1:\n" << read_file(log);
@@ -182,7 +180,8 @@ TEST_F(PreemptE2e, SecondSignalEndsTheRunAtOnceWithoutClaimingACheckpoint) {
   const pid_t job = start_job(args(out), log, 60000);
   ASSERT_GT(job, 0);
   ASSERT_TRUE(wait_until(job, [&] { return steps_logged(out) >= 3; }))
-      << "the run ended, or never logged 3 steps:\n" << read_file(log);
+      << "the run ended, or never logged 3 steps:\n"
+      << read_file(log);
   ASSERT_EQ(::kill(job, SIGUSR1), 0);
   const auto saving = [&] {
     for (const auto& e : fs::directory_iterator(out / "checkpoints")) {
@@ -191,10 +190,12 @@ TEST_F(PreemptE2e, SecondSignalEndsTheRunAtOnceWithoutClaimingACheckpoint) {
     return false;
   };
   ASSERT_TRUE(wait_until(job, [&] { return fs::exists(out / "checkpoints") && saving(); }))
-      << "the preemption's save never started:\n" << read_file(log);
+      << "the preemption's save never started:\n"
+      << read_file(log);
   ASSERT_EQ(::kill(job, SIGUSR1), 0);
   const std::optional<int> status = wait_for(job, std::chrono::seconds(30));
-  ASSERT_TRUE(status.has_value()) << "still running 30 s after the second signal:\n" << read_file(log);
+  ASSERT_TRUE(status.has_value()) << "still running 30 s after the second signal:\n"
+                                  << read_file(log);
   EXPECT_FALSE(WIFEXITED(*status) && (WEXITSTATUS(*status) == 0 || WEXITSTATUS(*status) == 75))
       << read_file(log);
   EXPECT_EQ(latest_of(out), "");

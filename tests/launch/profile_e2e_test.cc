@@ -35,7 +35,8 @@ TEST(ProfileE2e, EachRankWritesATraceOfTheProfiledSteps) {
       if (e.contains("name") && e["name"].is_string()) names.insert(e["name"].get<std::string>());
     }
     // The model's matmuls and the optimizer ran inside the window.
-    EXPECT_TRUE(names.count("aten::mm") || names.count("aten::addmm") || names.count("aten::matmul"))
+    EXPECT_TRUE(names.count("aten::mm") || names.count("aten::addmm") ||
+                names.count("aten::matmul"))
         << trace;
     EXPECT_GT(names.size(), 20u) << trace;
   }

@@ -55,8 +55,9 @@ TEST(Topology, InterleavedNodes) {
   EXPECT_EQ(sum, world_rank() % 2 == 0 ? 0 + 2 : 1 + 3);
   MPI_Allreduce(&mine, &sum, 1, MPI_INT, MPI_SUM, topo.inter_node());
   EXPECT_EQ(sum, world_rank() < 2 ? 0 + 1 : 2 + 3);
-  EXPECT_EQ(topo.describe(), "2 node(s) x 2 rank(s): rank 0 node 0 local 0, rank 1 node 1 local 0, "
-                             "rank 2 node 0 local 1, rank 3 node 1 local 1");
+  EXPECT_EQ(topo.describe(),
+            "2 node(s) x 2 rank(s): rank 0 node 0 local 0, rank 1 node 1 local 0, "
+            "rank 2 node 0 local 1, rank 3 node 1 local 1");
 }
 
 TEST(Topology, UnequalNodesAreAnErrorOnEveryRank) {

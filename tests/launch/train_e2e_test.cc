@@ -2,9 +2,9 @@
 // scripts read (metrics.jsonl).
 #include <gtest/gtest.h>
 
-#include "tests/launch/e2e_util.h"
-#include <nlohmann/json.hpp>
 #include <sys/wait.h>
+#include <nlohmann/json.hpp>
+#include "tests/launch/e2e_util.h"
 
 #include <array>
 #include <cmath>
@@ -16,10 +16,10 @@
 
 namespace {
 
-using dstrain::e2e::kSmallModelToml;
-using dstrain::e2e::RunResult;
-using dstrain::e2e::run;
 using dstrain::e2e::dstrain;
+using dstrain::e2e::kSmallModelToml;
+using dstrain::e2e::run;
+using dstrain::e2e::RunResult;
 
 namespace fs = std::filesystem;
 
@@ -27,8 +27,9 @@ class TrainE2e : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
-           ("dstrain_e2e_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
-            "_" + std::to_string(getpid()));
+           ("dstrain_e2e_" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
+            std::to_string(getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -77,12 +78,15 @@ grad_clip = 0.5
 
 TEST_F(TrainE2e, TinyTomlLossFallsByThirtyPercent) {
   const std::string out = run_dir("tiny");
-  RunResult r = run(dstrain(2, "--config " DSTRAIN_SOURCE_DIR "/configs/tiny.toml --set run.device=cpu --set run.dir=" + out));
+  RunResult r = run(dstrain(2, "--config " DSTRAIN_SOURCE_DIR
+                               "/configs/tiny.toml --set run.device=cpu --set run.dir=" +
+                                   out));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::vector<nlohmann::json> lines = metrics(out);
   ASSERT_EQ(lines.size(), 120u);
-  for (const char* key : {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "step_time_s",
-                          "skipped_steps", "gpu_mem_peak_bytes", "host_rss_peak_bytes"}) {
+  for (const char* key :
+       {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "step_time_s", "skipped_steps",
+        "gpu_mem_peak_bytes", "host_rss_peak_bytes"}) {
     EXPECT_TRUE(lines.back().contains(key)) << key;
   }
   const double first = lines.front()["loss"], last = lines.back()["loss"];
@@ -95,13 +99,17 @@ TEST_F(TrainE2e, SameLossesAtEveryWorldSizeAndStage) {
   // Same global batch, so accumulation is 4, 2 or 1 micro-batches per rank; the single-rank
   // stage-0 run is the reference for every sharded configuration.
   const std::string cfg = small_config();
-  struct Case { int ranks; int stage; };
+  struct Case {
+    int ranks;
+    int stage;
+  };
   const std::vector<Case> cases = {{1, 0}, {2, 0}, {4, 0}, {2, 1}, {4, 2}, {2, 3}, {4, 3}};
   std::vector<std::vector<double>> runs;
   for (const Case& c : cases) {
     const std::string out = run_dir("r" + std::to_string(c.ranks) + "s" + std::to_string(c.stage));
-    RunResult r = run(dstrain(c.ranks, "--config " + cfg + " --set zero.stage=" +
-                                           std::to_string(c.stage) + " --set run.dir=" + out));
+    RunResult r =
+        run(dstrain(c.ranks, "--config " + cfg + " --set zero.stage=" + std::to_string(c.stage) +
+                                 " --set run.dir=" + out));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     runs.push_back(losses(out));
     ASSERT_EQ(runs.back().size(), 6u);
@@ -119,7 +127,10 @@ TEST_F(TrainE2e, OffloadedOptimizerAndParametersKeepTheLosses) {
   // instead of the fused one: the same losses as the run without offload at each stage, on two
   // ranks; the scratch files are gone afterwards.
   const std::string cfg = small_config("weight_decay = 0.1\n");
-  struct Case { int stage; std::string offload; };
+  struct Case {
+    int stage;
+    std::string offload;
+  };
   const std::string nvme = "--set offload.optimizer=nvme --set offload.nvme_dir=" + run_dir("nvme");
   const std::vector<Case> cases = {
       {1, "--set offload.optimizer=cpu"},
@@ -133,14 +144,16 @@ TEST_F(TrainE2e, OffloadedOptimizerAndParametersKeepTheLosses) {
       {2, nvme},
       {3, nvme + " --set offload.params=cpu --set offload.host_budget_gib=0.0001"},
       {3, nvme + " --set offload.params=nvme"},
-      {3, "--set offload.optimizer=cpu --set offload.params=nvme --set offload.nvme_dir=" + run_dir("nvme")}};
+      {3, "--set offload.optimizer=cpu --set offload.params=nvme --set offload.nvme_dir=" +
+              run_dir("nvme")}};
   for (const Case& c : cases) {
     std::vector<double> base, off;
     for (bool offloaded : {false, true}) {
       const std::string out = run_dir("s" + std::to_string(c.stage) + (offloaded ? "off" : "on") +
                                       std::to_string(c.offload.size()));
-      RunResult r = run(dstrain(2, "--config " + cfg + " --set zero.stage=" + std::to_string(c.stage) +
-                                       (offloaded ? " " + c.offload : "") + " --set run.dir=" + out));
+      RunResult r =
+          run(dstrain(2, "--config " + cfg + " --set zero.stage=" + std::to_string(c.stage) +
+                             (offloaded ? " " + c.offload : "") + " --set run.dir=" + out));
       ASSERT_EQ(r.exit_code, 0) << r.output;
       (offloaded ? off : base) = losses(out);
     }
@@ -157,7 +170,8 @@ TEST_F(TrainE2e, OffloadedOptimizerAndParametersKeepTheLosses) {
 TEST_F(TrainE2e, Bf16TrainsAndFp16OverflowIsSkippedAndCounted) {
   const std::string cfg = small_config();
   const std::string bf16 = run_dir("bf16");
-  RunResult r = run(dstrain(2, "--config " + cfg + " --set train.dtype=bf16 --set train.steps=12 --set run.dir=" + bf16));
+  RunResult r = run(dstrain(
+      2, "--config " + cfg + " --set train.dtype=bf16 --set train.steps=12 --set run.dir=" + bf16));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::vector<double> l = losses(bf16);
   ASSERT_EQ(l.size(), 12u);
@@ -181,15 +195,21 @@ TEST_F(TrainE2e, Bf16TrainsAndFp16OverflowIsSkippedAndCounted) {
 }
 
 TEST_F(TrainE2e, LoraTrainsAdaptersOnlyAndMatchesAcrossWorldSizesAndStages) {
-  const std::string cfg = small_config("[lora]\nenabled = true\nrank = 4\nalpha = 8.0\n"
-                                       "dropout = 0.1\ntargets = [\"all-linear\"]\n");
-  struct Case { int ranks; int stage; };
+  const std::string cfg = small_config(
+      "[lora]\nenabled = true\nrank = 4\nalpha = 8.0\n"
+      "dropout = 0.1\ntargets = [\"all-linear\"]\n");
+  struct Case {
+    int ranks;
+    int stage;
+  };
   const std::vector<Case> cases = {{1, 0}, {2, 0}, {2, 3}, {4, 2}};
   std::vector<std::vector<double>> runs;
   for (const Case& c : cases) {
-    const std::string out = run_dir("lora" + std::to_string(c.ranks) + "s" + std::to_string(c.stage));
-    RunResult r = run(dstrain(c.ranks, "--config " + cfg + " --set train.steps=8 --set zero.stage=" +
-                                           std::to_string(c.stage) + " --set run.dir=" + out));
+    const std::string out =
+        run_dir("lora" + std::to_string(c.ranks) + "s" + std::to_string(c.stage));
+    RunResult r =
+        run(dstrain(c.ranks, "--config " + cfg + " --set train.steps=8 --set zero.stage=" +
+                                 std::to_string(c.stage) + " --set run.dir=" + out));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     runs.push_back(losses(out));
     ASSERT_EQ(runs.back().size(), 8u);
@@ -210,12 +230,13 @@ TEST_F(TrainE2e, ActivationCheckpointingKeepsTheLosses) {
   // small_config rewrites one file: each configuration runs before the next is written.
   auto train = [&](const std::string& cfg, const std::string& tag, int ranks, int stage,
                    const std::string& policy, int layers = -1) {
-    const std::string out = run_dir(tag + std::to_string(ranks) + "_" + std::to_string(stage) + "_" +
-                                    policy + std::to_string(layers));
-    RunResult r = run(dstrain(ranks, "--config " + cfg + " --set zero.stage=" + std::to_string(stage) +
-                                         " --set train.activation_checkpointing=" + policy +
-                                         " --set train.recompute_layers=" + std::to_string(layers) +
-                                         " --set run.dir=" + out));
+    const std::string out = run_dir(tag + std::to_string(ranks) + "_" + std::to_string(stage) +
+                                    "_" + policy + std::to_string(layers));
+    RunResult r =
+        run(dstrain(ranks, "--config " + cfg + " --set zero.stage=" + std::to_string(stage) +
+                               " --set train.activation_checkpointing=" + policy +
+                               " --set train.recompute_layers=" + std::to_string(layers) +
+                               " --set run.dir=" + out));
     EXPECT_EQ(r.exit_code, 0) << r.output;
     std::vector<double> l = losses(out);
     EXPECT_EQ(l.size(), 6u) << ranks << " ranks, stage " << stage << ", " << policy;
@@ -224,7 +245,12 @@ TEST_F(TrainE2e, ActivationCheckpointingKeepsTheLosses) {
   };
   const std::string cfg = small_config();
   const std::vector<double> ref = train(cfg, "full_model", 1, 0, "none");
-  struct Case { int ranks; int stage; const char* policy; int layers = -1; };
+  struct Case {
+    int ranks;
+    int stage;
+    const char* policy;
+    int layers = -1;
+  };
   for (const Case& c : {Case{2, 0, "full"}, Case{2, 3, "selective"}, Case{4, 3, "full"},
                         Case{2, 3, "selective", 1}}) {
     const std::vector<double> got = train(cfg, "full_model", c.ranks, c.stage, c.policy, c.layers);
@@ -233,8 +259,9 @@ TEST_F(TrainE2e, ActivationCheckpointingKeepsTheLosses) {
           << c.ranks << " ranks, stage " << c.stage << ", " << c.policy << ", step " << s;
     }
   }
-  const std::string lora = small_config("[lora]\nenabled = true\nrank = 4\nalpha = 8.0\n"
-                                        "dropout = 0.1\ntargets = [\"all-linear\"]\n");
+  const std::string lora = small_config(
+      "[lora]\nenabled = true\nrank = 4\nalpha = 8.0\n"
+      "dropout = 0.1\ntargets = [\"all-linear\"]\n");
   const std::vector<double> lora_none = train(lora, "lora", 2, 3, "none");
   const std::vector<double> lora_full = train(lora, "lora", 2, 3, "full");
   for (size_t s = 0; s < lora_none.size(); ++s) {
@@ -261,16 +288,20 @@ LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(sys.argv[1])
   const std::string cfg = small_config("[lora]\nenabled = true\ntargets = [\"q\", \"v\"]\n");
   // Every rank must load the whole frozen base wherever it is kept whole (stages 1 and 2, and
   // stage 3 with lora.base_sharding = replicated), and its shard where it is sharded.
-  struct Case { int ranks; int stage; const char* base_sharding; };
-  const std::vector<Case> cases = {{1, 0, "auto"}, {2, 1, "auto"}, {2, 2, "auto"},
-                                   {2, 3, "sharded"}, {2, 3, "replicated"}};
+  struct Case {
+    int ranks;
+    int stage;
+    const char* base_sharding;
+  };
+  const std::vector<Case> cases = {
+      {1, 0, "auto"}, {2, 1, "auto"}, {2, 2, "auto"}, {2, 3, "sharded"}, {2, 3, "replicated"}};
   std::vector<std::vector<double>> runs;
   for (const Case& c : cases) {
     const std::string out = run_dir("hf" + std::to_string(c.stage) + c.base_sharding);
-    RunResult r = run(dstrain(c.ranks, "--config " + cfg + " --set model.hf_dir=" + hf +
-                                           " --set model.hidden_size=64 --set zero.stage=" +
-                                           std::to_string(c.stage) + " --set lora.base_sharding=" +
-                                           c.base_sharding + " --set run.dir=" + out));
+    RunResult r = run(dstrain(
+        c.ranks, "--config " + cfg + " --set model.hf_dir=" + hf +
+                     " --set model.hidden_size=64 --set zero.stage=" + std::to_string(c.stage) +
+                     " --set lora.base_sharding=" + c.base_sharding + " --set run.dir=" + out));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     runs.push_back(losses(out));
   }
@@ -302,21 +333,25 @@ TEST_F(TrainE2e, RerunIsBitIdentical) {
   ASSERT_EQ(runs[0].size(), 6u);
   EXPECT_EQ(runs[0], runs[1]);
   // A different seed is a different run.
-  RunResult r = run(dstrain(2, "--config " + cfg + " --set run.seed=7 --set run.dir=" + run_dir("c")));
+  RunResult r =
+      run(dstrain(2, "--config " + cfg + " --set run.seed=7 --set run.dir=" + run_dir("c")));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(losses(run_dir("c")), runs[0]);
 }
 
 TEST_F(TrainE2e, EvaluationWritesEvalLoss) {
   std::string text;
-  for (int i = 0; i < 200; ++i) text += "the quick brown fox jumps over the lazy dog number " + std::to_string(i) + ".\n";
+  for (int i = 0; i < 200; ++i)
+    text += "the quick brown fox jumps over the lazy dog number " + std::to_string(i) + ".\n";
   const std::string txt = write("eval.txt", text);
   const std::string tok = (dir_ / "eval.dstok").string();
-  RunResult prep = run(std::string(DSTRAIN_BINARY) + " prepare --input " + txt + " --output " + tok);
+  RunResult prep =
+      run(std::string(DSTRAIN_BINARY) + " prepare --input " + txt + " --output " + tok);
   ASSERT_EQ(prep.exit_code, 0) << prep.output;
   const std::string cfg = small_config("[data]\neval_path = \"" + tok + "\"\n");
   const std::string out = run_dir("eval");
-  RunResult r = run(dstrain(2, "--config " + cfg + " --set train.eval_every=3 --set run.dir=" + out));
+  RunResult r =
+      run(dstrain(2, "--config " + cfg + " --set train.eval_every=3 --set run.dir=" + out));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   int evals = 0;
   for (const auto& j : metrics(out)) {
@@ -368,7 +403,8 @@ TEST_F(TrainE2e, Bf16GradientReductionStaysCloseToFp32) {
     ASSERT_EQ(runs[k].size(), runs[0].size());
     EXPECT_NE(runs[k], runs[k - 2]);
     for (size_t s = 0; s < runs[0].size(); ++s) {
-      EXPECT_NEAR(runs[k][s], runs[k - 2][s], 2e-2 * runs[k - 2][s]) << "run " << k << " step " << s;
+      EXPECT_NEAR(runs[k][s], runs[k - 2][s], 2e-2 * runs[k - 2][s])
+          << "run " << k << " step " << s;
     }
   }
 }
@@ -386,18 +422,22 @@ TEST_F(TrainE2e, PlanPrintsPerRankBytes) {
 
   // Offloaded, the optimizer state moves to the host (and past the budget to the disk); a model
   // far beyond this machine's memory is said not to fit.
-  const std::string offloaded = small_config("[zero]\nstage = 3\n[offload]\noptimizer = \"nvme\"\n"
-                                             "params = \"cpu\"\nnvme_dir = \"" + run_dir("nvme") + "\"\n");
+  const std::string offloaded = small_config(
+      "[zero]\nstage = 3\n[offload]\noptimizer = \"nvme\"\n"
+      "params = \"cpu\"\nnvme_dir = \"" +
+      run_dir("nvme") + "\"\n");
   r = run(std::string(DSTRAIN_BINARY) + " plan --json --world 2 --config " + offloaded);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   j = nlohmann::json::parse(r.output);
   EXPECT_GT(j["per_rank_tier_bytes"]["nvme"].get<int64_t>(), 0);
   EXPECT_GT(j["per_rank_tier_bytes"]["host"].get<int64_t>(), 0);
-  EXPECT_EQ(j["per_rank_bytes"]["master_params"].get<int64_t>() + j["per_rank_bytes"]["optimizer_moments"].get<int64_t>(),
+  EXPECT_EQ(j["per_rank_bytes"]["master_params"].get<int64_t>() +
+                j["per_rank_bytes"]["optimizer_moments"].get<int64_t>(),
             j["per_rank_tier_bytes"]["nvme"].get<int64_t>());
   EXPECT_TRUE(j["fits"].get<bool>());
   r = run(std::string(DSTRAIN_BINARY) + " plan --json --world 2 --config " + offloaded +
-          " --set offload.optimizer=cpu --set model.hidden_size=16384 --set model.intermediate_size=65536" +
+          " --set offload.optimizer=cpu --set model.hidden_size=16384 --set "
+          "model.intermediate_size=65536" +
           " --set model.num_layers=64 --set model.num_heads=128 --set model.num_kv_heads=8");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   j = nlohmann::json::parse(r.output);

@@ -100,12 +100,11 @@ TEST(PackingLoss, MaskIsBlockDiagonalAndCausal) {
   const at::Tensor segments = at::tensor({0, 0, 1, 1, 1, 2}, at::kLong).unsqueeze(0);
   const at::Tensor mask = packed_attention_mask(segments);
   ASSERT_EQ(mask.sizes(), (std::vector<int64_t>{1, 1, 6, 6}));
-  const at::Tensor want = at::tensor({1, 0, 0, 0, 0, 0,
-                                      1, 1, 0, 0, 0, 0,
-                                      0, 0, 1, 0, 0, 0,
-                                      0, 0, 1, 1, 0, 0,
-                                      0, 0, 1, 1, 1, 0,
-                                      0, 0, 0, 0, 0, 1}, at::kLong).to(at::kBool).reshape({1, 1, 6, 6});
+  const at::Tensor want = at::tensor({1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+                                      0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1},
+                                     at::kLong)
+                              .to(at::kBool)
+                              .reshape({1, 1, 6, 6});
   EXPECT_TRUE(mask.equal(want));
 }
 

@@ -46,15 +46,17 @@ TEST(TensorBoard, ScalarEventWireFormat) {
   // Event{wall_time: 1.0, step: 300, summary{value{tag: "a", simple_value: 1.0}}}, by hand:
   // 0x09 + fixed64 double, 0x10 + varint 300 (ac 02), 0x2a len { 0x0a len { 0x0a 01 'a',
   // 0x15 + fixed32 float } }.
-  const std::string want = bytes({0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x10, 0xac, 0x02, 0x2a, 0x0a,
-                                  0x0a, 0x08, 0x0a, 0x01, 'a', 0x15, 0, 0, 0x80, 0x3f});
+  const std::string want =
+      bytes({0x09, 0,    0,    0,    0,    0,    0,   0xf0, 0x3f, 0x10, 0xac, 0x02,
+             0x2a, 0x0a, 0x0a, 0x08, 0x0a, 0x01, 'a', 0x15, 0,    0,    0x80, 0x3f});
   EXPECT_EQ(encode_scalars_event(1.0, 300, {{"a", 1.0f}}), want);
 }
 
 TEST(TensorBoard, SessionStartEventWireFormat) {
   // Event{wall_time: 1.0, step: 4, session_log{status: START}}, as tensorboard's own event_pb2
   // serialises it: 0x10 04, then field 7 length-delimited (0x3a 02) { 0x08 01 }.
-  const std::string want = bytes({0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x10, 0x04, 0x3a, 0x02, 0x08, 0x01});
+  const std::string want =
+      bytes({0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x10, 0x04, 0x3a, 0x02, 0x08, 0x01});
   EXPECT_EQ(encode_session_start_event(1.0, 4), want);
 }
 
@@ -70,9 +72,9 @@ TEST(TensorBoard, RecordFrameCarriesLengthAndMaskedCrcs) {
   ASSERT_EQ(frame.size(), 8 + 4 + payload.size() + 4);
   EXPECT_EQ(frame.substr(0, 8), bytes({9, 0, 0, 0, 0, 0, 0, 0}));
   const uint32_t len_crc = masked_crc32c(frame.data(), 8);
-  EXPECT_EQ(frame.substr(8, 4), bytes({static_cast<int>(len_crc & 0xff), static_cast<int>((len_crc >> 8) & 0xff),
-                                       static_cast<int>((len_crc >> 16) & 0xff),
-                                       static_cast<int>(len_crc >> 24)}));
+  EXPECT_EQ(frame.substr(8, 4),
+            bytes({static_cast<int>(len_crc & 0xff), static_cast<int>((len_crc >> 8) & 0xff),
+                   static_cast<int>((len_crc >> 16) & 0xff), static_cast<int>(len_crc >> 24)}));
   EXPECT_EQ(frame.substr(12, payload.size()), payload);
   EXPECT_EQ(frame.substr(12 + payload.size()), bytes({0xe5, 0xb0, 0x8a, 0xc7}));  // 0xc78ab0e5
 }
@@ -102,7 +104,8 @@ TEST(TensorBoard, EvaluationScalarsHaveTheirOwnSection) {
 // a second event file to the same directory.
 TEST(TensorBoard, TensorBoardReadsBackWhatMetricsJsonlSays) {
   const char* python = std::getenv("DSTRAIN_PYTHON");
-  if (python == nullptr || *python == '\0') GTEST_SKIP() << "DSTRAIN_PYTHON is not set (run under ctest)";
+  if (python == nullptr || *python == '\0')
+    GTEST_SKIP() << "DSTRAIN_PYTHON is not set (run under ctest)";
   const std::string dir = "/tmp/dstrain_tboard_" + std::to_string(getpid());
   const std::string check = std::string(python) + " " + DSTRAIN_SOURCE_DIR +
                             "/tests/runtime/tensorboard_check.py " + dir + " 2>&1";
@@ -119,21 +122,23 @@ TEST(TensorBoard, TensorBoardReadsBackWhatMetricsJsonlSays) {
     auto w = MetricsWriter::open(dir + "/metrics.jsonl");
     ASSERT_TRUE(w.ok()) << w.status().message();
     for (int step = 1; step <= 3; ++step) {
-      nlohmann::json line = {{"step", step},
-                             {"loss", 10.0 / step},
-                             {"lr", 3e-4 * step},
-                             {"grad_norm", step == 2 ? nlohmann::json(nullptr) : nlohmann::json(0.1 * step)},
-                             {"tokens", 4096 * step},
-                             {"tokens_per_s", 12345.678},
-                             {"step_time_s", 0.33},
-                             {"skipped_steps", step == 2 ? 1 : 0},
-                             {"gpu_mem_peak_bytes", int64_t{3} << 33},
-                             {"host_rss_peak_bytes", int64_t{1} << 31},
-                             {"comm_wait_s", 0.01}};
+      nlohmann::json line = {
+          {"step", step},
+          {"loss", 10.0 / step},
+          {"lr", 3e-4 * step},
+          {"grad_norm", step == 2 ? nlohmann::json(nullptr) : nlohmann::json(0.1 * step)},
+          {"tokens", 4096 * step},
+          {"tokens_per_s", 12345.678},
+          {"step_time_s", 0.33},
+          {"skipped_steps", step == 2 ? 1 : 0},
+          {"gpu_mem_peak_bytes", int64_t{3} << 33},
+          {"host_rss_peak_bytes", int64_t{1} << 31},
+          {"comm_wait_s", 0.01}};
       ASSERT_TRUE((*w)->write(line).ok());
     }
     ASSERT_TRUE((*w)->write({{"step", 3}, {"eval_loss", 2.0}, {"eval_ppl", 7.389056}}).ok());
-    ASSERT_TRUE((*w)->write({{"step", 3}, {"event", "checkpoint"}, {"path", dir}, {"stall_s", 0.5}}).ok());
+    ASSERT_TRUE(
+        (*w)->write({{"step", 3}, {"event", "checkpoint"}, {"path", dir}, {"stall_s", 0.5}}).ok());
     std::string output;
     const int rc = run_check(&output);
     if (rc == 77) {
@@ -145,7 +150,8 @@ TEST(TensorBoard, TensorBoardReadsBackWhatMetricsJsonlSays) {
   {
     auto w = MetricsWriter::open(dir + "/metrics.jsonl");
     ASSERT_TRUE(w.ok()) << w.status().message();
-    ASSERT_TRUE((*w)->write({{"step", 3}, {"event", "resume"}, {"path", dir}, {"load_s", 0.25}}).ok());
+    ASSERT_TRUE(
+        (*w)->write({{"step", 3}, {"event", "resume"}, {"path", dir}, {"load_s", 0.25}}).ok());
     ASSERT_TRUE((*w)->write({{"step", 4}, {"loss", 1.5}, {"lr", 1e-4}}).ok());
   }
   std::string output;
@@ -159,7 +165,8 @@ TEST(TensorBoard, TensorBoardReadsBackWhatMetricsJsonlSays) {
 // the resume line of metrics.jsonl); without the restart record it shows steps 4..6 twice.
 TEST(TensorBoard, ResumedRunReplacesTheStepsAfterItsCheckpoint) {
   const char* python = std::getenv("DSTRAIN_PYTHON");
-  if (python == nullptr || *python == '\0') GTEST_SKIP() << "DSTRAIN_PYTHON is not set (run under ctest)";
+  if (python == nullptr || *python == '\0')
+    GTEST_SKIP() << "DSTRAIN_PYTHON is not set (run under ctest)";
   const std::string dir = "/tmp/dstrain_tboard_restart_" + std::to_string(getpid());
   ASSERT_TRUE(base::remove_tree(dir).ok());
   {
@@ -168,7 +175,9 @@ TEST(TensorBoard, ResumedRunReplacesTheStepsAfterItsCheckpoint) {
     for (int step = 1; step <= 6; ++step) {
       ASSERT_TRUE((*w)->write({{"step", step}, {"loss", 10.0 / step}, {"lr", 0.1 * step}}).ok());
       if (step == 3) {
-        ASSERT_TRUE((*w)->write({{"step", 3}, {"event", "checkpoint"}, {"path", dir}, {"stall_s", 0.5}}).ok());
+        ASSERT_TRUE(
+            (*w)->write({{"step", 3}, {"event", "checkpoint"}, {"path", dir}, {"stall_s", 0.5}})
+                .ok());
       }
     }
     ASSERT_TRUE((*w)->write({{"step", 5}, {"eval_loss", 2.0}, {"eval_ppl", 7.389056}}).ok());
@@ -177,7 +186,8 @@ TEST(TensorBoard, ResumedRunReplacesTheStepsAfterItsCheckpoint) {
     auto w = MetricsWriter::open(dir + "/metrics.jsonl");
     ASSERT_TRUE(w.ok()) << w.status().message();
     // As the trainer does: the resume line, then the restart record at the first step it logs.
-    ASSERT_TRUE((*w)->write({{"step", 3}, {"event", "resume"}, {"path", dir}, {"load_s", 0.25}}).ok());
+    ASSERT_TRUE(
+        (*w)->write({{"step", 3}, {"event", "resume"}, {"path", dir}, {"load_s", 0.25}}).ok());
     ASSERT_TRUE((*w)->mark_restart(4).ok());
     for (int step = 4; step <= 7; ++step) {
       ASSERT_TRUE((*w)->write({{"step", step}, {"loss", 20.0 / step}, {"lr", 0.01 * step}}).ok());

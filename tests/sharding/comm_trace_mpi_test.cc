@@ -80,13 +80,13 @@ TEST_F(CommTraceTest, DebugLogsEveryCollectiveAndOneSummaryPerStep) {
 
   // Step 1: one of each kind on the world (issued back to back, waited later) and one on the
   // sub-group.
-  at::Tensor reduced = at::ones({8}, at::kFloat);                 // 32 bytes
+  at::Tensor reduced = at::ones({8}, at::kFloat);  // 32 bytes
   at::Tensor shard = at::ones({3}, at::kDouble);
-  at::Tensor full = at::zeros({3 * size_}, at::kDouble);           // 24 * size bytes
-  at::Tensor rs_in = at::ones({2 * size_}, at::kLong);             // 16 * size bytes
+  at::Tensor full = at::zeros({3 * size_}, at::kDouble);  // 24 * size bytes
+  at::Tensor rs_in = at::ones({2 * size_}, at::kLong);    // 16 * size bytes
   at::Tensor rs_out = at::zeros({2}, at::kLong);
-  at::Tensor bcast = at::arange(5, at::kLong);                     // 40 bytes
-  at::Tensor sub = at::ones({4}, at::kInt);                        // 16 bytes
+  at::Tensor bcast = at::arange(5, at::kLong);  // 40 bytes
+  at::Tensor sub = at::ones({4}, at::kInt);     // 16 bytes
   std::vector<std::unique_ptr<Work>> works;
   works.push_back(c.all_reduce(reduced, ReduceOp::kSum));
   works.push_back(c.all_gather(shard, full));
@@ -110,12 +110,10 @@ TEST_F(CommTraceTest, DebugLogsEveryCollectiveAndOneSummaryPerStep) {
     int seq;
     int64_t bytes;
   };
-  const std::vector<Want> step1 = {{"all_reduce", "world", 0, 32},
-                                   {"all_gather", "world", 1, 24 * size_},
-                                   {"all_reduce", "node", 0, 16},
-                                   {"reduce_scatter", "world", 2, 16 * size_},
-                                   {"broadcast", "world", 3, 40},
-                                   {"barrier", "world", 4, 0}};
+  const std::vector<Want> step1 = {
+      {"all_reduce", "world", 0, 32}, {"all_gather", "world", 1, 24 * size_},
+      {"all_reduce", "node", 0, 16},  {"reduce_scatter", "world", 2, 16 * size_},
+      {"broadcast", "world", 3, 40},  {"barrier", "world", 4, 0}};
   // start, 6 op lines, step 1, 1 op line, step 2.
   ASSERT_EQ(lines.size(), 1 + step1.size() + 1 + 1 + 1) << ::testing::PrintToString(lines);
   EXPECT_EQ(lines[0], "start");
@@ -134,9 +132,11 @@ TEST_F(CommTraceTest, DebugLogsEveryCollectiveAndOneSummaryPerStep) {
   // Two all-reduces (world and node), 48 bytes; every kind once with its bytes.
   EXPECT_NE(s1.find(" all_reduce:n=2,bytes=48,wait_s="), std::string::npos) << s1;
   EXPECT_NE(s1.find(" all_gather:n=1,bytes=" + std::to_string(24 * size_) + ",wait_s="),
-            std::string::npos) << s1;
+            std::string::npos)
+      << s1;
   EXPECT_NE(s1.find(" reduce_scatter:n=1,bytes=" + std::to_string(16 * size_) + ",wait_s="),
-            std::string::npos) << s1;
+            std::string::npos)
+      << s1;
   EXPECT_NE(s1.find(" broadcast:n=1,bytes=40,wait_s="), std::string::npos) << s1;
   EXPECT_NE(s1.find(" barrier:n=1,bytes=0,wait_s="), std::string::npos) << s1;
   auto f = fields(lines[2 + step1.size()]);

@@ -168,10 +168,10 @@ TEST_F(MpiCommunicatorTest, AsyncOpsBackToBackKeepIssueOrder) {
   at::Tensor scattered = at::zeros({kN / 2}, at::kDouble);
   const at::Tensor full = at::full({size() * (kN / 2)}, rank() + 1, at::kDouble);
   std::vector<std::unique_ptr<Work>> works;
-  works.push_back(comm_->all_reduce(t, ReduceOp::kSum));   // t = S = size(size+1)/2
-  works.push_back(comm_->all_gather(t, gathered));          // every block = S
-  works.push_back(comm_->all_reduce(t, ReduceOp::kSum));   // t = size * S
-  works.push_back(comm_->broadcast(t, size() - 1));         // unchanged, all ranks agree
+  works.push_back(comm_->all_reduce(t, ReduceOp::kSum));  // t = S = size(size+1)/2
+  works.push_back(comm_->all_gather(t, gathered));        // every block = S
+  works.push_back(comm_->all_reduce(t, ReduceOp::kSum));  // t = size * S
+  works.push_back(comm_->broadcast(t, size() - 1));       // unchanged, all ranks agree
   // Independent operations of varied sizes in between, each with its own expected value.
   std::vector<at::Tensor> sizes;
   for (int i = 0; i < 12; ++i) {
@@ -186,8 +186,7 @@ TEST_F(MpiCommunicatorTest, AsyncOpsBackToBackKeepIssueOrder) {
   const double s = size() * (size() + 1) / 2.0;
   EXPECT_TRUE(at::equal(gathered, at::full({size() * kN}, s, at::kDouble))) << gathered;
   EXPECT_TRUE(at::equal(t, at::full({kN}, size() * s, at::kDouble))) << t;
-  EXPECT_TRUE(at::equal(scattered, at::full({kN / 2}, s, at::kDouble)))
-      << scattered;
+  EXPECT_TRUE(at::equal(scattered, at::full({kN / 2}, s, at::kDouble))) << scattered;
   for (int i = 0; i < 12; ++i) {
     const double want = i % 2 ? size() - 1 + i : size() * i + size() * (size() - 1) / 2.0;
     EXPECT_TRUE(at::equal(sizes[i], at::full({1 + 97 * i}, want, at::kFloat))) << "op " << i;
@@ -236,8 +235,7 @@ TEST_F(MpiCommunicatorTest, UnsupportedInputsAreErrors) {
   at::Tensor non_contiguous = at::zeros({4, 6}, at::kFloat).t();
   EXPECT_EQ(comm_->all_reduce(non_contiguous, ReduceOp::kSum)->wait().code(),
             base::StatusCode::kInvalidArgument);
-  EXPECT_EQ(comm_->broadcast(non_contiguous, 0)->wait().code(),
-            base::StatusCode::kInvalidArgument);
+  EXPECT_EQ(comm_->broadcast(non_contiguous, 0)->wait().code(), base::StatusCode::kInvalidArgument);
   at::Tensor flags = at::zeros({4}, at::kBool);
   EXPECT_EQ(comm_->all_reduce(flags, ReduceOp::kMax)->wait().code(),
             base::StatusCode::kInvalidArgument);
@@ -280,16 +278,15 @@ TEST_F(MpiCommunicatorTest, CountsBeyondMpiIntAreErrorsNotTruncated) {
   const auto expect_rejected = [](const base::Status& st, const char* what) {
     EXPECT_EQ(st.code(), base::StatusCode::kInvalidArgument) << what << ": " << st.to_string();
   };
-  expect_rejected(comm_->all_reduce(oversized(a, kClaimed), ReduceOp::kSum)->wait(),
-                  "all_reduce");
+  expect_rejected(comm_->all_reduce(oversized(a, kClaimed), ReduceOp::kSum)->wait(), "all_reduce");
   expect_rejected(comm_->broadcast(oversized(a, kClaimed), 0)->wait(), "broadcast");
   expect_rejected(
       comm_->all_gather(oversized(a, kClaimed), oversized(b, kClaimed * size()))->wait(),
       "all_gather");
-  expect_rejected(comm_->reduce_scatter(oversized(a, kClaimed * size()), oversized(b, kClaimed),
-                                        ReduceOp::kSum)
-                      ->wait(),
-                  "reduce_scatter");
+  expect_rejected(
+      comm_->reduce_scatter(oversized(a, kClaimed * size()), oversized(b, kClaimed), ReduceOp::kSum)
+          ->wait(),
+      "reduce_scatter");
   EXPECT_TRUE(comm_->barrier().ok());
 }
 
@@ -331,7 +328,8 @@ TEST(MpiCommunicatorTimeout, NegativeTimeoutIsRejected) {
 TEST_F(MpiCommunicatorTest, WaitPastTheTimeoutNamesRankOperationAndSequence) {
   at::Tensor pid = at::full({1}, static_cast<int64_t>(getpid()), at::kLong);
   ASSERT_TRUE(comm_->broadcast(pid, 0)->wait().ok());
-  const std::filesystem::path flag = std::filesystem::temp_directory_path() /
+  const std::filesystem::path flag =
+      std::filesystem::temp_directory_path() /
       ("dstrain_timeout_test_" + std::to_string(pid.item<int64_t>()));
   comm_.reset();  // one communication thread in MPI at a time (MPI_THREAD_SERIALIZED)
   auto late = MpiCommunicator::create(MPI_COMM_WORLD, 0.2);
@@ -345,7 +343,8 @@ TEST_F(MpiCommunicatorTest, WaitPastTheTimeoutNamesRankOperationAndSequence) {
     std::ofstream(flag) << "timed out";
     EXPECT_EQ(st.code(), base::StatusCode::kDistributed) << st.to_string();
     EXPECT_NE(st.message().find("rank 0: all_reduce #0 (4 x Float) did not complete in 0.2 s"),
-              std::string::npos) << st.message();
+              std::string::npos)
+        << st.message();
     // Nothing queued behind a stuck collective can run; it fails at once, not after 0.2 s more.
     const base::Status next = (*late)->barrier();
     EXPECT_NE(next.message().find("rank 0: barrier #1: abandoned"), std::string::npos)

@@ -17,8 +17,8 @@
 #include "runtime/model/llama.h"
 #include "runtime/model/rope.h"
 #include "sharding/engine.h"
-#include "tests/sharding/counting_cpu_allocator.h"
 #include "sharding/mpi_communicator.h"
+#include "tests/sharding/counting_cpu_allocator.h"
 
 namespace dstrain::sharding {
 namespace {

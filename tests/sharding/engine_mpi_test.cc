@@ -15,8 +15,8 @@
 #include <atomic>
 #include <cctype>
 #include <cmath>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -30,9 +30,9 @@
 #include "runtime/model/rope.h"
 #include "sharding/activation_checkpointing.h"
 #include "sharding/engine.h"
-#include "tests/sharding/counting_cpu_allocator.h"
 #include "sharding/gathered_storage.h"
 #include "sharding/mpi_communicator.h"
+#include "tests/sharding/counting_cpu_allocator.h"
 
 namespace dstrain::sharding {
 namespace {
@@ -86,8 +86,8 @@ struct Sample {
 Sample make_sample(int64_t step, int64_t index, int64_t vocab) {
   Sample s;
   for (int64_t t = 0; t <= kSeqLen; ++t) {
-    const uint64_t h = mix((static_cast<uint64_t>(step) << 40) ^ (static_cast<uint64_t>(index) << 20) ^
-                           static_cast<uint64_t>(t));
+    const uint64_t h = mix((static_cast<uint64_t>(step) << 40) ^
+                           (static_cast<uint64_t>(index) << 20) ^ static_cast<uint64_t>(t));
     // Half the tokens follow a pattern (previous + 1), the rest are skewed towards small ids.
     if (t > 0 && (h & 1)) {
       s.tokens.push_back((s.tokens.back() + 1) % vocab);
@@ -120,15 +120,16 @@ HostBatch make_micro_batch(const base::ModelConfig& cfg, int64_t step, int64_t f
       if (!masked) ++hb.targets;
     }
   }
-  at::Tensor positions = at::arange(kSeqLen, at::kLong).unsqueeze(0).expand({count, kSeqLen}).contiguous();
+  at::Tensor positions =
+      at::arange(kSeqLen, at::kLong).unsqueeze(0).expand({count, kSeqLen}).contiguous();
   hb.mb.input_ids = input;
   hb.mb.target_ids = target;
   hb.mb.ctx = runtime::make_step_context(cfg, positions, at::kFloat);
   if (keyed) {
     std::vector<int64_t> keys;
     for (int64_t b = 0; b < count; ++b) {
-      keys.push_back(static_cast<int64_t>(mix((static_cast<uint64_t>(step) << 32) ^
-                                              static_cast<uint64_t>(first + b)) >> 1));
+      keys.push_back(static_cast<int64_t>(
+          mix((static_cast<uint64_t>(step) << 32) ^ static_cast<uint64_t>(first + b)) >> 1));
     }
     hb.mb.ctx.sample_keys = at::tensor(keys, at::kLong);
     hb.mb.ctx.training = true;
@@ -190,7 +191,8 @@ Trajectory train(Engine& engine, Communicator& comm, const base::ModelConfig& cf
     const double global_targets = sum_over(comm, local_targets);
     double local_ce = 0;
     for (size_t i = 0; i < batches.size(); ++i) {
-      auto ce = engine.forward_backward(batches[i].mb, 1.0 / global_targets, i + 1 == batches.size());
+      auto ce =
+          engine.forward_backward(batches[i].mb, 1.0 / global_targets, i + 1 == batches.size());
       EXPECT_TRUE(ce.ok()) << ce.status().to_string();
       if (!ce.ok()) return tr;
       local_ce += *ce;
@@ -319,12 +321,15 @@ TEST_P(EngineEquality, MatchesSingleProcessStageZero) {
   std::unique_ptr<Engine> engine = make_engine(cfg, c.stage, **comm, c.prefetch_depth);
   ASSERT_NE(engine, nullptr);
   const int64_t per_rank = kGlobalBatch / world;
-  // Micro-batches of 2 here against 4 in the reference: the accumulation differs at every world size.
-  const Trajectory got = train(*engine, **comm, cfg, world_rank() * per_rank, per_rank, /*micro=*/2);
+  // Micro-batches of 2 here against 4 in the reference: the accumulation differs at every world
+  // size.
+  const Trajectory got =
+      train(*engine, **comm, cfg, world_rank() * per_rank, per_rank, /*micro=*/2);
   ASSERT_EQ(static_cast<int64_t>(got.losses.size()), kSteps);
   for (int64_t s = 0; s < kSteps; ++s) {
     EXPECT_NEAR(got.losses[s], ref.losses[s], kTolerance * std::abs(ref.losses[s])) << "step " << s;
-    EXPECT_NEAR(got.grad_norms[s], ref.grad_norms[s], kTolerance * ref.grad_norms[s]) << "step " << s;
+    EXPECT_NEAR(got.grad_norms[s], ref.grad_norms[s], kTolerance * ref.grad_norms[s])
+        << "step " << s;
   }
   EXPECT_NEAR(got.eval_loss, ref.eval_loss, kTolerance * ref.eval_loss);
   ASSERT_EQ(got.params.size(), ref.params.size());
@@ -427,7 +432,8 @@ TEST_P(CheckpointingEquality, MatchesNoCheckpointing) {
   if (c.stage == 3) EXPECT_EQ(got.parameter_numel_after_step, 0);
   if (keyed) {
     // The dropout masks matter, so a recompute that drew different ones would be caught.
-    std::unique_ptr<Engine> unkeyed = make_engine(cfg, c.stage, **comm, 1, c.policy, c.lora_dropout);
+    std::unique_ptr<Engine> unkeyed =
+        make_engine(cfg, c.stage, **comm, 1, c.policy, c.lora_dropout);
     ASSERT_NE(unkeyed, nullptr);
     const Trajectory off = train(*unkeyed, **comm, cfg, first, per_rank, /*micro=*/2, false);
     ASSERT_EQ(static_cast<int64_t>(off.losses.size()), kSteps);
@@ -438,16 +444,16 @@ TEST_P(CheckpointingEquality, MatchesNoCheckpointing) {
 std::string checkpoint_case_name(const ::testing::TestParamInfo<CheckpointCase>& info) {
   std::string policy = info.param.policy;
   policy[0] = static_cast<char>(std::toupper(policy[0]));
-  return "Stage" + std::to_string(info.param.stage) + (info.param.tie ? "Tied" : "Untied") + policy +
-         (info.param.lora_dropout > 0 ? "LoraDropout" : "");
+  return "Stage" + std::to_string(info.param.stage) + (info.param.tie ? "Tied" : "Untied") +
+         policy + (info.param.lora_dropout > 0 ? "LoraDropout" : "");
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Policies, CheckpointingEquality,
-    ::testing::Values(CheckpointCase{0, false, "full", -1}, CheckpointCase{0, true, "selective", -1},
-                      CheckpointCase{1, true, "full", -1}, CheckpointCase{2, false, "full", -1},
-                      CheckpointCase{3, false, "full", -1}, CheckpointCase{3, true, "full", -1},
-                      CheckpointCase{3, true, "selective", -1},
+    ::testing::Values(CheckpointCase{0, false, "full", -1},
+                      CheckpointCase{0, true, "selective", -1}, CheckpointCase{1, true, "full", -1},
+                      CheckpointCase{2, false, "full", -1}, CheckpointCase{3, false, "full", -1},
+                      CheckpointCase{3, true, "full", -1}, CheckpointCase{3, true, "selective", -1},
                       CheckpointCase{0, false, "full", 0.3}, CheckpointCase{3, true, "full", 0.3}),
     checkpoint_case_name);
 
@@ -570,10 +576,11 @@ TEST(CheckpointingMemory, FullSavesMostActivationMemory) {
     const int64_t selective = forward_backward_peak_bytes(stage, "selective");
     const int64_t full = forward_backward_peak_bytes(stage, "full");
     if (world_rank() == 0) {
-      std::printf("[checkpointing] stage %lld, 6 layers, batch 2 x 1024 tokens, hidden 64: peak "
-                  "forward/backward bytes none %lld, selective %lld, full %lld\n",
-                  static_cast<long long>(stage), static_cast<long long>(none),
-                  static_cast<long long>(selective), static_cast<long long>(full));
+      std::printf(
+          "[checkpointing] stage %lld, 6 layers, batch 2 x 1024 tokens, hidden 64: peak "
+          "forward/backward bytes none %lld, selective %lld, full %lld\n",
+          static_cast<long long>(stage), static_cast<long long>(none),
+          static_cast<long long>(selective), static_cast<long long>(full));
     }
     ASSERT_GT(none, 0);
     EXPECT_LT(selective, none) << "stage " << stage;
@@ -635,11 +642,13 @@ TEST_P(HybridEquality, MatchesSingleProcessStageZero) {
                                                /*lora_dropout=*/-1, g.replicas.get());
   ASSERT_NE(engine, nullptr);
   const int64_t per_rank = kGlobalBatch / world;
-  const Trajectory got = train(*engine, *g.world, cfg, world_rank() * per_rank, per_rank, /*micro=*/2);
+  const Trajectory got =
+      train(*engine, *g.world, cfg, world_rank() * per_rank, per_rank, /*micro=*/2);
   ASSERT_EQ(static_cast<int64_t>(got.losses.size()), kSteps);
   for (int64_t s = 0; s < kSteps; ++s) {
     EXPECT_NEAR(got.losses[s], ref.losses[s], kTolerance * std::abs(ref.losses[s])) << "step " << s;
-    EXPECT_NEAR(got.grad_norms[s], ref.grad_norms[s], kTolerance * ref.grad_norms[s]) << "step " << s;
+    EXPECT_NEAR(got.grad_norms[s], ref.grad_norms[s], kTolerance * ref.grad_norms[s])
+        << "step " << s;
   }
   EXPECT_NEAR(got.eval_loss, ref.eval_loss, kTolerance * ref.eval_loss);
   EXPECT_LT(max_relative_diff(ref.params, got.params), kTolerance);
@@ -648,14 +657,16 @@ TEST_P(HybridEquality, MatchesSingleProcessStageZero) {
   std::unique_ptr<Engine> replicated = make_engine(cfg, 0, *g.shard);
   ASSERT_NE(replicated, nullptr);
   if (c.stage > 0) {
-    EXPECT_EQ(engine->optimizer_state_numel() * g.ranks_per_node, replicated->optimizer_state_numel());
+    EXPECT_EQ(engine->optimizer_state_numel() * g.ranks_per_node,
+              replicated->optimizer_state_numel());
   }
   // What checkpoints save: the first node's ranks own every element of every state once, the
   // other nodes' replicas nothing.
   double owned = 0;
   for (const StateSlice& s : engine->state_slices(/*owned_only=*/true)) owned += s.data.numel();
   if (g.node != 0) EXPECT_EQ(owned, 0);
-  EXPECT_EQ(static_cast<int64_t>(sum_over(*g.world, owned)), 3 * engine->num_trainable_parameters());
+  EXPECT_EQ(static_cast<int64_t>(sum_over(*g.world, owned)),
+            3 * engine->num_trainable_parameters());
   replicated.reset();
   engine.reset();
 }

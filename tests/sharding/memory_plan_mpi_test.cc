@@ -123,7 +123,8 @@ Figures run_case(const Case& c, Communicator& comm, CountingCpuAllocator& counte
     EXPECT_TRUE(engine.ok()) << engine.status().to_string();
     if (!engine.ok()) return f;
     counter.reset_peak();
-    const double weight = 1.0 / static_cast<double>(cfg.train.micro_batch * cfg.train.seq_len * comm.size());
+    const double weight =
+        1.0 / static_cast<double>(cfg.train.micro_batch * cfg.train.seq_len * comm.size());
     for (int s = 0; s < kSteps; ++s) {
       auto ce = (*engine)->forward_backward(mb, weight, /*last_micro_batch=*/true);
       EXPECT_TRUE(ce.ok()) << ce.status().to_string();

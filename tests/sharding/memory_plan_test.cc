@@ -23,7 +23,9 @@ class SchemaUnit final : public base::Unit {
       : name_(std::move(name)), schema_(std::move(schema)) {}
   const std::string& name() const override { return name_; }
   const std::vector<base::ParamSpec>& schema() const override { return schema_; }
-  at::Tensor forward(const at::Tensor& x, at::TensorList, const base::StepContext&) const override { return x; }
+  at::Tensor forward(const at::Tensor& x, at::TensorList, const base::StepContext&) const override {
+    return x;
+  }
 
  private:
   std::string name_;
@@ -40,19 +42,22 @@ base::ParamSpec spec(std::string name, std::vector<int64_t> shape, bool decay = 
 
 base::UnitList llama_units(int layers = kLayers) {
   base::UnitList units;
-  units.push_back(std::make_unique<SchemaUnit>("embed", std::vector<base::ParamSpec>{spec("embed", {kVocab, kHidden})}));
+  units.push_back(std::make_unique<SchemaUnit>(
+      "embed", std::vector<base::ParamSpec>{spec("embed", {kVocab, kHidden})}));
   for (int i = 0; i < layers; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     units.push_back(std::make_unique<SchemaUnit>(
         "layers." + std::to_string(i),
-        std::vector<base::ParamSpec>{spec(p + "in_norm", {kHidden}, false), spec(p + "q", {kHidden, kHidden}),
-                                     spec(p + "k", {kHidden, kHidden}), spec(p + "v", {kHidden, kHidden}),
-                                     spec(p + "o", {kHidden, kHidden}), spec(p + "post_norm", {kHidden}, false),
-                                     spec(p + "gate", {kInter, kHidden}), spec(p + "up", {kInter, kHidden}),
-                                     spec(p + "down", {kHidden, kInter})}));
+        std::vector<base::ParamSpec>{
+            spec(p + "in_norm", {kHidden}, false), spec(p + "q", {kHidden, kHidden}),
+            spec(p + "k", {kHidden, kHidden}), spec(p + "v", {kHidden, kHidden}),
+            spec(p + "o", {kHidden, kHidden}), spec(p + "post_norm", {kHidden}, false),
+            spec(p + "gate", {kInter, kHidden}), spec(p + "up", {kInter, kHidden}),
+            spec(p + "down", {kHidden, kInter})}));
   }
   units.push_back(std::make_unique<SchemaUnit>(
-      "head", std::vector<base::ParamSpec>{spec("norm", {kHidden}, false), spec("lm_head.weight", {kVocab, kHidden})}));
+      "head", std::vector<base::ParamSpec>{spec("norm", {kHidden}, false),
+                                           spec("lm_head.weight", {kVocab, kHidden})}));
   return units;
 }
 
@@ -92,7 +97,8 @@ TEST(MemoryPlan, Stage3ShardsEveryPersistentByteOverTheWorld) {
   const MemoryPlan one = plan(cfg, 1), eight = plan(cfg, 8);
   EXPECT_EQ(one.parameters, eight.parameters);
   // bf16 parameters, fp32 gradients, fp32 master and two moments: 2 + 4 + 12 bytes a parameter.
-  EXPECT_NEAR(static_cast<double>(one.device.persistent), 18.0 * one.parameters, 0.01 * 18 * one.parameters);
+  EXPECT_NEAR(static_cast<double>(one.device.persistent), 18.0 * one.parameters,
+              0.01 * 18 * one.parameters);
   EXPECT_NEAR(static_cast<double>(eight.device.persistent), one.device.persistent / 8.0,
               0.01 * one.device.persistent / 8.0);
   EXPECT_GT(eight.device.params_in_flight, 0);
@@ -170,13 +176,15 @@ TEST(OffloadSplit, TakesUnitsFromTheLastOneBackUntilTheShareIsReached) {
   o.optimizer = "cpu";
   EXPECT_EQ(offloaded_units(llama_units(), o), std::vector<bool>(n, true)) << "ratio 1: everything";
   o.ratio = 1e-6;  // any positive share takes at least the last unit
-  EXPECT_EQ(offloaded_units(llama_units(), o), (std::vector<bool>{false, false, false, false, false, true}));
+  EXPECT_EQ(offloaded_units(llama_units(), o),
+            (std::vector<bool>{false, false, false, false, false, true}));
   // A head tied to the embedding owns nothing: its parameters count with the embedding, so a
   // share that the head alone would have met now takes the last layer as well.
   base::UnitList tied = llama_units();
   base::ParamSpec head = spec("lm_head.weight", {kVocab, kHidden});
   head.tied_to = "embed";
-  tied.back() = std::make_unique<SchemaUnit>("head", std::vector<base::ParamSpec>{spec("norm", {kHidden}, false), head});
+  tied.back() = std::make_unique<SchemaUnit>(
+      "head", std::vector<base::ParamSpec>{spec("norm", {kHidden}, false), head});
   o.ratio = 0.05;
   EXPECT_EQ(offloaded_units(tied, o), (std::vector<bool>{false, false, false, false, true, true}));
 }

@@ -148,8 +148,8 @@ TEST_F(NcclCommunicatorTest, RankAndSizeMatchTheWorld) {
 
 TEST_F(NcclCommunicatorTest, AllReduceSumAndMaxOverDtypes) {
   constexpr int64_t kN = 37;
-  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble, at::kLong,
-                               at::kInt, at::kByte}) {
+  for (at::ScalarType dtype :
+       {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble, at::kLong, at::kInt, at::kByte}) {
     for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax}) {
       SCOPED_TRACE(std::string(c10::toString(dtype)) + op_name(op));
       at::Tensor t = input(rank(), kN, dtype).to(on_gpu(dtype));
@@ -241,12 +241,12 @@ TEST_F(NcclCommunicatorTest, GathersAndScattersInterleavedInFlight) {
     SCOPED_TRACE("round " + std::to_string(i));
     const at::Tensor g = gathered[i].cpu();
     for (int r = 0; r < size(); ++r) {
-      EXPECT_TRUE(at::equal(g.slice(0, r * kN, (r + 1) * kN),
-                            at::full({kN}, 100.0 * i + r, at::kFloat)))
+      EXPECT_TRUE(
+          at::equal(g.slice(0, r * kN, (r + 1) * kN), at::full({kN}, 100.0 * i + r, at::kFloat)))
           << "block " << r;
     }
-    EXPECT_TRUE(at::equal(scattered[i].cpu(), at::full({kN}, size() * (i + 1) + rank_sum,
-                                                       at::kFloat)));
+    EXPECT_TRUE(
+        at::equal(scattered[i].cpu(), at::full({kN}, size() * (i + 1) + rank_sum, at::kFloat)));
     const double want = i % 2 ? size() - 1 + i : size() * i + rank_sum;
     EXPECT_TRUE(at::equal(reduced[i].cpu(), at::full({7}, want, at::kFloat)));
   }
@@ -263,8 +263,8 @@ TEST_F(NcclCommunicatorTest, WaitOrdersTheCallerStreamAcrossLanes) {
   at::Tensor back = at::empty({size() * kN}, on_gpu(at::kFloat));
   ASSERT_TRUE(comm_->all_gather(shard, back)->wait().ok());
   ASSERT_TRUE(comm_->all_reduce(back, ReduceOp::kMax)->wait().ok());
-  EXPECT_TRUE(at::equal(back.cpu(), reduce_inputs(size(), size() * kN, at::kFloat,
-                                                  ReduceOp::kSum) * 2));
+  EXPECT_TRUE(
+      at::equal(back.cpu(), reduce_inputs(size(), size() * kN, at::kFloat, ReduceOp::kSum) * 2));
 }
 
 // wait() returns at once, yet compute queued after it on the caller's stream sees the result.
@@ -309,7 +309,8 @@ TEST_F(NcclCommunicatorTest, WaitTimeCountsEachStallOnceWithReusedEvents) {
     at::Tensor shard = at::empty({kN}, on_gpu(at::kFloat));
     ASSERT_TRUE(comm_->reduce_scatter(full, shard, ReduceOp::kSum)->wait().ok());
     for (int i = 0; i < 20; ++i) {
-      ASSERT_TRUE(comm_->all_reduce(at::ones({4}, on_gpu(at::kFloat)), ReduceOp::kSum)->wait().ok());
+      ASSERT_TRUE(
+          comm_->all_reduce(at::ones({4}, on_gpu(at::kFloat)), ReduceOp::kSum)->wait().ok());
     }
     auto waited = comm_->take_wait_seconds();
     ASSERT_TRUE(waited.ok()) << waited.status().to_string();
@@ -355,11 +356,18 @@ TEST_F(NcclCommunicatorTest, DebugTraceHasALinePerWaitedOperation) {
   ASSERT_EQ(lines.size(), 5u) << ::testing::PrintToString(lines);
   EXPECT_EQ(lines[0], "start");
   EXPECT_EQ(lines[1].rfind("seq=0 op=all_gather group=node lane=dstrain.gather bytes=" +
-                           full_bytes + " wait_ms=", 0), 0u) << lines[1];
+                               full_bytes + " wait_ms=",
+                           0),
+            0u)
+      << lines[1];
   EXPECT_EQ(lines[2].rfind("seq=1 op=reduce_scatter group=node lane=dstrain.scatter bytes=" +
-                           full_bytes + " wait_ms=", 0), 0u) << lines[2];
-  EXPECT_EQ(lines[3].rfind("seq=2 op=all_reduce group=node lane=dstrain.main bytes=1024 wait_ms=", 0),
-            0u) << lines[3];
+                               full_bytes + " wait_ms=",
+                           0),
+            0u)
+      << lines[2];
+  EXPECT_EQ(
+      lines[3].rfind("seq=2 op=all_reduce group=node lane=dstrain.main bytes=1024 wait_ms=", 0), 0u)
+      << lines[3];
   EXPECT_EQ(lines[4].rfind("step=1 all_reduce:n=1,bytes=1024,wait_s=", 0), 0u) << lines[4];
   EXPECT_NE(lines[4].find(" all_gather:n=1,bytes=" + full_bytes), std::string::npos) << lines[4];
   EXPECT_NE(lines[4].find(" reduce_scatter:n=1,bytes=" + full_bytes), std::string::npos)
@@ -407,8 +415,7 @@ TEST_F(NcclCommunicatorTest, BadArgumentsAreErrorsNotCrashes) {
 
   at::Tensor wrong_shard = at::zeros({4}, on_gpu(at::kFloat));
   const base::Status scatter =
-      comm_->reduce_scatter(at::ones({5 * size()}, on_gpu(at::kFloat)), wrong_shard,
-                            ReduceOp::kSum)
+      comm_->reduce_scatter(at::ones({5 * size()}, on_gpu(at::kFloat)), wrong_shard, ReduceOp::kSum)
           ->wait();
   EXPECT_EQ(scatter.code(), base::StatusCode::kInvalidArgument) << scatter.to_string();
 

@@ -26,9 +26,10 @@ std::unique_ptr<offload::IoEngine> uring() {
   return std::move(*io);
 }
 
-std::unique_ptr<NvmeStateFile> make_file(const std::string& path, std::unique_ptr<offload::IoEngine> io) {
-  auto f = NvmeStateFile::create(path, kNumels, 3, at::kFloat, offload::make_aligned_host_allocator(),
-                                 4, std::move(io));
+std::unique_ptr<NvmeStateFile> make_file(const std::string& path,
+                                         std::unique_ptr<offload::IoEngine> io) {
+  auto f = NvmeStateFile::create(path, kNumels, 3, at::kFloat,
+                                 offload::make_aligned_host_allocator(), 4, std::move(io));
   EXPECT_TRUE(f.ok()) << f.status().message();
   return std::move(*f);
 }
@@ -63,7 +64,8 @@ base::Status one_step(NvmeStateFile& f, float delta) {
 TEST(NvmeStateFile, PipelinedStepsUpdateEveryShardInPlace) {
   const std::string path = temp_path("pipeline");
   auto f = make_file(path, uring());
-  for (int i = 0; i < f->num_shards(); ++i) ASSERT_TRUE(f->write(i, filled(kNumels[i], 10.0f * i)).ok());
+  for (int i = 0; i < f->num_shards(); ++i)
+    ASSERT_TRUE(f->write(i, filled(kNumels[i], 10.0f * i)).ok());
   for (int step = 0; step < 3; ++step) ASSERT_TRUE(one_step(*f, 1.0f).ok());
   for (int i = 0; i < f->num_shards(); ++i) {
     NvmeRecord want = filled(kNumels[i], 10.0f * i);
@@ -83,7 +85,8 @@ TEST(NvmeStateFile, OneArrayRecordsOfSixteenBitValuesRoundTrip) {
                                  offload::make_aligned_host_allocator(), 4, uring());
   ASSERT_TRUE(f.ok()) << f.status().message();
   for (int i = 0; i < (*f)->num_shards(); ++i) {
-    ASSERT_TRUE((*f)->write(i, {(at::arange(kNumels[i], at::kFloat) * 0.5).to(at::kBFloat16)}).ok());
+    ASSERT_TRUE(
+        (*f)->write(i, {(at::arange(kNumels[i], at::kFloat) * 0.5).to(at::kBFloat16)}).ok());
   }
   for (int i = (*f)->num_shards() - 1; i >= 0; --i) {
     NvmeRecord got = {at::empty({kNumels[i]}, at::kBFloat16)};
@@ -175,9 +178,13 @@ TEST(NvmeStateFile, AcquireWithoutFetchIsAnError) {
 // Each injected fault surfaces as an error naming the file, and the shards written before it
 // keep their contents.
 TEST(NvmeStateFile, InjectedFaultsAreNamedAndLeaveEarlierShardsIntact) {
-  struct Case { offload::FaultKind kind; const char* text; };
-  for (const Case c : {Case{offload::FaultKind::kEio, "EIO"}, Case{offload::FaultKind::kEnospc, "ENOSPC"},
-                       Case{offload::FaultKind::kShortRead, "end of file"}}) {
+  struct Case {
+    offload::FaultKind kind;
+    const char* text;
+  };
+  for (const Case c :
+       {Case{offload::FaultKind::kEio, "EIO"}, Case{offload::FaultKind::kEnospc, "ENOSPC"},
+        Case{offload::FaultKind::kShortRead, "end of file"}}) {
     const std::string path = temp_path("fault");
     // EIO and ENOSPC hit the write of shard 1; a short read hits its read in the first step.
     const bool on_write = c.kind != offload::FaultKind::kShortRead;

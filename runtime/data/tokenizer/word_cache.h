@@ -29,7 +29,8 @@ class WordCache {
     uint32_t ids_len = 0;
   };
   static uint64_t hash(std::string_view word);
-  size_t probe(std::string_view word, uint64_t h) const;  // the slot holding `word`, or an empty one
+  size_t probe(std::string_view word,
+               uint64_t h) const;  // the slot holding `word`, or an empty one
 
   std::vector<Slot> slots_;
   size_t mask_;

@@ -47,8 +47,8 @@ class BlockReader : public ::testing::Test {
     contents_[name] = bytes;
     FileEntry f{name, size, 0, kBlock, {}};
     for (int64_t b = 0; b * kBlock < size; ++b) {
-      f.block_crc32.push_back(crc32_update(0, bytes.data() + b * kBlock,
-                                           static_cast<size_t>(std::min(kBlock, size - b * kBlock))));
+      f.block_crc32.push_back(crc32_update(
+          0, bytes.data() + b * kBlock, static_cast<size_t>(std::min(kBlock, size - b * kBlock))));
     }
     f.crc32 = fold_block_crc32s(f.block_crc32, kBlock, size);
     return f;
@@ -89,7 +89,9 @@ TEST_F(BlockReader, ReadsEachTouchedBlockOnceAndHandsOnTheFilesBytes) {
   const std::string& a = contents_["a.h5"];
   // Block 1; blocks 3..5 (two ranges sharing block 5); block 10 (the short tail). Blocks 0, 2 and
   // 6..9 are not needed.
-  std::vector<ByteRange> ranges = {{0, 5 * kBlock + 7, 50}, {0, kBlock + 10, 20}, {0, 3 * kBlock, 2 * kBlock + 5},
+  std::vector<ByteRange> ranges = {{0, 5 * kBlock + 7, 50},
+                                   {0, kBlock + 10, 20},
+                                   {0, 3 * kBlock, 2 * kBlock + 5},
                                    {0, 10 * kBlock + 99, 1}};
   std::vector<Seen> seen;
   auto stats = read_blocks(dir_, files, ranges, slots_, record(seen));
@@ -101,7 +103,8 @@ TEST_F(BlockReader, ReadsEachTouchedBlockOnceAndHandsOnTheFilesBytes) {
   for (size_t i = 0; i < seen.size(); ++i) {
     EXPECT_EQ(seen[i].offset, want_offsets[i]) << i;
     EXPECT_EQ(static_cast<int64_t>(seen[i].bytes.size()), want_sizes[i]) << i;
-    EXPECT_EQ(seen[i].bytes, a.substr(static_cast<size_t>(seen[i].offset), seen[i].bytes.size())) << i;
+    EXPECT_EQ(seen[i].bytes, a.substr(static_cast<size_t>(seen[i].offset), seen[i].bytes.size()))
+        << i;
   }
   EXPECT_EQ(stats->bytes, 4 * kBlock + 100);
   EXPECT_EQ(stats->blocks_verified, 5);
@@ -115,7 +118,8 @@ TEST_F(BlockReader, ACorruptBlockIsNamedWithItsByteRangeAndOnlyWhereItIsRead) {
   auto stats = read_blocks(dir_, files, {{0, 0, 8 * kBlock}}, slots_, record(seen));
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().code(), base::StatusCode::kBadInput);
-  EXPECT_NE(stats.status().message().find(dir_ + "/a.h5: checksum mismatch in block 5 (bytes 20480..24576)"),
+  EXPECT_NE(stats.status().message().find(
+                dir_ + "/a.h5: checksum mismatch in block 5 (bytes 20480..24576)"),
             std::string::npos)
       << stats.status().message();
   // Windows [0, 2) and [2, 4) went on; the one holding block 5 did not, nor anything after it.
@@ -124,20 +128,23 @@ TEST_F(BlockReader, ACorruptBlockIsNamedWithItsByteRangeAndOnlyWhereItIsRead) {
 
   // A read that does not touch block 5 (a resharded load that needs other ranges) succeeds.
   seen.clear();
-  stats = read_blocks(dir_, files, {{0, 100, 4 * kBlock}, {0, 6 * kBlock, 10}}, slots_, record(seen));
+  stats =
+      read_blocks(dir_, files, {{0, 100, 4 * kBlock}, {0, 6 * kBlock, 10}}, slots_, record(seen));
   ASSERT_TRUE(stats.ok()) << stats.status().to_string();
   EXPECT_EQ(stats->blocks_verified, 6);
 }
 
 TEST_F(BlockReader, AShortOrMissingFileIsNamedBeforeAnyByteIsHandedOn) {
-  std::vector<FileEntry> files = {make_file("a.h5", 3 * kBlock, 3), make_file("b.h5", 3 * kBlock, 4)};
+  std::vector<FileEntry> files = {make_file("a.h5", 3 * kBlock, 3),
+                                  make_file("b.h5", 3 * kBlock, 4)};
   ASSERT_EQ(::truncate((dir_ + "/b.h5").c_str(), kBlock + 5), 0);
   std::vector<Seen> seen;
   auto stats = read_blocks(dir_, files, {{0, 0, 10}, {1, 2 * kBlock, 10}}, slots_, record(seen));
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().code(), base::StatusCode::kBadInput);
-  EXPECT_NE(stats.status().message().find(dir_ + "/b.h5: size 4101 bytes, index says 12288 (truncated"),
-            std::string::npos)
+  EXPECT_NE(
+      stats.status().message().find(dir_ + "/b.h5: size 4101 bytes, index says 12288 (truncated"),
+      std::string::npos)
       << stats.status().message();
   EXPECT_TRUE(seen.empty()) << "nothing is handed on from a checkpoint with a short file";
 
@@ -149,9 +156,11 @@ TEST_F(BlockReader, AShortOrMissingFileIsNamedBeforeAnyByteIsHandedOn) {
 }
 
 TEST_F(BlockReader, WindowsFollowTheFilesInIndexOrder) {
-  const std::vector<FileEntry> files = {make_file("a.h5", 2 * kBlock, 5), make_file("b.h5", 3 * kBlock, 6)};
+  const std::vector<FileEntry> files = {make_file("a.h5", 2 * kBlock, 5),
+                                        make_file("b.h5", 3 * kBlock, 6)};
   std::vector<Seen> seen;
-  auto stats = read_blocks(dir_, files, {{1, kBlock, 10}, {0, 0, 2 * kBlock}, {1, 0, 5}}, slots_, record(seen));
+  auto stats = read_blocks(dir_, files, {{1, kBlock, 10}, {0, 0, 2 * kBlock}, {1, 0, 5}}, slots_,
+                           record(seen));
   ASSERT_TRUE(stats.ok()) << stats.status().to_string();
   ASSERT_EQ(seen.size(), 2u);
   EXPECT_EQ(seen[0].file, 0);

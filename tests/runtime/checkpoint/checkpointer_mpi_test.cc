@@ -46,11 +46,14 @@ base::ModelConfig tiny_model() {
   return cfg;
 }
 
-std::unique_ptr<sharding::Engine> make_engine(sharding::Communicator& comm, int64_t stage, int64_t seed) {
+std::unique_ptr<sharding::Engine> make_engine(sharding::Communicator& comm, int64_t stage,
+                                              int64_t seed) {
   sharding::EngineOptions o;
   o.zero.stage = stage;
   o.optim.lr = 1e-3;
-  auto init = [seed](const base::Unit& unit, at::TensorList out) { return init_unit_params(unit, out, seed); };
+  auto init = [seed](const base::Unit& unit, at::TensorList out) {
+    return init_unit_params(unit, out, seed);
+  };
   auto e = sharding::Engine::create(build_llama(tiny_model()), o, comm, init);
   EXPECT_TRUE(e.ok()) << e.status().to_string();
   return e.ok() ? std::move(e).value() : nullptr;
@@ -83,7 +86,8 @@ std::map<std::string, at::Tensor> full_state(sharding::Engine& e, sharding::Comm
     if (out.count(key)) out.at(key).narrow(0, s.offset, s.data.numel()).copy_(s.data);
   }
   // Owned slices are disjoint over ranks: a sum assembles the whole.
-  for (auto& [k, t] : out) EXPECT_TRUE(sharding::all_reduce_now(comm, t, sharding::ReduceOp::kSum).ok());
+  for (auto& [k, t] : out)
+    EXPECT_TRUE(sharding::all_reduce_now(comm, t, sharding::ReduceOp::kSum).ok());
   return out;
 }
 
@@ -182,7 +186,8 @@ TEST_F(CheckpointerMpi, SavedStateLoadsBitwiseAtEveryStage) {
     EXPECT_EQ(loaded->scalars().good_steps, 3);
     const auto got = full_state(*loaded, *comm_);
     ASSERT_EQ(got.size(), expect.size());
-    for (const auto& [key, t] : expect) EXPECT_TRUE(at::equal(got.at(key), t)) << key << " stage " << stage;
+    for (const auto& [key, t] : expect)
+      EXPECT_TRUE(at::equal(got.at(key), t)) << key << " stage " << stage;
     // The compute parameters were refreshed from the loaded masters.
     auto params = loaded->full_parameters();
     ASSERT_TRUE(params.ok());
@@ -290,7 +295,8 @@ TEST_F(CheckpointerMpi, DeferredAsyncCopyHoldsTheStateOfItsStepAndCountsItsWait)
   ASSERT_EQ(unsetenv("DSTRAIN_TEST_SNAPSHOT_DELAY_MS"), 0);
   const auto t0 = std::chrono::steady_clock::now();
   auto started = ck.start_save(*engine, 4);
-  const double start_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double start_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(started.ok()) << started.status().to_string();
   EXPECT_LT(start_s, kDelayS) << "start_save() waited for the copy";
   ck.wait_for_snapshot();
@@ -311,7 +317,8 @@ TEST_F(CheckpointerMpi, DeferredAsyncCopyHoldsTheStateOfItsStepAndCountsItsWait)
     ASSERT_TRUE(got_step.ok()) << got_step.status().to_string();
     EXPECT_EQ(*got_step, step);
     const auto got = full_state(*loaded, *comm_);
-    for (const auto& [key, t] : expect) EXPECT_TRUE(at::equal(got.at(key), t)) << step << " " << key;
+    for (const auto& [key, t] : expect)
+      EXPECT_TRUE(at::equal(got.at(key), t)) << step << " " << key;
   }
 }
 
@@ -352,8 +359,9 @@ TEST_F(CheckpointerMpi, ABadBlockFoundDuringAReshardedLoadIsNamedAndAutoFallsBac
   const std::string bad = ckpt(2) + "/" + rank_file_name(1);
   const int64_t at = damage_middle(bad);
   const int64_t block = at / 4096;
-  const std::string named = bad + ": checksum mismatch in block " + std::to_string(block) + " (bytes " +
-                            std::to_string(block * 4096) + ".." + std::to_string(block * 4096 + 4096) + ")";
+  const std::string named = bad + ": checksum mismatch in block " + std::to_string(block) +
+                            " (bytes " + std::to_string(block * 4096) + ".." +
+                            std::to_string(block * 4096 + 4096) + ")";
 
   // Stage 1: every rank holds whole parameters, so both read from both files.
   auto loaded = make_engine(*comm_, 1, 99);
@@ -363,7 +371,8 @@ TEST_F(CheckpointerMpi, ABadBlockFoundDuringAReshardedLoadIsNamedAndAutoFallsBac
   ASSERT_FALSE(explicit_pick.ok());
   EXPECT_EQ(explicit_pick.status().code(), base::StatusCode::kBadInput);
   // Every rank reports what the rank that found it saw.
-  EXPECT_NE(explicit_pick.status().message().find("--resume " + ckpt(2) + ": " + named), std::string::npos)
+  EXPECT_NE(explicit_pick.status().message().find("--resume " + ckpt(2) + ": " + named),
+            std::string::npos)
       << explicit_pick.status().message();
 
   auto pick = reader.resume(*loaded, "auto");
@@ -381,7 +390,8 @@ TEST_F(CheckpointerMpi, ABadBlockFoundDuringAReshardedLoadIsNamedAndAutoFallsBac
   auto none = reader.resume(*loaded, "auto");
   ASSERT_FALSE(none.ok());
   EXPECT_EQ(none.status().code(), base::StatusCode::kBadInput);
-  EXPECT_NE(none.status().message().find("--resume never"), std::string::npos) << none.status().message();
+  EXPECT_NE(none.status().message().find("--resume never"), std::string::npos)
+      << none.status().message();
 }
 
 TEST_F(CheckpointerMpi, AShortFileIsFoundBeforeAnythingIsLoaded) {

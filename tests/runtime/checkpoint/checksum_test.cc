@@ -27,7 +27,8 @@ TEST(Checksum, EqualsZlibForEveryLengthAlignmentAndSeed) {
   for (unsigned char& b : bytes) b = static_cast<unsigned char>(gen());
   std::vector<size_t> lengths;
   for (size_t n = 0; n < 600; ++n) lengths.push_back(n);
-  for (size_t n : {size_t{4095}, size_t{4096}, size_t{65537}, size_t{1} << 20}) lengths.push_back(n);
+  for (size_t n : {size_t{4095}, size_t{4096}, size_t{65537}, size_t{1} << 20})
+    lengths.push_back(n);
   for (size_t n : lengths) {
     for (size_t misalign : {0, 1, 7, 13}) {
       const uint32_t seed = static_cast<uint32_t>(gen());
@@ -43,7 +44,8 @@ TEST(Checksum, CombineEqualsOneRun) {
   const uint32_t ca = crc32_update(0, a.data(), a.size());
   const uint32_t cb = crc32_update(0, b.data(), b.size());
   const std::string ab = a + b;
-  EXPECT_EQ(crc32_combine(ca, cb, static_cast<int64_t>(b.size())), crc32_update(0, ab.data(), ab.size()));
+  EXPECT_EQ(crc32_combine(ca, cb, static_cast<int64_t>(b.size())),
+            crc32_update(0, ab.data(), ab.size()));
 }
 
 TEST(Checksum, KnownRegionsPlusGapsEqualTheWholeFile) {
@@ -74,7 +76,7 @@ TEST(Checksum, BlockCrcsFromWrittenRegionsAndGaps) {
   std::ofstream(path, std::ios::binary) << bytes;
   constexpr int64_t kBlock = 4096;
   std::vector<ChecksummedRegion> known;
-  checksum_by_block(100, bytes.data() + 100, 5000, kBlock, known);  // crosses the 4096 boundary
+  checksum_by_block(100, bytes.data() + 100, 5000, kBlock, known);    // crosses the 4096 boundary
   checksum_by_block(8000, bytes.data() + 8000, 2000, kBlock, known);  // crosses 8192, ends the file
   ASSERT_EQ(known.size(), 4u);
   EXPECT_EQ(known[0].offset, 100);
@@ -91,7 +93,8 @@ TEST(Checksum, BlockCrcsFromWrittenRegionsAndGaps) {
   ASSERT_TRUE(whole.ok());
   EXPECT_EQ(fold_block_crc32s(*blocks, kBlock, 10000), whole->crc);
   // A region crossing a block boundary is a bug of the caller, not a checksum.
-  EXPECT_EQ(block_crc32s(path, 10000, kBlock, {{4000, 200, 0}}).status().code(), base::StatusCode::kInternal);
+  EXPECT_EQ(block_crc32s(path, 10000, kBlock, {{4000, 200, 0}}).status().code(),
+            base::StatusCode::kInternal);
   std::remove(path.c_str());
 }
 

@@ -48,7 +48,8 @@ TEST(FileIo, DirectWriterWritesTheSameBytesAsPwriteAtAnyAlignment) {
                                {6 * kDirectIoAlignment + 10, 900, 10}};
   for (const auto& [offset, n, from] : writes) {
     ASSERT_TRUE((*w)->write_at(offset, buf->data() + from, static_cast<size_t>(n)).ok());
-    want.replace(static_cast<size_t>(offset), static_cast<size_t>(n), buf->data() + from, static_cast<size_t>(n));
+    want.replace(static_cast<size_t>(offset), static_cast<size_t>(n), buf->data() + from,
+                 static_cast<size_t>(n));
   }
   ASSERT_TRUE((*w)->sync().ok());
   w->reset();

@@ -20,11 +20,13 @@ CheckpointIndex sample_index() {
   x.good_steps = 5;
   x.config_toml = "[run]\ndir = \"runs/x\"\n";
   // One 4096-byte block each: a single block's crc is the file's.
-  x.files = {{"rank-00000.h5", 4096, 123, 4096, {123}}, {"rank-00001.h5", 4096, 4000000000u, 4096, {4000000000u}}};
+  x.files = {{"rank-00000.h5", 4096, 123, 4096, {123}},
+             {"rank-00001.h5", 4096, 4000000000u, 4096, {4000000000u}}};
   TensorEntry w;
   w.shape = {4, 8};
   w.dtype = "fp32";
-  w.pieces = {{"rank-00000.h5", "/param/w", 0, 20, 2048}, {"rank-00001.h5", "/param/w", 20, 12, 2048}};
+  w.pieces = {{"rank-00000.h5", "/param/w", 0, 20, 2048},
+              {"rank-00001.h5", "/param/w", 20, 12, 2048}};
   x.tensors["param"]["w"] = w;
   x.tensors["exp_avg"]["w"] = w;
   return x;

@@ -55,7 +55,8 @@ class Store : public ::testing::Test {
     x.world_size = 1;
     x.dtype = "fp32";
     x.files = {{rank_file_name(0), d.size, d.crc, kBlock, blocks}};
-    x.tensors["param"]["w"] = {{2, 5}, "fp32", {{rank_file_name(0), "/param/w", 0, 10, specs[0].byte_offset}}};
+    x.tensors["param"]["w"] = {
+        {2, 5}, "fp32", {{rank_file_name(0), "/param/w", 0, 10, specs[0].byte_offset}}};
     return commit(io, root_, step, index_to_json(x));
   }
   std::string latest() {
@@ -161,15 +162,18 @@ TEST_F(Store, AutoResumeSkipsACorruptCheckpointAndSaysSo) {
     f.put('\x7f');
   }
   std::vector<std::string> warnings;
-  auto pick = find_resumable({root_ + "/step-00000002", root_ + "/step-00000001"},
-                             [&](const std::string& w) { warnings.push_back(w); }, verify_attempt);
+  auto pick = find_resumable(
+      {root_ + "/step-00000002", root_ + "/step-00000001"},
+      [&](const std::string& w) { warnings.push_back(w); }, verify_attempt);
   ASSERT_TRUE(pick.ok()) << pick.status().to_string();
   ASSERT_TRUE(pick->has_value());
   EXPECT_EQ(**pick, root_ + "/step-00000001");
   ASSERT_EQ(warnings.size(), 1u);
-  EXPECT_NE(warnings[0].find("checkpoint " + root_ + "/step-00000002 is corrupt"), std::string::npos)
+  EXPECT_NE(warnings[0].find("checkpoint " + root_ + "/step-00000002 is corrupt"),
+            std::string::npos)
       << warnings[0];
-  EXPECT_NE(warnings[0].find(bad + ": checksum mismatch in block "), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[0].find(bad + ": checksum mismatch in block "), std::string::npos)
+      << warnings[0];
   EXPECT_NE(warnings[0].find("resuming from " + root_ + "/step-00000001"), std::string::npos);
   base::Status st = verify_checkpoint(root_ + "/step-00000002");
   EXPECT_EQ(st.code(), base::StatusCode::kBadInput);
@@ -182,7 +186,8 @@ TEST_F(Store, AutoResumeSkipsACorruptCheckpointAndSaysSo) {
 
 TEST_F(Store, NoCheckpointsMeansAFreshStart) {
   std::vector<std::string> warnings;
-  auto pick = find_resumable({}, [&](const std::string& w) { warnings.push_back(w); }, verify_attempt);
+  auto pick = find_resumable(
+      {}, [&](const std::string& w) { warnings.push_back(w); }, verify_attempt);
   ASSERT_TRUE(pick.ok());
   EXPECT_FALSE(pick->has_value());
   EXPECT_TRUE(warnings.empty());
@@ -196,39 +201,49 @@ TEST_F(Store, AutoResumeStartsAfreshOnlyFromAnUntouchedState) {
   auto walk = [&](std::vector<ResumeAttempt> outcomes) {
     tried.clear();
     warnings.clear();
-    return find_resumable(dirs, [&](const std::string& w) { warnings.push_back(w); },
-                          [&](const std::string& dir) {
-                            tried.push_back(dir);
-                            return outcomes[tried.size() - 1];
-                          });
+    return find_resumable(
+        dirs, [&](const std::string& w) { warnings.push_back(w); },
+        [&](const std::string& dir) {
+          tried.push_back(dir);
+          return outcomes[tried.size() - 1];
+        });
   };
   const ResumeAttempt bad_index{base::Status::BadInput("ck: malformed index"), true, false};
-  const ResumeAttempt bad_block{base::Status::BadInput("ck/rank-00000.h5: checksum mismatch in block 2"), true, true};
+  const ResumeAttempt bad_block{
+      base::Status::BadInput("ck/rank-00000.h5: checksum mismatch in block 2"), true, true};
   const ResumeAttempt loaded{base::Status::Ok(), false, true};
 
   auto pick = walk({bad_block, bad_index, loaded});
   ASSERT_TRUE(pick.ok());
   EXPECT_EQ(pick->value_or(""), "ck/step-1");
   ASSERT_EQ(warnings.size(), 2u);
-  EXPECT_NE(warnings[0].find("checkpoint ck/step-3 is corrupt (ck/rank-00000.h5: checksum mismatch in block 2)"),
-            std::string::npos) << warnings[0];
-  EXPECT_NE(warnings[1].find("checkpoint ck/step-2 is corrupt (ck: malformed index); resuming from ck/step-1"),
-            std::string::npos) << warnings[1];
+  EXPECT_NE(warnings[0].find(
+                "checkpoint ck/step-3 is corrupt (ck/rank-00000.h5: checksum mismatch in block 2)"),
+            std::string::npos)
+      << warnings[0];
+  EXPECT_NE(warnings[1].find(
+                "checkpoint ck/step-2 is corrupt (ck: malformed index); resuming from ck/step-1"),
+            std::string::npos)
+      << warnings[1];
 
   pick = walk({bad_index, bad_index, bad_index});
   ASSERT_TRUE(pick.ok());
   EXPECT_FALSE(pick->has_value());
-  EXPECT_NE(warnings.back().find("no usable checkpoint left, starting from scratch"), std::string::npos);
+  EXPECT_NE(warnings.back().find("no usable checkpoint left, starting from scratch"),
+            std::string::npos);
 
   pick = walk({bad_index, bad_block, bad_index});
   ASSERT_FALSE(pick.ok());
   EXPECT_EQ(pick.status().code(), base::StatusCode::kBadInput);
-  EXPECT_NE(pick.status().message().find("--resume never"), std::string::npos) << pick.status().message();
+  EXPECT_NE(pick.status().message().find("--resume never"), std::string::npos)
+      << pick.status().message();
   EXPECT_EQ(tried.size(), 3u);
   EXPECT_EQ(warnings.size(), 3u) << "every corrupt checkpoint is still named";
 
-  pick = walk({bad_index, {base::Status::BadInput("ck/step-2: has no param of w (saved from a different model?)"),
-                           false, false}});
+  pick =
+      walk({bad_index,
+            {base::Status::BadInput("ck/step-2: has no param of w (saved from a different model?)"),
+             false, false}});
   ASSERT_FALSE(pick.ok());
   EXPECT_NE(pick.status().message().find("different model"), std::string::npos);
   EXPECT_EQ(tried.size(), 2u) << "a checkpoint of another model ends the walk";

@@ -44,10 +44,16 @@ class FakeTokenizer : public Tokenizer {
   std::map<std::string, uint32_t, std::less<>> specials_;
 };
 
-const std::string kDeepseekBos = "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
-const std::string kDeepseekEos = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+const std::string kDeepseekBos =
+    "<\xef\xbd\x9c"
+    "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+const std::string kDeepseekEos =
+    "<\xef\xbd\x9c"
+    "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
 
-FakeTokenizer deepseek_tokenizer() { return FakeTokenizer({{kDeepseekBos, 512}, {kDeepseekEos, 513}}); }
+FakeTokenizer deepseek_tokenizer() {
+  return FakeTokenizer({{kDeepseekBos, 512}, {kDeepseekEos, 513}});
+}
 
 std::vector<ChatMessage> parse_ok(const std::string& line) {
   auto m = parse_chat_record(line, "chat.jsonl", 1);
@@ -71,9 +77,11 @@ TEST(ChatReference, RenderingEqualsTransformersApplyChatTemplate) {
     ASSERT_TRUE(format.ok());
     ASSERT_EQ(expected.at(name).size(), lines.size());
     for (size_t i = 0; i < lines.size(); ++i) {
-      auto messages = parse_chat_record(lines[i], "conversations.jsonl", static_cast<int64_t>(i + 1));
+      auto messages =
+          parse_chat_record(lines[i], "conversations.jsonl", static_cast<int64_t>(i + 1));
       ASSERT_TRUE(messages.ok()) << messages.status().to_string();
-      EXPECT_EQ(rendered_text(render_chat(*format, *messages)), expected.at(name)[i].get<std::string>())
+      EXPECT_EQ(rendered_text(render_chat(*format, *messages)),
+                expected.at(name)[i].get<std::string>())
           << name << ", line " << i + 1;
     }
   }
@@ -84,9 +92,9 @@ TEST(ChatTemplate, TrainableSegmentsAreAssistantContentAndEndOfTurn) {
       R"({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
           {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
           {"role": "assistant", "content": "A2"}]})");
-  const std::map<ChatFormat, std::string> end_of_turn = {
-      {ChatFormat::kLlama3, "<|eot_id|>"}, {ChatFormat::kChatml, "<|im_end|>"},
-      {ChatFormat::kDeepseek, kDeepseekEos}};
+  const std::map<ChatFormat, std::string> end_of_turn = {{ChatFormat::kLlama3, "<|eot_id|>"},
+                                                         {ChatFormat::kChatml, "<|im_end|>"},
+                                                         {ChatFormat::kDeepseek, kDeepseekEos}};
   for (const auto& [format, eot] : end_of_turn) {
     std::string trained;
     for (const ChatSegment& s : render_chat(format, messages)) {
@@ -109,7 +117,8 @@ TEST(ChatTemplate, PromptCompletionIsOneUserAndOneAssistantTurn) {
 TEST(ChatTemplate, TokensStraddlingIntoAssistantContentAreTrainable) {
   // DeepSeek: "User: q\n\nAssistant: ab" + eos; the fake merges " a" into one token, which
   // crosses from the prompt's "Assistant: " into the answer.
-  const auto segments = render_chat(ChatFormat::kDeepseek, parse_ok(R"({"prompt": "q", "completion": "ab"})"));
+  const auto segments =
+      render_chat(ChatFormat::kDeepseek, parse_ok(R"({"prompt": "q", "completion": "ab"})"));
   auto tokens = tokenize_chat(segments, deepseek_tokenizer());
   ASSERT_TRUE(tokens.ok()) << tokens.status().to_string();
   std::vector<uint32_t> want = {512};
@@ -125,7 +134,8 @@ TEST(ChatTemplate, TokensStraddlingIntoAssistantContentAreTrainable) {
 }
 
 TEST(ChatTemplate, MissingSpecialTokenIsBadInput) {
-  const auto segments = render_chat(ChatFormat::kLlama3, parse_ok(R"({"prompt": "q", "completion": "a"})"));
+  const auto segments =
+      render_chat(ChatFormat::kLlama3, parse_ok(R"({"prompt": "q", "completion": "a"})"));
   auto tokens = tokenize_chat(segments, deepseek_tokenizer());
   ASSERT_FALSE(tokens.ok());
   EXPECT_EQ(tokens.status().code(), base::StatusCode::kBadInput);
@@ -165,7 +175,8 @@ TEST(PrepareChat, EncodesOneConversationWithItsMask) {
   const std::string line =
       R"({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "yz"}]})";
   ASSERT_TRUE(encode_chat_record(ChatFormat::kDeepseek, deepseek_tokenizer(), "chat.jsonl", 3, line,
-                                 tokens, mask).ok());
+                                 tokens, mask)
+                  .ok());
   ASSERT_EQ(tokens.size(), mask.size());
   // "... Assistant: yz" + eos: 256+'y', 'z', eos trainable, nothing else.
   const size_t n = tokens.size();
@@ -214,7 +225,8 @@ TEST(ChatReference, TokenIdsEqualHuggingFaceAndMaskEndsAssistantTurns) {
       std::vector<uint32_t> tokens;
       std::vector<uint8_t> mask;
       ASSERT_TRUE(encode_chat_record(format, **tokenizer, "c.jsonl", static_cast<int64_t>(i + 1),
-                                     lines[i], tokens, mask).ok());
+                                     lines[i], tokens, mask)
+                      .ok());
       EXPECT_EQ(tokens, want[i]) << name << ", line " << i + 1;
       // Every assistant turn ends in a trained end-of-turn token; no other is trained.
       const auto messages = parse_chat_record(lines[i], "c.jsonl", 1).value();
@@ -227,8 +239,8 @@ TEST(ChatReference, TokenIdsEqualHuggingFaceAndMaskEndsAssistantTurns) {
         (mask[t] ? trained_eot : untrained_eot) += 1;
       }
       EXPECT_EQ(trained_eot, assistants) << name << ", line " << i + 1;
-      EXPECT_EQ(trained_eot + untrained_eot, static_cast<int64_t>(std::count(
-                                                 want[i].begin(), want[i].end(), eot_id)));
+      EXPECT_EQ(trained_eot + untrained_eot,
+                static_cast<int64_t>(std::count(want[i].begin(), want[i].end(), eot_id)));
     }
   }
 }
@@ -243,8 +255,8 @@ TEST(ChatReference, PrepareChatWritesTheSameIdsAsDocuments) {
   options.workers = 2;
   PrepareStats stats;
   const std::string out = scratch.file("chat.dstok");
-  auto st = prepare_chat_jsonl({std::string(dir) + "/conversations.jsonl"}, out, ChatFormat::kChatml,
-                               options, &stats);
+  auto st = prepare_chat_jsonl({std::string(dir) + "/conversations.jsonl"}, out,
+                               ChatFormat::kChatml, options, &stats);
   ASSERT_TRUE(st.ok()) << st.to_string();
   auto file = TokenFile::open(out);
   ASSERT_TRUE(file.ok()) << file.status().to_string();

@@ -116,11 +116,11 @@ TEST(Dataset, SftNeedsDocumentsMaskAndTargets) {
   EXPECT_NE(no_mask.status().message().find("nomask.dstok: "), std::string::npos);
 
   // Document 1 masks everything after its first token: it could only yield a zero-token loss.
-  auto no_targets = Dataset::create(
-      std::move(TokenFile::from_tokens({1, 2, 3, 4, 5}, 10, "empty.dstok", {0, 2, 5},
-                                       {0, 1, 1, 0, 0}))
-          .value(),
-      {SampleFormat::kSft, 8});
+  auto no_targets =
+      Dataset::create(std::move(TokenFile::from_tokens({1, 2, 3, 4, 5}, 10, "empty.dstok",
+                                                       {0, 2, 5}, {0, 1, 1, 0, 0}))
+                          .value(),
+                      {SampleFormat::kSft, 8});
   EXPECT_EQ(no_targets.status().code(), StatusCode::kBadInput);
   EXPECT_NE(no_targets.status().message().find("empty.dstok: document 1 has no token"),
             std::string::npos)

@@ -25,7 +25,8 @@ TokenFile many_docs(int n) {
   std::vector<uint32_t> tokens;
   std::vector<uint64_t> offsets = {0};
   for (int d = 0; d < n; ++d) {
-    for (int i = 0; i < 2 + (d * 7) % 8; ++i) tokens.push_back(static_cast<uint32_t>(tokens.size()));
+    for (int i = 0; i < 2 + (d * 7) % 8; ++i)
+      tokens.push_back(static_cast<uint32_t>(tokens.size()));
     offsets.push_back(tokens.size());
   }
   return std::move(TokenFile::from_tokens(tokens, 5000, "docs.dstok", offsets)).value();

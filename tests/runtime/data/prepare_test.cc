@@ -43,11 +43,11 @@ TEST(ByteTokenizer, Utf8Validation) {
   EXPECT_EQ(first_invalid_utf8("plain ascii"), -1);
   EXPECT_EQ(first_invalid_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"), -1);
   EXPECT_EQ(first_invalid_utf8("ab\xff"), 2);
-  EXPECT_EQ(first_invalid_utf8("a\xc3"), 1);              // truncated sequence
-  EXPECT_EQ(first_invalid_utf8("\xc0\xaf"), 0);           // overlong '/'
-  EXPECT_EQ(first_invalid_utf8("x\xed\xa0\x80"), 1);      // surrogate U+D800
-  EXPECT_EQ(first_invalid_utf8("\xf4\x90\x80\x80"), 0);   // above U+10FFFF
-  EXPECT_EQ(first_invalid_utf8("\xe2\x28\xa1"), 0);       // bad continuation
+  EXPECT_EQ(first_invalid_utf8("a\xc3"), 1);             // truncated sequence
+  EXPECT_EQ(first_invalid_utf8("\xc0\xaf"), 0);          // overlong '/'
+  EXPECT_EQ(first_invalid_utf8("x\xed\xa0\x80"), 1);     // surrogate U+D800
+  EXPECT_EQ(first_invalid_utf8("\xf4\x90\x80\x80"), 0);  // above U+10FFFF
+  EXPECT_EQ(first_invalid_utf8("\xe2\x28\xa1"), 0);      // bad continuation
 }
 
 TEST(PrepareText, EachFileIsOneDocument) {

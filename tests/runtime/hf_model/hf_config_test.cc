@@ -176,14 +176,16 @@ TEST(HfConfig, RefusesUnsupportedArchitecture) {
 
 TEST(HfConfig, RefusesRopeVariantsTheDecoderLacks) {
   json j = llama_json();
-  j["rope_parameters"] = {{"rope_type", "longrope"}, {"rope_theta", 10000.0},
-                          {"short_factor", {1.0}}, {"long_factor", {1.0}}};
+  j["rope_parameters"] = {{"rope_type", "longrope"},
+                          {"rope_theta", 10000.0},
+                          {"short_factor", {1.0}},
+                          {"long_factor", {1.0}}};
   expect_refused(j, "rope_parameters.rope_type");
-  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 10000.0},
-                          {"partial_rotary_factor", 0.5}};
+  j["rope_parameters"] = {
+      {"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.5}};
   expect_refused(j, "partial_rotary_factor");
-  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}, {"factor", 4.0},
-                          {"attention_factor", 2.0}};
+  j["rope_parameters"] = {
+      {"rope_type", "yarn"}, {"rope_theta", 10000.0}, {"factor", 4.0}, {"attention_factor", 2.0}};
   expect_refused(j, "rope_parameters.attention_factor");
 }
 

@@ -214,12 +214,12 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   return name + "Stage" + std::to_string(info.param.stage);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Checkpoints, HfWeights,
-    ::testing::Values(Case{"llama_sharded", 0}, Case{"llama_sharded", 1}, Case{"llama_sharded", 3},
-                      Case{"qwen2_bf16", 0}, Case{"qwen2_bf16", 2}, Case{"qwen2_bf16", 3},
-                      Case{"mistral_fp16", 0}, Case{"mistral_fp16", 3}),
-    case_name);
+INSTANTIATE_TEST_SUITE_P(Checkpoints, HfWeights,
+                         ::testing::Values(Case{"llama_sharded", 0}, Case{"llama_sharded", 1},
+                                           Case{"llama_sharded", 3}, Case{"qwen2_bf16", 0},
+                                           Case{"qwen2_bf16", 2}, Case{"qwen2_bf16", 3},
+                                           Case{"mistral_fp16", 0}, Case{"mistral_fp16", 3}),
+                         case_name);
 
 // A checkpoint that does not fit the engine's model fails on every rank before any collective,
 // so no rank is left waiting in finish_load.

@@ -92,9 +92,8 @@ TEST(FusedCrossEntropyTest, WithoutGradientsGivesTheSameLoss) {
 TEST(FusedCrossEntropyTest, EveryTargetIgnoredGivesZeroLossAndGradients) {
   Case c = make_case(at::kFloat, at::kCPU, 11);
   c.targets.fill_(-100);
-  const Grads got = run(c, true, [](auto& h, auto& w, auto& t) {
-    return fused_linear_cross_entropy(h, w, t, 4);
-  });
+  const Grads got = run(
+      c, true, [](auto& h, auto& w, auto& t) { return fused_linear_cross_entropy(h, w, t, 4); });
   EXPECT_EQ(got.loss.item<double>(), 0.0);
   EXPECT_EQ(got.dh.abs().max().item<double>(), 0.0);
   EXPECT_EQ(got.dw.abs().max().item<double>(), 0.0);

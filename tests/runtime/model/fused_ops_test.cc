@@ -82,10 +82,10 @@ void check_rope_qkv(at::ScalarType dtype, int64_t offset, int64_t d, bool use_v 
 
 TEST_P(FusedOpsTest, RopeQkvMatchesAtenOnAStridedProjection) {
   if (skip_without_cuda()) GTEST_SKIP() << "needs a CUDA device and the CUDA kernels";
-  check_rope_qkv(GetParam(), 4, 16);   // scalar path in bf16 (8-byte offset)
-  check_rope_qkv(GetParam(), 8, 16);   // 16-byte aligned in bf16
-  check_rope_qkv(GetParam(), 0, 128);  // the Llama head size
-  check_rope_qkv(GetParam(), 0, 12);   // half = 6: no whole vector in either dtype
+  check_rope_qkv(GetParam(), 4, 16);                   // scalar path in bf16 (8-byte offset)
+  check_rope_qkv(GetParam(), 8, 16);                   // 16-byte aligned in bf16
+  check_rope_qkv(GetParam(), 0, 128);                  // the Llama head size
+  check_rope_qkv(GetParam(), 0, 12);                   // half = 6: no whole vector in either dtype
   check_rope_qkv(GetParam(), 0, 16, /*use_v=*/false);  // v unused: its gradient columns are zero
 }
 

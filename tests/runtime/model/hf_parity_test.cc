@@ -116,8 +116,8 @@ void check_case(const std::string& name) {
   EXPECT_LE(max_abs_diff(logits, ref.at("logits")), 1e-4) << name << ": logits";
 
   const int64_t vocab = cfg.vocab_size;
-  const at::Tensor loss = at::cross_entropy_loss(
-      logits.narrow(1, 0, seq - 1).reshape({-1, vocab}), ids.narrow(1, 1, seq - 1).reshape(-1));
+  const at::Tensor loss = at::cross_entropy_loss(logits.narrow(1, 0, seq - 1).reshape({-1, vocab}),
+                                                 ids.narrow(1, 1, seq - 1).reshape(-1));
   EXPECT_NEAR(loss.item<double>(), ref.at("loss").item<double>(), 1e-5) << name << ": loss";
 
   loss.backward();

@@ -69,20 +69,20 @@ TEST(LlamaSchema, UnitNamesParamNamesAndShapes) {
   EXPECT_EQ(units[3]->name(), "head");
 
   const std::string p = "model.layers.1.";
-  EXPECT_EQ(names_of(*units[2]),
-            (std::vector<std::string>{
-                p + "input_layernorm.weight", p + "self_attn.q_proj.weight",
-                p + "self_attn.q_proj.bias", p + "self_attn.k_proj.weight",
-                p + "self_attn.k_proj.bias", p + "self_attn.v_proj.weight",
-                p + "self_attn.v_proj.bias", p + "self_attn.o_proj.weight",
-                p + "post_attention_layernorm.weight", p + "mlp.gate_proj.weight",
-                p + "mlp.up_proj.weight", p + "mlp.down_proj.weight"}));
+  EXPECT_EQ(
+      names_of(*units[2]),
+      (std::vector<std::string>{p + "input_layernorm.weight", p + "self_attn.q_proj.weight",
+                                p + "self_attn.q_proj.bias", p + "self_attn.k_proj.weight",
+                                p + "self_attn.k_proj.bias", p + "self_attn.v_proj.weight",
+                                p + "self_attn.v_proj.bias", p + "self_attn.o_proj.weight",
+                                p + "post_attention_layernorm.weight", p + "mlp.gate_proj.weight",
+                                p + "mlp.up_proj.weight", p + "mlp.down_proj.weight"}));
   const auto& s = units[2]->schema();
   EXPECT_EQ(s[1].shape, (std::vector<int64_t>{48, 32}));  // q: heads * head_dim (12) != hidden
   EXPECT_EQ(s[2].shape, (std::vector<int64_t>{48}));
-  EXPECT_EQ(s[3].shape, (std::vector<int64_t>{24, 32}));  // k: kv_heads * head_dim
-  EXPECT_EQ(s[7].shape, (std::vector<int64_t>{32, 48}));  // o
-  EXPECT_EQ(s[9].shape, (std::vector<int64_t>{48, 32}));  // gate
+  EXPECT_EQ(s[3].shape, (std::vector<int64_t>{24, 32}));   // k: kv_heads * head_dim
+  EXPECT_EQ(s[7].shape, (std::vector<int64_t>{32, 48}));   // o
+  EXPECT_EQ(s[9].shape, (std::vector<int64_t>{48, 32}));   // gate
   EXPECT_EQ(s[11].shape, (std::vector<int64_t>{32, 48}));  // down
   for (const auto& spec : s) {
     const bool is_weight_matrix = spec.shape.size() == 2;
@@ -135,7 +135,9 @@ TEST(LlamaSchema, TiedHeadSharesTheEmbedding) {
   Params params = make_params(units);
   EXPECT_TRUE(params.back()[1].is_same(params[0][0]));
   // Both uses contribute to the one shared gradient.
-  for (auto& unit : params) for (auto& p : unit) if (!p.requires_grad()) p.requires_grad_(true);
+  for (auto& unit : params)
+    for (auto& p : unit)
+      if (!p.requires_grad()) p.requires_grad_(true);
   const at::Tensor ids = at::randint(0, cfg.vocab_size, {1, 6}, at::kLong);
   logits_of(cfg, units, params, ids).sum().backward();
   const at::Tensor grad = params[0][0].grad();
@@ -161,7 +163,7 @@ TEST(LlamaInit, SameSeedAndNameGiveSameValues) {
     }
   }
   // Same shape, different names: different values.
-  EXPECT_FALSE(at::equal(a[1][1], a[2][1]));  // layers.0 vs layers.1 q_proj
+  EXPECT_FALSE(at::equal(a[1][1], a[2][1]));        // layers.0 vs layers.1 q_proj
   EXPECT_TRUE(at::equal(a[1][0], at::ones({32})));  // norm
   const double std = a[0][0].std().item<double>();
   EXPECT_NEAR(std, 0.1, 0.01);
@@ -271,8 +273,8 @@ TEST(LlamaForward, ExplicitMaskSeparatesPackedDocuments) {
   // separate run on it alone.
   at::Tensor mask = at::ones({seq, seq}, at::kBool).tril();
   mask.narrow(0, first, seq - first).narrow(1, 0, first).fill_(false);
-  at::Tensor pos = at::cat({at::arange(first, at::kLong), at::arange(seq - first, at::kLong)})
-                       .view({1, seq});
+  at::Tensor pos =
+      at::cat({at::arange(first, at::kLong), at::arange(seq - first, at::kLong)}).view({1, seq});
   base::StepContext packed = make_step_context(cfg, pos, at::kFloat);
   packed.attn_mask = mask.view({1, 1, seq, seq});
   const at::Tensor together = forward_all(units, params, ids, packed);

@@ -78,7 +78,8 @@ TEST(Lora, FreshAdaptersLeaveTheModelUnchanged) {
   auto q = make_model_params(adapted, at::kFloat, 7);
   ASSERT_TRUE(p.ok() && q.ok());
   const at::Tensor ids = at::randint(0, cfg.vocab_size, {2, 8}, at::kLong);
-  const base::StepContext ctx = make_step_context(cfg, at::arange(8).unsqueeze(0).expand({2, 8}), at::kFloat);
+  const base::StepContext ctx =
+      make_step_context(cfg, at::arange(8).unsqueeze(0).expand({2, 8}), at::kFloat);
   EXPECT_TRUE(at::allclose(forward_all(plain, *p, ids, ctx), forward_all(adapted, *q, ids, ctx)));
 }
 
@@ -95,13 +96,14 @@ TEST(Lora, DropoutIsKeyedBySampleAndOffInEvaluation) {
     }
   }
   const at::Tensor ids = at::randint(0, cfg.vocab_size, {2, 8}, at::kLong);
-  base::StepContext ctx = make_step_context(cfg, at::arange(8).unsqueeze(0).expand({2, 8}), at::kFloat);
+  base::StepContext ctx =
+      make_step_context(cfg, at::arange(8).unsqueeze(0).expand({2, 8}), at::kFloat);
   const at::Tensor eval = forward_all(units, *params, ids, ctx);
   ctx.training = true;
   ctx.sample_keys = at::tensor({int64_t{11}, int64_t{12}}, at::kLong);
   const at::Tensor a = forward_all(units, *params, ids, ctx);
   const at::Tensor b = forward_all(units, *params, ids, ctx);
-  EXPECT_TRUE(at::equal(a, b));       // replayable: recomputation sees the same masks
+  EXPECT_TRUE(at::equal(a, b));         // replayable: recomputation sees the same masks
   EXPECT_FALSE(at::allclose(a, eval));  // and they do drop something
   // A row's mask depends on its own key only: the same sample alone gives the same row.
   base::StepContext one = make_step_context(cfg, at::arange(8).unsqueeze(0), at::kFloat);

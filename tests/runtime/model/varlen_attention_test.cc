@@ -113,7 +113,7 @@ TEST(VarlenAttention, ServesOnlyCudaHalfPrecisionWithBoundaries) {
   EXPECT_TRUE(varlen_attention_applies(qc, cuc));
   EXPECT_TRUE(varlen_attention_applies(qc.to(at::kHalf), cuc));
   EXPECT_FALSE(varlen_attention_applies(qc.to(at::kFloat), cuc));  // fp32: the masked path
-  EXPECT_FALSE(varlen_attention_applies(qc, at::Tensor()));       // not packed
+  EXPECT_FALSE(varlen_attention_applies(qc, at::Tensor()));        // not packed
   EXPECT_FALSE(varlen_attention_applies(at::zeros({4, 2, 12}, qc.options()), cuc));  // head_dim
 }
 
@@ -293,9 +293,10 @@ TEST(VarlenAttention, DISABLED_Time1bPackedStep) {
   };
   const std::string mask_ms = timed(false);
   const std::string varlen_ms = timed(true);
-  std::printf("{\"shape\": \"bench-1b\", \"seq_len\": %lld, \"documents\": %zu, "
-              "\"mask_step_ms\": %s, \"varlen_step_ms\": %s}\n",
-              static_cast<long long>(p.seq), lengths.size(), mask_ms.c_str(), varlen_ms.c_str());
+  std::printf(
+      "{\"shape\": \"bench-1b\", \"seq_len\": %lld, \"documents\": %zu, "
+      "\"mask_step_ms\": %s, \"varlen_step_ms\": %s}\n",
+      static_cast<long long>(p.seq), lengths.size(), mask_ms.c_str(), varlen_ms.c_str());
 }
 
 }  // namespace

@@ -34,7 +34,8 @@ class TokenizerReference : public ::testing::Test {
     const char* python = std::getenv("DSTRAIN_PYTHON");
     if (python == nullptr || std::string(python).empty() ||
         std::system((std::string(python) + " -c 'import tokenizers' 2>/dev/null").c_str()) != 0) {
-      skip_reason_ = new std::string("DSTRAIN_PYTHON with the `tokenizers` package is not available");
+      skip_reason_ =
+          new std::string("DSTRAIN_PYTHON with the `tokenizers` package is not available");
       return;
     }
     const std::string script =
