@@ -122,9 +122,12 @@ base::Status find_faster(const base::UnitList& units, const base::Config& cfg, i
                          const Hardware& hw, const PlanFn& try_plan, Verdict& v) {
   Hardware spare = hw;
   spare.gpu_bytes = hw.gpu_bytes / 20 * 19;
-  auto fits = [&](Change& change) -> base::StatusOr<bool> {
+  // Plans `change`; keeps it in v.faster when it fits, and says whether it did.
+  auto keep_if_fits = [&](Change change) -> base::StatusOr<bool> {
     ASSIGN_OR_RETURN(change.plan, try_plan(change.config, change.world));
-    return fit_problems(change.plan, spare).empty();
+    if (!fit_problems(change.plan, spare).empty()) return false;
+    v.faster.push_back(std::move(change));
+    return true;
   };
   // Fewer recomputed layers: memory falls as layers are added, so the first count that fits is
   // the smallest, below the decoder layers the configured policy recomputes.
@@ -142,11 +145,8 @@ base::Status find_faster(const base::UnitList& units, const base::Config& cfg, i
                              ? "train.activation_checkpointing=none"
                              : "train.activation_checkpointing=selective, train.recompute_layers=" +
                                    std::to_string(k);
-    ASSIGN_OR_RETURN(const bool ok, fits(change));
-    if (ok) {
-      v.faster.push_back(std::move(change));
-      break;
-    }
+    ASSIGN_OR_RETURN(const bool kept, keep_if_fits(std::move(change)));
+    if (kept) break;
   }
   if (cfg.offload.optimizer != "cpu" || cfg.offload.params == "nvme") return base::Status::Ok();
   // Fewer units on the host means more on the device: the first ratio that fits is the smallest.
@@ -160,11 +160,8 @@ base::Status find_faster(const base::UnitList& units, const base::Config& cfg, i
     char text[48];
     std::snprintf(text, sizeof(text), "offload.ratio=%.2f", change.config.offload.ratio);
     change.description = text;
-    ASSIGN_OR_RETURN(const bool ok, fits(change));
-    if (ok) {
-      v.faster.push_back(std::move(change));
-      break;
-    }
+    ASSIGN_OR_RETURN(const bool kept, keep_if_fits(std::move(change)));
+    if (kept) break;
   }
   return base::Status::Ok();
 }

@@ -113,18 +113,6 @@ base::StatusOr<NvmeStateFile::Slot*> NvmeStateFile::free_slot(int& turn, int cou
   return &slot;
 }
 
-base::Status NvmeStateFile::write(int shard, const NvmeRecord& record) {
-  RETURN_IF_ERROR(retire(shard));
-  Slot& slot = slots_[0];
-  RETURN_IF_ERROR(finish(slot));
-  slot.shard = -1;
-  const NvmeRecord dst = views(slot.buffer.data(), shard);
-  for (int a = 0; a < arrays_; ++a) dst[a].copy_(record[a]);
-  ASSIGN_OR_RETURN(offload::IoTicket t, io_->submit(offload::IoOp::kWrite, file_, offsets_[shard],
-                                                    slot.buffer.data(), record_bytes(shard)));
-  return io_->wait(t).with_context("nvme state " + path_);
-}
-
 base::Status NvmeStateFile::write_behind(int shard, const NvmeRecord& record) {
   RETURN_IF_ERROR(retire(shard));
   // Two slots take turns: copying one record overlaps writing the other.
@@ -142,6 +130,11 @@ base::Status NvmeStateFile::write_behind(int shard, const NvmeRecord& record) {
   slot->shard = shard;
   slot->writing = true;
   return base::Status::Ok();
+}
+
+base::Status NvmeStateFile::write(int shard, const NvmeRecord& record) {
+  RETURN_IF_ERROR(write_behind(shard, record));
+  return retire(shard);
 }
 
 base::Status NvmeStateFile::read(int shard, const NvmeRecord& record) {

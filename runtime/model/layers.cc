@@ -37,10 +37,12 @@ at::Tensor adjacent_frozen_weights(const std::vector<at::Tensor>& weights) {
   return first.as_strided({rows, first.size(1)}, {first.size(1), 1});
 }
 
-// x [.., in] times weight [out, in] transposed, plus `acc` [.., out] (bias and adapters), with
-// `acc` as the product's accumulator: the GEMM adds it as it writes the result, so no separate
-// pass over the [.., out] output adds them.
-at::Tensor linear_into(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& acc) {
+// x [.., in] times weight [out, in] transposed, plus the adapters' `delta` [.., out] and `bias`
+// (if defined), with their sum as the product's accumulator: the GEMM adds it as it writes the
+// result, so no separate pass over the [.., out] output adds them.
+at::Tensor linear_into(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& delta,
+                       const at::Tensor& bias) {
+  const at::Tensor acc = bias.defined() ? delta + bias : delta;
   const at::Tensor y =
       at::addmm(acc.reshape({-1, acc.size(-1)}), x.reshape({-1, x.size(-1)}), weight.t());
   return y.view(acc.sizes());
@@ -96,9 +98,8 @@ at::Tensor fused_projection(const at::Tensor& x, std::initializer_list<const Lin
   at::Tensor weight = adjacent_frozen_weights(weights);
   if (!weight.defined()) weight = at::cat(weights);
   if (!any_lora) return with_bias ? at::linear(x, weight, at::cat(biases)) : at::linear(x, weight);
-  at::Tensor acc = fused_lora_delta(x, ws);
-  if (with_bias) acc = acc + at::cat(biases);
-  return linear_into(x, weight, acc);
+  return linear_into(x, weight, fused_lora_delta(x, ws),
+                     with_bias ? at::cat(biases) : at::Tensor());
 }
 
 // q and k as [B, heads, T, head_dim] with the rotary embedding applied, v as [B, T, kv_heads,
@@ -138,9 +139,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 
 at::Tensor linear(const at::Tensor& x, const LinearWeights& w) {
   if (!w.lora.a.defined()) return linear(x, w.weight, w.bias);
-  at::Tensor acc = lora_delta(x, w.lora);
-  if (w.bias.defined()) acc = acc + w.bias;
-  return linear_into(x, w.weight, acc);
+  return linear_into(x, w.weight, lora_delta(x, w.lora), w.bias);
 }
 
 at::Tensor rotate_half(const at::Tensor& x) {
