@@ -2,6 +2,9 @@
 
 #include <ATen/detail/CUDAHooksInterface.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "sharding/nccl_factory.h"
 
 namespace dstrain::launch {
@@ -17,6 +20,13 @@ base::StatusOr<at::Device> select_device(const std::string& run_device, const Wo
     return base::Status::InvalidArgument("run.device = \"cuda\" but no GPU is visible");
   if (!have_nccl) {
     return base::Status::InvalidArgument("run.device = \"cuda\" but this build has no NCCL");
+  }
+  // DSTRAIN_TEST_SHARE_GPU=1, for tests only: ranks share the GPUs round-robin, so the NCCL
+  // paths of several ranks run on one GPU. NCCL accepts two ranks on one GPU only when they
+  // claim different hosts (NCCL_HOSTID per rank; tests/gpu/shared_gpu_rank.sh sets both).
+  const char* share = std::getenv("DSTRAIN_TEST_SHARE_GPU");
+  if (share != nullptr && std::string(share) == "1") {
+    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(world.local_rank() % gpus));
   }
   if (world.local_size() > gpus) {
     return base::Status::InvalidArgument(

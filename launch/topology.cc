@@ -1,6 +1,8 @@
 #include "launch/topology.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "sharding/mpi_communicator.h"
 
@@ -10,8 +12,18 @@ base::StatusOr<std::unique_ptr<Topology>> Topology::create(MPI_Comm world) {
   int rank = 0;
   RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_rank(world, &rank)));
   MPI_Comm node = MPI_COMM_NULL;
-  RETURN_IF_ERROR(
-      MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node)));
+  const char* pretend = std::getenv("DSTRAIN_TEST_RANKS_PER_NODE");
+  const int per_node = pretend != nullptr ? std::atoi(pretend) : 0;
+  if (pretend != nullptr && per_node < 1) {
+    return base::Status::InvalidArgument(std::string("DSTRAIN_TEST_RANKS_PER_NODE=") + pretend +
+                                         ": not a positive number of ranks");
+  }
+  if (per_node > 0) {
+    RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_split(world, rank / per_node, rank, &node)));
+  } else {
+    RETURN_IF_ERROR(
+        MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node)));
+  }
   base::StatusOr<std::unique_ptr<Topology>> t = create_from_node_comm(world, node);
   MPI_Comm_free(&node);
   return t;

@@ -23,7 +23,8 @@ class Topology {
  public:
   // Collective over `world`. Node membership from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED);
   // fails when the nodes hold different numbers of ranks (a shard group must be the same size
-  // everywhere).
+  // everywhere). For tests only, DSTRAIN_TEST_RANKS_PER_NODE=N makes world ranks
+  // [kN, (k+1)N) node k instead (several "nodes" on one machine, e.g. on one GPU machine).
   static base::StatusOr<std::unique_ptr<Topology>> create(MPI_Comm world);
   // As create(), with `node` (a split of `world`, not taken over) standing for the node: how
   // tests pretend that one machine is several.

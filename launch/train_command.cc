@@ -47,18 +47,22 @@ base::Status run_train(const Command& cmd, World& world) {
   ASSIGN_OR_RETURN(auto comm, sharding::MpiCommunicator::create(world.comm(), options("world")));
   // On GPUs the engine's collectives run over NCCL; host-side reductions stay on MPI.
   std::unique_ptr<sharding::Communicator> nccl;
-  if (device.is_cuda() && !topology) {
+  if (device.is_cuda()) {
     ASSIGN_OR_RETURN(
         nccl, sharding::make_nccl_communicator(world.comm(), device.index(), options("world")));
   }
   // zero.shard_group = "node": the engine shards over the node and all-reduces across nodes. On
-  // the CPU both groups run on the host communicator's thread (one thread inside MPI).
+  // GPUs both groups are split off the world's NCCL communicator (declared after it, so
+  // destroyed before it); on the CPU both run on the host communicator's thread (one thread
+  // inside MPI). The groups' ranks are ordered as the topology's MPI groups are.
   std::unique_ptr<sharding::Communicator> node_comm, replicas;
   if (topology && device.is_cuda()) {
-    ASSIGN_OR_RETURN(node_comm, sharding::make_nccl_communicator(topology->intra_node(),
-                                                                 device.index(), options("node")));
-    ASSIGN_OR_RETURN(replicas, sharding::make_nccl_communicator(
-                                   topology->inter_node(), device.index(), options("replicas")));
+    ASSIGN_OR_RETURN(node_comm,
+                     sharding::split_nccl_communicator(*nccl, topology->node(),
+                                                       topology->local_rank(), options("node")));
+    ASSIGN_OR_RETURN(
+        replicas, sharding::split_nccl_communicator(*nccl, topology->local_rank(), topology->node(),
+                                                    options("replicas")));
   } else if (topology) {
     ASSIGN_OR_RETURN(node_comm, comm->create_sharing_thread(topology->intra_node(), "node"));
     ASSIGN_OR_RETURN(replicas, comm->create_sharing_thread(topology->inter_node(), "replicas"));

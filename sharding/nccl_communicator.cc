@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <thread>
 #include <utility>
 
 #include "sharding/mpi_communicator.h"  // MPI_CHECK
@@ -49,14 +50,19 @@ base::StatusOr<ncclDataType_t> nccl_type(at::ScalarType t) {
 
 ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::kSum ? ncclSum : ncclMax; }
 
-// Blocking mode named explicitly: NCCL_COMM_BLOCKING=0 in the environment would otherwise make
-// every call able to return ncclInProgress. commName shows in NCCL's logs.
-ncclConfig_t blocking_config(const char* name) {
+// Non-blocking mode, named explicitly (NCCL_COMM_BLOCKING in the environment would otherwise
+// decide): no NCCL call can wait for a peer inside NCCL; a call that needs one (initialisation,
+// a split, the first operation that connects to a peer, finalisation) returns ncclInProgress and
+// settle() waits for it with the communicator's timeout. commName shows in NCCL's logs.
+ncclConfig_t nonblocking_config(const char* name) {
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 1;
+  config.blocking = 0;
   config.commName = name;
   return config;
 }
+
+// The lanes' names, in LaneId order; the split communicators' lanes have the same names.
+constexpr const char* kLaneNames[] = {"dstrain.main", "dstrain.gather", "dstrain.scatter"};
 
 // A finished operation: an argument error found before anything was enqueued.
 class ReadyWork final : public Work {
@@ -117,14 +123,48 @@ base::Status nccl_status(ncclResult_t rc, const char* call, const char* file, in
       (last != nullptr && *last != '\0' ? std::string(": ") + last : std::string()));
 }
 
+base::Status nccl_wait_ready(ncclComm_t comm, double timeout_s, const std::string& what) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int polls = 0;; ++polls) {
+    ncclResult_t state = ncclSuccess;
+    RETURN_IF_ERROR(NCCL_CHECK(ncclCommGetAsyncError(comm, &state)));
+    if (state == ncclSuccess) return base::Status::Ok();
+    if (state != ncclInProgress) {
+      return nccl_status(state, "ncclCommGetAsyncError", __FILE__, __LINE__).with_context(what);
+    }
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (timeout_s > 0 && waited > timeout_s) {
+      return base::Status::Distributed(
+          what + " did not finish within " + std::to_string(static_cast<int>(timeout_s)) +
+          " s: a peer rank died, stopped or fell far behind (run.collective_timeout_s)");
+    }
+    // Most calls settle within microseconds; a peer that is still starting can take seconds.
+    if (polls < 1000) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+}
+
+base::Status nccl_settle(ncclComm_t comm, ncclResult_t rc, double timeout_s,
+                         const std::string& what, const char* call, const char* file, int line) {
+  if (rc == ncclSuccess) return base::Status::Ok();
+  if (rc != ncclInProgress) return nccl_status(rc, call, file, line).with_context(what);
+  return nccl_wait_ready(comm, timeout_s, what);
+}
+
 // --- NcclComm ---
 
-NcclComm::NcclComm(NcclComm&& other) noexcept : comm_(std::exchange(other.comm_, nullptr)) {}
+NcclComm::NcclComm(NcclComm&& other) noexcept
+    : comm_(std::exchange(other.comm_, nullptr)), timeout_s_(other.timeout_s_) {}
 
 NcclComm& NcclComm::operator=(NcclComm&& other) noexcept {
   if (this != &other) {
     reset();
     comm_ = std::exchange(other.comm_, nullptr);
+    timeout_s_ = other.timeout_s_;
   }
   return *this;
 }
@@ -133,15 +173,18 @@ NcclComm::~NcclComm() { reset(); }
 
 void NcclComm::reset() {
   if (comm_ == nullptr) return;
-  if (!async_error().ok()) {
-    abort();
-    return;
+  // Only a communicator in a clean state is finalised: one with an error, or one whose last call
+  // never settled, could wait for a dead peer. Finalisation flushes this rank's operations (in
+  // the background, non-blocking mode) within the timeout; destroy then only frees local
+  // resources. Errors cannot be reported from a destructor; abort frees regardless.
+  ncclResult_t state = ncclSuccess;
+  bool clean = ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state == ncclSuccess;
+  clean = clean && NCCL_SETTLE(comm_, ncclCommFinalize(comm_), timeout_s_, "finalize").ok();
+  if (clean) {
+    const ncclResult_t rc = ncclCommDestroy(comm_);
+    clean = rc == ncclSuccess || rc == ncclInProgress;
   }
-  // Blocking mode: finalize returns once this rank's operations are flushed; destroy then only
-  // frees local resources. Errors cannot be reported from a destructor; abort frees regardless.
-  if (ncclCommFinalize(comm_) != ncclSuccess || ncclCommDestroy(comm_) != ncclSuccess) {
-    ncclCommAbort(comm_);
-  }
+  if (!clean) ncclCommAbort(comm_);
   comm_ = nullptr;
 }
 
@@ -177,7 +220,6 @@ base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_C
 base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_Comm comm,
                                                                            int device,
                                                                            CommOptions options) {
-  const double timeout_s = options.timeout_s;
   int rank = 0, size = 0;
   RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_rank(comm, &rank)));
   RETURN_IF_ERROR(MPI_CHECK(MPI_Comm_size(comm, &size)));
@@ -211,7 +253,6 @@ base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::create(MPI_C
   ASSIGN_OR_RETURN(const ncclUniqueId id, share_unique_id(comm, rank));
   std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(rank, size, device, std::move(options)));
   RETURN_IF_ERROR(c->init_lanes(id).with_context("rank " + std::to_string(rank)));
-  if (timeout_s > 0) c->watchdog_ = std::thread([raw = c.get()] { raw->watch(); });
   return std::move(c);
 }
 
@@ -236,40 +277,81 @@ base::StatusOr<ncclUniqueId> NcclCommunicator::share_unique_id(MPI_Comm comm, in
 }
 
 base::Status NcclCommunicator::init_lanes(const ncclUniqueId& id) {
-  static constexpr const char* kNames[kLanes] = {"dstrain.main", "dstrain.gather",
-                                                 "dstrain.scatter"};
   Lane& main = lane(LaneId::kMain);
-  main.name = kNames[0];
-  ncclConfig_t config = blocking_config(main.name);
+  ncclConfig_t config = nonblocking_config(kLaneNames[0]);
   ncclComm_t raw = nullptr;
-  RETURN_IF_ERROR(NCCL_CHECK(ncclCommInitRankConfig(&raw, size_, id, rank_, &config)));
-  main.comm = NcclComm(raw);
+  const std::string what = "NCCL communicator " + std::string(kLaneNames[0]) + ": initialisation";
+  const ncclResult_t rc = ncclCommInitRankConfig(&raw, size_, id, rank_, &config);
+  if (raw != nullptr) main.comm = NcclComm(raw, timeout_s_);
+  RETURN_IF_ERROR(
+      nccl_settle(raw, rc, timeout_s_, what, "ncclCommInitRankConfig", __FILE__, __LINE__));
   for (int i = 1; i < kLanes; ++i) {
-    lanes_[i].name = kNames[i];
-    config = blocking_config(kNames[i]);
+    config = nonblocking_config(kLaneNames[i]);
     raw = nullptr;
     // Same color on every rank, keyed by rank: the same ranks in the same order as main.
-    RETURN_IF_ERROR(NCCL_CHECK(ncclCommSplit(main.comm.get(), 0, rank_, &raw, &config)));
-    lanes_[i].comm = NcclComm(raw);
+    const std::string split = "NCCL communicator " + std::string(kLaneNames[i]) + ": split";
+    const ncclResult_t rc = ncclCommSplit(main.comm.get(), 0, rank_, &raw, &config);
+    if (raw != nullptr) lanes_[i].comm = NcclComm(raw, timeout_s_);
+    RETURN_IF_ERROR(
+        nccl_settle(main.comm.get(), rc, timeout_s_, split, "ncclCommSplit", __FILE__, __LINE__));
+    if (raw == nullptr) return base::Status::Internal(split + ": NCCL returned no communicator");
+    RETURN_IF_ERROR(nccl_wait_ready(raw, timeout_s_, split));
   }
-  for (Lane& l : lanes_) {
+  return finish_lanes();
+}
+
+base::Status NcclCommunicator::finish_lanes() {
+  for (int i = 0; i < kLanes; ++i) {
+    Lane& l = lanes_[i];
+    l.name = kLaneNames[i];
     ASSIGN_OR_RETURN(l.stream, CudaStream::create(device_));
     ASSIGN_OR_RETURN(l.inputs_ready, CudaEvent::create(device_));
   }
+  if (timeout_s_ > 0) watchdog_ = std::thread([this] { watch(); });
   return base::Status::Ok();
 }
 
-NcclCommunicator::~NcclCommunicator() {
-  stop_watchdog();
-  // Children before the communicator they were split from. Each lane is drained first (after an
-  // abort too: NCCL cancels the aborted kernels, so the stream still drains), so no held tensor is
-  // released while the device may still touch it.
-  for (int i = kLanes - 1; i >= 0; --i) {
-    Lane& l = lanes_[i];
-    if (l.stream.get() != nullptr) (void)l.stream.synchronize();
-    l.in_flight.clear();
-    l.comm = NcclComm();
+base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::split(int color, int key,
+                                                                          CommOptions options) {
+  if (color < 0) {
+    return base::Status::InvalidArgument("NCCL communicator split: color " + std::to_string(color) +
+                                         " is negative");
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (aborted_) return failure_;
+  ASSIGN_OR_RETURN(CudaDeviceScope scope, CudaDeviceScope::enter(device_));
+  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(0, 1, device_, std::move(options)));
+  const std::string what = "rank " + std::to_string(rank_) + ": NCCL communicator split (color " +
+                           std::to_string(color) + ")";
+  for (int i = 0; i < kLanes; ++i) {
+    ncclConfig_t config = nonblocking_config(kLaneNames[i]);
+    ncclComm_t raw = nullptr;
+    const ncclResult_t rc = ncclCommSplit(lanes_[i].comm.get(), color, key, &raw, &config);
+    if (raw != nullptr) c->lanes_[i].comm = NcclComm(raw, c->timeout_s_);
+    RETURN_IF_ERROR(nccl_settle(lanes_[i].comm.get(), rc, timeout_s_, what, "ncclCommSplit",
+                                __FILE__, __LINE__));
+    if (raw == nullptr) return base::Status::Internal(what + ": NCCL returned no communicator");
+    RETURN_IF_ERROR(nccl_wait_ready(raw, timeout_s_, what));
+  }
+  const ncclComm_t main = c->lane(LaneId::kMain).comm.get();
+  RETURN_IF_ERROR(NCCL_CHECK(ncclCommUserRank(main, &c->rank_)));
+  RETURN_IF_ERROR(NCCL_CHECK(ncclCommCount(main, &c->size_)));
+  RETURN_IF_ERROR(c->finish_lanes());
+  return std::move(c);
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  // Each lane is drained first, with the watchdog still watching: an operation a dead peer never
+  // completes is aborted after the timeout (NCCL then cancels its kernel, so the stream drains),
+  // and no held tensor is released while the device may still touch it.
+  for (Lane& l : lanes_) {
+    if (l.stream.get() != nullptr) (void)l.stream.synchronize();
+    std::lock_guard<std::mutex> lock(mu_);
+    l.in_flight.clear();
+  }
+  stop_watchdog();
+  // Children before the communicator they were split from.
+  for (int i = kLanes - 1; i >= 0; --i) lanes_[i].comm = NcclComm();
 }
 
 base::Status NcclCommunicator::release_finished() {
@@ -285,6 +367,10 @@ base::Status NcclCommunicator::release_finished() {
 
 void NcclCommunicator::abort(base::Status why) {
   std::lock_guard<std::mutex> lock(mu_);
+  abort_locked(std::move(why));
+}
+
+void NcclCommunicator::abort_locked(base::Status why) {
   if (aborted_) return;
   failure_ = std::move(why);
   aborted_ = true;
@@ -398,7 +484,18 @@ std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, CommOp op,
     const cudaStream_t caller = at::cuda::getCurrentCUDAStream(index).stream();
     RETURN_IF_ERROR(l.inputs_ready.record(caller));
     RETURN_IF_ERROR(l.inputs_ready.make_wait(l.stream.get()));
-    RETURN_IF_ERROR(NCCL_CHECK(call(l.comm.get(), l.stream.get())));
+    // The first operation that needs a peer connects to it, in the background: a peer that
+    // never answers fails the operation after the timeout and aborts the communicators.
+    base::Status enqueued =
+        nccl_settle(l.comm.get(), call(l.comm.get(), l.stream.get()), timeout_s_, "enqueueing",
+                    comm_op_name(op), __FILE__, __LINE__);
+    if (!enqueued.ok()) {
+      const base::Status fault = enqueued.with_context(tag);
+      std::fprintf(stderr, "dstrain: %s; aborting the NCCL communicators\n",
+                   fault.message().c_str());
+      abort_locked(fault);
+      return enqueued;
+    }
     ASSIGN_OR_RETURN(CudaEvent event, CudaEvent::create(device_));
     RETURN_IF_ERROR(event.record(l.stream.get()));
     auto done = std::make_shared<const CudaEvent>(std::move(event));
@@ -508,6 +605,20 @@ base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm co
                                                                      CommOptions options) {
   ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> c,
                    NcclCommunicator::create(comm, device, std::move(options)));
+  return std::unique_ptr<Communicator>(std::move(c));
+}
+
+base::StatusOr<std::unique_ptr<Communicator>> split_nccl_communicator(Communicator& parent,
+                                                                      int color, int key,
+                                                                      CommOptions options) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&parent);
+  if (nccl == nullptr) {
+    return base::Status::InvalidArgument(
+        "split_nccl_communicator: the parent is not an NCCL "
+        "communicator");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> c,
+                   nccl->split(color, key, std::move(options)));
   return std::unique_ptr<Communicator>(std::move(c));
 }
 

@@ -60,12 +60,29 @@ namespace dstrain::sharding {
 base::Status nccl_status(ncclResult_t rc, const char* call, const char* file, int line);
 #define NCCL_CHECK(call) ::dstrain::sharding::nccl_status((call), #call, __FILE__, __LINE__)
 
-// One NCCL communicator handle. Destruction finalises and destroys it, or aborts it when NCCL
-// reports an asynchronous error (finalising a failed communicator could wait for a dead peer).
+// The communicators are non-blocking: a call may return ncclInProgress while NCCL completes it in
+// the background (initialising, splitting, connecting to a peer, finalising), and nothing else
+// may be issued on that communicator until its state leaves ncclInProgress. nccl_wait_ready()
+// polls the state until then, for at most `timeout_s` (0: forever), and returns the outcome or a
+// timeout fault that begins with `what`; nccl_settle() does so for a call that returned `rc`.
+base::Status nccl_wait_ready(ncclComm_t comm, double timeout_s, const std::string& what);
+base::Status nccl_settle(ncclComm_t comm, ncclResult_t rc, double timeout_s,
+                         const std::string& what, const char* call, const char* file, int line);
+// `comm` is read after `call` has run (it may be the call's output).
+#define NCCL_SETTLE(comm, call, timeout_s, what)                                          \
+  [&]() {                                                                                 \
+    const ncclResult_t nccl_rc_ = (call);                                                 \
+    return ::dstrain::sharding::nccl_settle((comm), nccl_rc_, (timeout_s), (what), #call, \
+                                            __FILE__, __LINE__);                          \
+  }()
+
+// One NCCL communicator handle. Destruction finalises and destroys it (finalisation waiting at
+// most `timeout_s`, 0: forever), or aborts it when NCCL reports an asynchronous error, its last
+// call never settled or finalisation did not finish (all of which could wait for a dead peer).
 class NcclComm {
  public:
   NcclComm() = default;
-  explicit NcclComm(ncclComm_t comm) : comm_(comm) {}
+  NcclComm(ncclComm_t comm, double timeout_s) : comm_(comm), timeout_s_(timeout_s) {}
   ~NcclComm();
   NcclComm(NcclComm&& other) noexcept;
   NcclComm& operator=(NcclComm&& other) noexcept;
@@ -81,6 +98,7 @@ class NcclComm {
  private:
   void reset();
   ncclComm_t comm_ = nullptr;
+  double timeout_s_ = 0;
 };
 
 class NcclCommunicator final : public Communicator {
@@ -88,7 +106,9 @@ class NcclCommunicator final : public Communicator {
   // Collective over `comm`: every rank checks and selects `device`, the ranks agree that all of
   // them could (so a bad device on one rank fails every rank instead of hanging the others),
   // rank 0 creates the NCCL unique id and broadcasts it over `comm`, and each rank creates the
-  // main communicator (blocking mode) and splits the gather and scatter ones off it. `device`
+  // main communicator (non-blocking mode: each call settles within `timeout_s`, else every rank
+  // fails instead of waiting for a missing peer) and splits the gather and scatter ones off it.
+  // `device`
   // becomes the calling thread's current device and stays so (one process per GPU); operations
   // select it themselves when called with another device current.
   // timeout_s: how long an operation may stay unfinished before the watchdog aborts; 0: never.
@@ -100,6 +120,10 @@ class NcclCommunicator final : public Communicator {
                                                                   CommOptions options);
   // NCCL_VERSION_CODE of the loaded library (e.g. 22809 for 2.28.9).
   static base::StatusOr<int> nccl_version();
+  // Collective over this communicator's ranks: the ranks that pass the same `color` (>= 0) form
+  // a new communicator on the same device, ranked by `key` (ncclCommSplit of every lane, no
+  // bootstrap over MPI), with its own watchdog over options.timeout_s.
+  base::StatusOr<std::unique_ptr<NcclCommunicator>> split(int color, int key, CommOptions options);
 
   // Waits for each lane's queued work, releases the tensors it held, then finalises and destroys
   // the communicators. Must run before MPI_Finalize (the launch World owns this order).
@@ -184,6 +208,11 @@ class NcclCommunicator final : public Communicator {
         group_(std::move(options.group)) {}
   static base::StatusOr<ncclUniqueId> share_unique_id(MPI_Comm comm, int rank);
   base::Status init_lanes(const ncclUniqueId& id);
+  // Names the lanes, creates their streams and events and starts the watchdog (when timeout_s_
+  // > 0); the lanes' communicators exist.
+  base::Status finish_lanes();
+  // abort() with mu_ held by the caller.
+  void abort_locked(base::Status why);
   Lane& lane(LaneId id) { return lanes_[static_cast<int>(id)]; }
   // Drops the references of every operation the device has finished, on every lane. Caller
   // holds mu_.

@@ -22,6 +22,13 @@ base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm co
 base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm comm, int device,
                                                                      CommOptions options);
 
+// Collective over the ranks of `parent`, which make_nccl_communicator made: the ranks passing
+// the same `color` form a new NCCL communicator, ranked by `key` (ncclCommSplit; see
+// NcclCommunicator::split). `parent` stays usable.
+base::StatusOr<std::unique_ptr<Communicator>> split_nccl_communicator(Communicator& parent,
+                                                                      int color, int key,
+                                                                      CommOptions options);
+
 // The loaded NCCL library's version as "major.minor.patch", for the start-up log.
 base::StatusOr<std::string> nccl_version_string();
 

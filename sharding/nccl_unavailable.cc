@@ -19,6 +19,11 @@ base::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(MPI_Comm, i
   return unavailable();
 }
 
+base::StatusOr<std::unique_ptr<Communicator>> split_nccl_communicator(Communicator&, int, int,
+                                                                      CommOptions) {
+  return unavailable();
+}
+
 base::StatusOr<std::string> nccl_version_string() { return unavailable(); }
 
 }  // namespace dstrain::sharding

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <cstdlib>
+
 namespace dstrain::launch {
 namespace {
 
@@ -78,6 +80,25 @@ TEST(Topology, OneMachineIsOneNode) {
   EXPECT_EQ((*t)->num_nodes(), 1);
   EXPECT_EQ((*t)->ranks_per_node(), world_size());
   EXPECT_EQ((*t)->local_rank(), world_rank());
+}
+
+// DSTRAIN_TEST_RANKS_PER_NODE=2: consecutive pairs of ranks pretend to be nodes (how the GPU
+// checks run hybrid sharding on one machine); a value that is no positive number is an error.
+TEST(Topology, PretendNodesOfConsecutiveRanks) {
+  ASSERT_EQ(world_size(), 4);
+  ASSERT_EQ(setenv("DSTRAIN_TEST_RANKS_PER_NODE", "2", 1), 0);
+  auto t = Topology::create(MPI_COMM_WORLD);
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  EXPECT_EQ((*t)->num_nodes(), 2);
+  EXPECT_EQ((*t)->ranks_per_node(), 2);
+  EXPECT_EQ((*t)->node(), world_rank() / 2);
+  EXPECT_EQ((*t)->local_rank(), world_rank() % 2);
+  ASSERT_EQ(setenv("DSTRAIN_TEST_RANKS_PER_NODE", "0", 1), 0);
+  auto bad = Topology::create(MPI_COMM_WORLD);
+  EXPECT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().to_string().find("DSTRAIN_TEST_RANKS_PER_NODE=0"), std::string::npos)
+      << bad.status().to_string();
+  unsetenv("DSTRAIN_TEST_RANKS_PER_NODE");
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -39,10 +40,25 @@ int local_rank() {
   return r;
 }
 
-// True on every rank when every rank has a CUDA device of its own (device index = local rank).
+int visible_gpus() { return at::hasCUDA() ? static_cast<int>(at::cuda::device_count()) : 0; }
+
+// DSTRAIN_TEST_SHARE_GPU=1 (tests/gpu/shared_gpu_rank.sh, which also gives each rank its own
+// NCCL_HOSTID): the local ranks share the visible GPUs round-robin, as dstrain's do then.
+bool sharing_gpus() {
+  const char* v = std::getenv("DSTRAIN_TEST_SHARE_GPU");
+  return v != nullptr && std::string(v) == "1";
+}
+
+// This rank's device: its local rank, or that modulo the GPUs when they are shared.
+int device_of_this_rank() {
+  const int gpus = visible_gpus();
+  return sharing_gpus() && gpus > 0 ? local_rank() % gpus : local_rank();
+}
+
+// True on every rank when every rank has a CUDA device (its own, unless shared).
 bool every_rank_has_a_gpu() {
-  const int devices = at::hasCUDA() ? static_cast<int>(at::cuda::device_count()) : 0;
-  int mine = devices > local_rank() ? 1 : 0, all = 0;
+  const int devices = visible_gpus();
+  int mine = devices > device_of_this_rank() ? 1 : 0, all = 0;
   MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   return all == 1;
 }
@@ -51,7 +67,7 @@ class NcclCommunicatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs one CUDA device per rank";
-    device_ = local_rank();
+    device_ = device_of_this_rank();
     auto comm = NcclCommunicator::create(MPI_COMM_WORLD, device_, kTimeoutS);
     ASSERT_TRUE(comm.ok()) << comm.status().to_string();
     comm_ = std::move(comm).value();
@@ -123,7 +139,7 @@ TEST(NcclLibraryTest, ABadDeviceOnOneRankFailsEveryRankWithoutHanging) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   const int bad_rank = size - 1;
-  const int device = local_rank();  // collective: every rank calls it
+  const int device = device_of_this_rank();  // collective: every rank calls it
   auto comm = make_nccl_communicator(MPI_COMM_WORLD, rank == bad_rank ? -1 : device, kTimeoutS);
   ASSERT_FALSE(comm.ok());
   if (rank == bad_rank) {
@@ -449,6 +465,76 @@ TEST_F(NcclCommunicatorTest, AbortCancelsAndLaterOperationsFail) {
   EXPECT_EQ(after.code(), base::StatusCode::kDistributed) << after.to_string();
   EXPECT_FALSE(comm_->barrier().ok());
   comm_.reset();  // destroying an aborted communicator must neither hang nor crash
+}
+
+// Hybrid sharding's two groups, split off one communicator: "nodes" of consecutive ranks and the
+// "replicas" across them. Each group's collectives reduce over its members only, and the parent
+// stays usable.
+TEST_F(NcclCommunicatorTest, SplitsFormGroupsByColourRankedByKey) {
+  const int per_node = size() % 2 == 0 ? 2 : 1;
+  const int node = rank() / per_node, local = rank() % per_node;
+  CommOptions options;
+  options.timeout_s = kTimeoutS;
+  auto nodes = comm_->split(node, local, options);
+  ASSERT_TRUE(nodes.ok()) << nodes.status().to_string();
+  auto replicas = comm_->split(local, node, options);
+  ASSERT_TRUE(replicas.ok()) << replicas.status().to_string();
+  EXPECT_EQ((*nodes)->size(), per_node);
+  EXPECT_EQ((*nodes)->rank(), local);
+  EXPECT_EQ((*replicas)->size(), size() / per_node);
+  EXPECT_EQ((*replicas)->rank(), node);
+
+  // Sum of world ranks over the group: node members are node * per_node + 0..per_node-1,
+  // replicas are local + per_node * 0..nodes-1.
+  at::Tensor t = at::full({8}, static_cast<float>(rank()), on_gpu(at::kFloat));
+  ASSERT_TRUE(all_reduce_now(**nodes, t, ReduceOp::kSum).ok());
+  float want = 0;
+  for (int l = 0; l < per_node; ++l) want += static_cast<float>(node * per_node + l);
+  EXPECT_TRUE(at::equal(t.cpu(), at::full({8}, want)));
+
+  at::Tensor shard = at::full({3}, static_cast<float>(rank()), on_gpu(at::kFloat));
+  at::Tensor full = at::empty({3 * (*replicas)->size()}, on_gpu(at::kFloat));
+  ASSERT_TRUE((*replicas)->all_gather(shard, full)->wait().ok());
+  for (int n = 0; n < (*replicas)->size(); ++n) {
+    EXPECT_TRUE(at::equal(full.slice(0, 3 * n, 3 * n + 3).cpu(),
+                          at::full({3}, static_cast<float>(local + per_node * n))));
+  }
+  ASSERT_TRUE((*nodes)->barrier().ok());
+  ASSERT_TRUE((*replicas)->barrier().ok());
+  nodes->reset();
+  replicas->reset();
+  at::Tensor w = at::ones({4}, on_gpu(at::kFloat));
+  ASSERT_TRUE(all_reduce_now(*comm_, w, ReduceOp::kSum).ok());
+  EXPECT_TRUE(at::equal(w.cpu(), at::full({4}, static_cast<float>(size()))));
+  EXPECT_EQ(comm_->split(-1, 0, options).status().code(), base::StatusCode::kInvalidArgument);
+}
+
+// A peer that never issues the operation: the first operation on a new communicator (which is
+// when NCCL connects the peers) and everything after it fail within the timeout on the waiting
+// rank, naming the operation, instead of blocking inside NCCL. The late rank then fails too.
+TEST_F(NcclCommunicatorTest, APeerThatNeverArrivesFailsTheOperationWithinTheTimeout) {
+  constexpr double kShortS = 3;
+  auto made = NcclCommunicator::create(MPI_COMM_WORLD, device_, kShortS);
+  ASSERT_TRUE(made.ok()) << made.status().to_string();
+  std::unique_ptr<NcclCommunicator> c = std::move(made).value();
+  const bool late = rank() == size() - 1;
+  at::Tensor t = at::ones({1024}, on_gpu(at::kFloat));
+  const auto start = std::chrono::steady_clock::now();
+  if (late) std::this_thread::sleep_for(std::chrono::seconds(15));
+  base::Status st = c->all_reduce(t, ReduceOp::kSum)->wait();
+  if (st.ok()) st = c->barrier();
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(st.code(), base::StatusCode::kDistributed) << st.to_string();
+  if (!late) {
+    EXPECT_LT(took, kShortS + 6) << st.to_string();
+    EXPECT_NE(st.message().find("all_reduce #0"), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("within 3 s"), std::string::npos) << st.message();
+  } else {
+    EXPECT_LT(took, 15 + kShortS + 6) << st.to_string();
+  }
+  c.reset();  // aborted: neither hangs nor crashes
+  MPI_Barrier(MPI_COMM_WORLD);
 }
 
 }  // namespace

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The NCCL paths of several ranks on ONE GPU (tests/gpu/shared_gpu_rank.sh: a host id per rank,
+# sockets on loopback), for a machine with fewer GPUs than a test needs ranks: correctness and
+# faults only, never speed. From the project root after `bash .gpu-deps/device-build.sh`, in one
+# device call. Writes under $OUT:
+#   nccl_np2.log, nccl_np4.log  the NCCL communicator tests (nccl_mpi_tests) on 2 and 4 ranks
+#   equality.json               fp32 per-step losses, tiny model: 1 rank stage 0 on the GPU vs 2
+#                               ranks (stages 0 and 3), 4 ranks (stage 3) and 4 ranks as 2 "nodes"
+#                               x 2 with zero.shard_group = node (stages 2 and 3; NCCL node and
+#                               replica communicators split off the world's), each the largest
+#                               relative difference; topology lines of the hybrid runs
+#   fault.jsonl                 a rank stopped (SIGSTOP) or killed (SIGKILL) mid-training, 2
+#                               ranks, run.collective_timeout_s = 10: exit code, seconds from the
+#                               signal to mpirun's end, whether the watchdog's message came, and
+#                               the processes' states while the job ended (fault_*.ps)
+# PARTS picks what runs (default: all): nccl equality fault.
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+PARTS=${PARTS:-nccl equality fault}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+mkdir -p "$OUT"
+source .gpu-deps/env.sh
+BIN=build-gpu/dstrain
+SHARE=tests/gpu/shared_gpu_rank.sh
+MPIRUN="mpirun --bind-to none -x OMP_NUM_THREADS=2 -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE"
+
+if has nccl; then
+  for np in 2 4; do
+    timeout 240 $MPIRUN -np $np $SHARE build-gpu/tests/sharding/nccl_mpi_tests \
+      > "$OUT/nccl_np$np.log" 2>&1
+    echo "nccl tests np$np rc=$?" | tee -a "$OUT/summary.txt"
+    grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|PASSED|FAILED TEST" "$OUT/nccl_np$np.log" | sort | uniq -c
+  done
+fi
+
+run() {  # run NAME RANKS ARGS...: one tiny training run on the shared GPU
+  local name=$1 ranks=$2; shift 2
+  local launch="$MPIRUN -np $ranks $SHARE"
+  [ "$ranks" = 1 ] && launch="$MPIRUN -np 1"
+  timeout 200 $launch $BIN --config configs/tiny.toml --set train.steps=8 \
+    --set checkpoint.enabled=false --set run.device=cuda --set log.every=1 \
+    --set log.progress_bar=false --set run.dir=/tmp/runs/$name "$@" > "$OUT/$name.log" 2>&1
+  echo "$name rc=$?" | tee -a "$OUT/summary.txt"
+  cp /tmp/runs/$name/metrics.jsonl "$OUT/$name.jsonl" 2>/dev/null
+}
+
+if has equality; then
+  run ref_np1_s0 1
+  run np2_s0 2
+  run np2_s3 2 --set zero.stage=3
+  run np4_s3 4 --set zero.stage=3
+  DSTRAIN_TEST_RANKS_PER_NODE=2 run np4_node_s3 4 --set zero.stage=3 --set zero.shard_group=node
+  DSTRAIN_TEST_RANKS_PER_NODE=2 run np4_node_s2 4 --set zero.stage=2 --set zero.shard_group=node
+  python3 - "$OUT" <<'PY' > "$OUT/equality.json"
+import json, os, sys
+out = sys.argv[1]
+def losses(n):
+    p = os.path.join(out, n + ".jsonl")
+    return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l] if os.path.exists(p) else None
+ref = losses("ref_np1_s0")
+res = {"reference": "ref_np1_s0", "losses": ref}
+for n in ["np2_s0", "np2_s3", "np4_s3", "np4_node_s3", "np4_node_s2"]:
+    l = losses(n)
+    res[n] = (None if not l or not ref or len(l) != len(ref)
+              else max(abs(a - b) / abs(b) for a, b in zip(l, ref)))
+for n in ["np4_node_s3", "np4_node_s2"]:
+    p = os.path.join(out, n + ".log")
+    res[n + "_topology"] = next((l.strip() for l in open(p) if l.startswith("topology:")), None) \
+        if os.path.exists(p) else None
+print(json.dumps(res))
+PY
+  cat "$OUT/equality.json"
+fi
+
+rank_pid() {  # rank_pid R: the pid of dstrain's rank R
+  for pid in $(pgrep -f "$BIN --config"); do
+    if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+      echo "$pid"; return
+    fi
+  done
+}
+snapshot() {  # the state and kernel wait channel of mpirun and every dstrain process
+  for pid in $(pgrep -f "mpirun|$BIN --config"); do
+    [ -r /proc/$pid/stat ] || continue
+    echo "$(date +%s.%N) pid $pid state $(awk '{print $3}' /proc/$pid/stat) wchan $(cat /proc/$pid/wchan 2>/dev/null) $(tr '\0' ' ' < /proc/$pid/cmdline | cut -c1-60)"
+  done
+}
+if has fault; then
+  : > "$OUT/fault.jsonl"
+  for sig in STOP KILL; do
+    rm -rf /tmp/runs/fault_$sig
+    timeout 150 $MPIRUN -np 2 $SHARE $BIN --config configs/tiny.toml --set run.device=cuda \
+      --set train.steps=1000000 --set zero.stage=3 --set run.collective_timeout_s=10 \
+      --set checkpoint.enabled=false --set log.every=1 --set log.progress_bar=false \
+      --set run.dir=/tmp/runs/fault_$sig > "$OUT/fault_$sig.log" 2>&1 &
+    job=$!
+    for _ in $(seq 1 90); do  # until training has logged a few steps
+      [ "$(grep -c '"loss"' /tmp/runs/fault_$sig/metrics.jsonl 2>/dev/null)" -ge 3 ] && break
+      sleep 1
+    done
+    victim=$(rank_pid 1)
+    signalled=$(date +%s.%N)
+    kill -$sig "$victim"
+    # Every 2 s until the job ends: who is still there, and where in the kernel.
+    while kill -0 $job 2>/dev/null; do snapshot >> "$OUT/fault_$sig.ps"; sleep 2; done
+    wait $job
+    rc=$?
+    ended=$(date +%s.%N)
+    left=$(pgrep -f "$BIN --config" | tr '\n' ' ')
+    [ "$sig" = STOP ] && kill -KILL "$victim" 2>/dev/null
+    python3 -c "import json,sys; print(json.dumps({'signal': sys.argv[1], 'exit_code': int(sys.argv[2]),
+      'seconds_to_end': float(sys.argv[4]) - float(sys.argv[3]),
+      'watchdog_message': open(sys.argv[5], errors='replace').read().count('did not') > 0,
+      'processes_left': sys.argv[6]}))" \
+      "$sig" "$rc" "$signalled" "$ended" "$OUT/fault_$sig.log" "$left" >> "$OUT/fault.jsonl"
+    grep -E "dstrain: |error" "$OUT/fault_$sig.log" | head -5
+  done
+  cat "$OUT/fault.jsonl"
+fi
