@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <thread>
 #include <utility>
@@ -50,13 +51,13 @@ base::StatusOr<ncclDataType_t> nccl_type(at::ScalarType t) {
 
 ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::kSum ? ncclSum : ncclMax; }
 
-// Non-blocking mode, named explicitly (NCCL_COMM_BLOCKING in the environment would otherwise
-// decide): no NCCL call can wait for a peer inside NCCL; a call that needs one (initialisation,
-// a split, the first operation that connects to a peer, finalisation) returns ncclInProgress and
-// settle() waits for it with the communicator's timeout. commName shows in NCCL's logs.
+// Non-blocking mode unless the environment sets NCCL_COMM_BLOCKING (NCCL's own variable, then
+// NCCL decides): no NCCL call waits for a peer inside NCCL; a call that needs one (initialisation,
+// a split, the first operation that connects to a peer, finalisation) finishes in the background
+// and settle() waits for it with the communicator's timeout. commName shows in NCCL's logs.
 ncclConfig_t nonblocking_config(const char* name) {
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
+  if (std::getenv("NCCL_COMM_BLOCKING") == nullptr) config.blocking = 0;
   config.commName = name;
   return config;
 }
@@ -150,10 +151,37 @@ base::Status nccl_wait_ready(ncclComm_t comm, double timeout_s, const std::strin
 
 base::Status nccl_settle(ncclComm_t comm, ncclResult_t rc, double timeout_s,
                          const std::string& what, const char* call, const char* file, int line) {
-  if (rc == ncclSuccess) return base::Status::Ok();
-  if (rc != ncclInProgress) return nccl_status(rc, call, file, line).with_context(what);
+  if (rc != ncclSuccess && rc != ncclInProgress) {
+    return nccl_status(rc, call, file, line).with_context(what);
+  }
+  // Even ncclSuccess may leave work in the background (a split's), so the state decides.
   return nccl_wait_ready(comm, timeout_s, what);
 }
+
+namespace {
+
+// ncclCommSplit of `parent`: the child is written into the slot by NCCL's initialisation thread
+// once it exists (non-blocking mode), while the parent stays ncclInProgress. The slot lives on
+// the heap and is leaked on purpose when that wait fails, so a late write never lands in freed
+// memory. The child is owned as soon as it exists, so a failure later aborts it.
+base::StatusOr<NcclComm> split_comm(ncclComm_t parent, int color, int key, const char* name,
+                                    double timeout_s, const std::string& what) {
+  auto slot = std::make_unique<ncclComm_t>(nullptr);
+  ncclConfig_t config = nonblocking_config(name);
+  const ncclResult_t rc = ncclCommSplit(parent, color, key, slot.get(), &config);
+  base::Status st = nccl_settle(parent, rc, timeout_s, what, "ncclCommSplit", __FILE__, __LINE__);
+  if (!st.ok()) {
+    (void)slot.release();
+    return st;
+  }
+  const ncclComm_t child = __atomic_load_n(slot.get(), __ATOMIC_ACQUIRE);
+  if (child == nullptr) return base::Status::Internal(what + ": NCCL made no communicator");
+  NcclComm owned(child, timeout_s);
+  RETURN_IF_ERROR(nccl_wait_ready(child, timeout_s, what));
+  return owned;
+}
+
+}  // namespace
 
 // --- NcclComm ---
 
@@ -281,21 +309,16 @@ base::Status NcclCommunicator::init_lanes(const ncclUniqueId& id) {
   ncclConfig_t config = nonblocking_config(kLaneNames[0]);
   ncclComm_t raw = nullptr;
   const std::string what = "NCCL communicator " + std::string(kLaneNames[0]) + ": initialisation";
+  // The communicator exists at return (its initialisation may go on in the background).
   const ncclResult_t rc = ncclCommInitRankConfig(&raw, size_, id, rank_, &config);
   if (raw != nullptr) main.comm = NcclComm(raw, timeout_s_);
   RETURN_IF_ERROR(
       nccl_settle(raw, rc, timeout_s_, what, "ncclCommInitRankConfig", __FILE__, __LINE__));
   for (int i = 1; i < kLanes; ++i) {
-    config = nonblocking_config(kLaneNames[i]);
-    raw = nullptr;
     // Same color on every rank, keyed by rank: the same ranks in the same order as main.
-    const std::string split = "NCCL communicator " + std::string(kLaneNames[i]) + ": split";
-    const ncclResult_t rc = ncclCommSplit(main.comm.get(), 0, rank_, &raw, &config);
-    if (raw != nullptr) lanes_[i].comm = NcclComm(raw, timeout_s_);
-    RETURN_IF_ERROR(
-        nccl_settle(main.comm.get(), rc, timeout_s_, split, "ncclCommSplit", __FILE__, __LINE__));
-    if (raw == nullptr) return base::Status::Internal(split + ": NCCL returned no communicator");
-    RETURN_IF_ERROR(nccl_wait_ready(raw, timeout_s_, split));
+    ASSIGN_OR_RETURN(lanes_[i].comm,
+                     split_comm(main.comm.get(), 0, rank_, kLaneNames[i], timeout_s_,
+                                "NCCL communicator " + std::string(kLaneNames[i]) + ": split"));
   }
   return finish_lanes();
 }
@@ -324,14 +347,8 @@ base::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::split(int co
   const std::string what = "rank " + std::to_string(rank_) + ": NCCL communicator split (color " +
                            std::to_string(color) + ")";
   for (int i = 0; i < kLanes; ++i) {
-    ncclConfig_t config = nonblocking_config(kLaneNames[i]);
-    ncclComm_t raw = nullptr;
-    const ncclResult_t rc = ncclCommSplit(lanes_[i].comm.get(), color, key, &raw, &config);
-    if (raw != nullptr) c->lanes_[i].comm = NcclComm(raw, c->timeout_s_);
-    RETURN_IF_ERROR(nccl_settle(lanes_[i].comm.get(), rc, timeout_s_, what, "ncclCommSplit",
-                                __FILE__, __LINE__));
-    if (raw == nullptr) return base::Status::Internal(what + ": NCCL returned no communicator");
-    RETURN_IF_ERROR(nccl_wait_ready(raw, timeout_s_, what));
+    ASSIGN_OR_RETURN(c->lanes_[i].comm,
+                     split_comm(lanes_[i].comm.get(), color, key, kLaneNames[i], timeout_s_, what));
   }
   const ncclComm_t main = c->lane(LaneId::kMain).comm.get();
   RETURN_IF_ERROR(NCCL_CHECK(ncclCommUserRank(main, &c->rank_)));

@@ -513,7 +513,7 @@ TEST_F(NcclCommunicatorTest, SplitsFormGroupsByColourRankedByKey) {
 // when NCCL connects the peers) and everything after it fail within the timeout on the waiting
 // rank, naming the operation, instead of blocking inside NCCL. The late rank then fails too.
 TEST_F(NcclCommunicatorTest, APeerThatNeverArrivesFailsTheOperationWithinTheTimeout) {
-  constexpr double kShortS = 3;
+  constexpr double kShortS = 5;
   auto made = NcclCommunicator::create(MPI_COMM_WORLD, device_, kShortS);
   ASSERT_TRUE(made.ok()) << made.status().to_string();
   std::unique_ptr<NcclCommunicator> c = std::move(made).value();
@@ -529,7 +529,7 @@ TEST_F(NcclCommunicatorTest, APeerThatNeverArrivesFailsTheOperationWithinTheTime
   if (!late) {
     EXPECT_LT(took, kShortS + 6) << st.to_string();
     EXPECT_NE(st.message().find("all_reduce #0"), std::string::npos) << st.message();
-    EXPECT_NE(st.message().find("within 3 s"), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("within 5 s"), std::string::npos) << st.message();
   } else {
     EXPECT_LT(took, 15 + kShortS + 6) << st.to_string();
   }
