@@ -93,11 +93,24 @@ snapshot() {  # the state and kernel wait channel of mpirun and every dstrain pr
     echo "$(date +%s.%N) pid $pid state $(awk '{print $3}' /proc/$pid/stat) wchan $(cat /proc/$pid/wchan 2>/dev/null) $(tr '\0' ' ' < /proc/$pid/cmdline | cut -c1-60)"
   done
 }
+stacks() {  # stacks PID: every thread's name, state and kernel wait, and gdb's backtraces if any
+  local pid=$1
+  echo "== pid $pid: $(tr '\0' ' ' < /proc/$pid/cmdline | cut -c1-80)"
+  for t in /proc/$pid/task/*; do
+    echo "-- tid ${t##*/} $(cat $t/comm) state $(awk '{print $3}' $t/stat) wchan $(cat $t/wchan 2>/dev/null)"
+    head -6 $t/stack 2>/dev/null | sed 's/^/     /'
+  done
+  if command -v gdb > /dev/null; then
+    timeout 60 gdb -p "$pid" -batch -ex "thread apply all bt 12" 2>&1 | grep -E "^Thread|^#" | head -150
+  else
+    echo "(no gdb)"
+  fi
+}
 if has fault; then
   : > "$OUT/fault.jsonl"
   for sig in STOP KILL; do
     rm -rf /tmp/runs/fault_$sig
-    timeout 150 $MPIRUN -np 2 $SHARE $BIN --config configs/tiny.toml --set run.device=cuda \
+    timeout ${FAULT_LIMIT_S:-150} $MPIRUN -np 2 $SHARE $BIN --config configs/tiny.toml --set run.device=cuda \
       --set train.steps=1000000 --set zero.stage=3 --set run.collective_timeout_s=10 \
       --set checkpoint.enabled=false --set log.every=1 --set log.progress_bar=false \
       --set run.dir=/tmp/runs/fault_$sig > "$LOGS/fault_$sig.log" 2>&1 &
@@ -114,8 +127,18 @@ if has fault; then
     fi
     signalled=$(date +%s.%N)
     kill -$sig "$victim"
-    # Every 2 s until the job ends: who is still there, and where in the kernel.
-    while kill -0 $job 2>/dev/null; do snapshot >> "$LOGS/fault_$sig.ps"; sleep 2; done
+    # Every 2 s until the job ends: who is still there, and where in the kernel. Once, 8 s
+    # after the survivor's message, every thread of every rank still there (fault_*.stacks).
+    said=""
+    while kill -0 $job 2>/dev/null; do
+      snapshot >> "$LOGS/fault_$sig.ps"
+      if [ -z "$said" ] && grep -q "did not" "$LOGS/fault_$sig.log"; then said=$(date +%s); fi
+      if [ -n "$said" ] && [ "$said" != done ] && [ $(( $(date +%s) - said )) -ge 8 ]; then
+        for pid in $(pgrep -f "$BIN --config"); do stacks "$pid"; done > "$LOGS/fault_$sig.stacks" 2>&1
+        said=done
+      fi
+      sleep 2
+    done
     wait $job
     rc=$?
     ended=$(date +%s.%N)
