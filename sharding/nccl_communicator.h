@@ -220,7 +220,11 @@ class NcclCommunicator final : public Communicator {
   // The watchdog thread's loop, and one look at the lanes: a fault, or Ok.
   void watch();
   base::Status find_fault();
+  // The monitor thread's loop (see watch_rounds_ns_); stops both threads, the watchdog first.
+  void monitor();
   void stop_watchdog();
+  // Marks the moment a fault was declared, for the monitor.
+  void note_fault();
   // check_async_errors() with mu_ held by the caller.
   base::Status async_errors_locked() const;
 
@@ -250,6 +254,19 @@ class NcclCommunicator final : public Communicator {
   std::condition_variable watch_cv_;
   bool stopping_ = false;  // guarded by watch_mu_
   std::thread watchdog_;
+  // The watchdog's own watchdog, which makes no CUDA or NCCL call (a CUDA call can block behind
+  // another thread's device-wide synchronisation on a kernel that waits for a dead peer): it ends
+  // the process when the watchdog has not finished a round for timeout_s_ + a grace period, or
+  // when the process still runs a grace period after a fault was declared (the main thread stuck
+  // in CUDA). Steady-clock nanoseconds; 0: never.
+  std::atomic<int64_t> watch_round_ns_{0};
+  std::atomic<int64_t> fault_ns_{0};
+  std::mutex oldest_mu_;
+  std::string oldest_;  // the oldest unfinished operation the watchdog last saw; oldest_mu_
+  std::mutex monitor_mu_;
+  std::condition_variable monitor_cv_;
+  bool monitor_stopping_ = false;  // guarded by monitor_mu_
+  std::thread monitor_;
   std::shared_ptr<WaitLog> wait_log_ = std::make_shared<WaitLog>();  // shared with Works
 };
 

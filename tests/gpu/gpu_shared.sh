@@ -100,13 +100,15 @@ stacks() {  # stacks PID: every thread's name, state and kernel wait, and gdb's 
     echo "-- tid ${t##*/} $(cat $t/comm) state $(awk '{print $3}' $t/stat) wchan $(cat $t/wchan 2>/dev/null)"
     head -6 $t/stack 2>/dev/null | sed 's/^/     /'
   done
-  if command -v gdb > /dev/null; then
-    timeout 60 gdb -p "$pid" -batch -ex "thread apply all bt 12" 2>&1 | grep -E "^Thread|^#" | head -150
+  if [ -x /tmp/eu/usr/bin/eu-stack ]; then
+    LD_LIBRARY_PATH=/tmp/eu/usr/lib/x86_64-linux-gnu timeout 60 /tmp/eu/usr/bin/eu-stack -p "$pid" \
+      2>&1 | head -400
   else
-    echo "(no gdb)"
+    echo "(no eu-stack: bash tests/gpu/stage_extra.sh stages it)"
   fi
 }
 if has fault; then
+  for f in .gpu-deps/tools/*.deb; do [ -f "$f" ] && dpkg -x "$f" /tmp/eu; done
   : > "$OUT/fault.jsonl"
   for sig in STOP KILL; do
     rm -rf /tmp/runs/fault_$sig
@@ -133,6 +135,9 @@ if has fault; then
     while kill -0 $job 2>/dev/null; do
       snapshot >> "$LOGS/fault_$sig.ps"
       if [ -z "$said" ] && grep -q "did not" "$LOGS/fault_$sig.log"; then said=$(date +%s); fi
+      # Or 20 s after the signal, whatever the log says.
+      [ -z "$said" ] && [ "$(python3 -c "import time; print(int(time.time() - $signalled >= 12))")" = 1 ] \
+        && said=$(date +%s)
       if [ -n "$said" ] && [ "$said" != done ] && [ $(( $(date +%s) - said )) -ge 8 ]; then
         for pid in $(pgrep -f "$BIN --config"); do stacks "$pid"; done > "$LOGS/fault_$sig.stacks" 2>&1
         said=done

@@ -10,6 +10,11 @@ cd .gpu-deps
 apt-get download libpcre2-8-0 libpcre2-dev libicu72 libicu-dev icu-devtools \
   libsentencepiece0 libsentencepiece-dev libprotobuf-lite32 2>&1 | { grep -v "^W: Download is performed unsandboxed" || true; }
 ls *.deb | wc -l
+# eu-stack (elfutils) for the fault checks' backtraces, kept apart from the build's packages:
+# tests/gpu/gpu_shared.sh unpacks them on its own.
+mkdir -p tools
+(cd tools && apt-get download elfutils libdw1 libelf1 libasm1 libdebuginfod1 2>&1 |
+   { grep -v "^W: Download is performed unsandboxed" || true; })
 
 fio_sha256=d2410e13e0f379d061d077cc5ae325835bb7c6186aa7bafc1df954cbc9b014fc
 if [[ ! -x bin/fio ]]; then
