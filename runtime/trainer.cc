@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 
 #include "runtime/data/sampler.h"
 #include "runtime/data_source.h"
@@ -128,6 +130,15 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   t->checkpointer_ = std::make_unique<checkpoint::Checkpointer>(std::move(ck), comm, *io);
   t->resume_ = run.resume;
   t->stop_requested_ = run.stop_requested;
+  if (const char* at = std::getenv("DSTRAIN_TEST_STOP_AT")) {
+    long long rank = -1, step = -1;
+    if (std::sscanf(at, "%lld:%lld", &rank, &step) != 2) {
+      return base::Status::InvalidArgument(std::string("DSTRAIN_TEST_STOP_AT=") + at +
+                                           ": expected RANK:STEP");
+    }
+    t->test_stop_rank_ = static_cast<int>(rank);
+    t->test_stop_step_ = step;
+  }
   return t;
 }
 
@@ -293,6 +304,7 @@ base::StatusOr<TrainSummary> Trainer::run() {
     const double global_targets = std::max(1.0, counts[0]);
     // Waits before this point are the trainer's own (same communicator on the CPU): not counted.
     RETURN_IF_ERROR(engine_comm_->take_wait_seconds().status());
+    if (step + 1 == test_stop_step_ && comm_.rank() == test_stop_rank_) std::raise(SIGSTOP);
 
     double local_ce = 0.0;
     for (size_t i = 0; i < mbs.size(); ++i) {

@@ -90,6 +90,11 @@ class Trainer {
   std::unique_ptr<MetricsWriter> metrics_;  // rank 0 only
   std::string resume_ = "never";
   std::function<bool()> stop_requested_;
+  // Test-only, DSTRAIN_TEST_STOP_AT=RANK:STEP: that rank stops itself (SIGSTOP) at the start of
+  // that step, once the step's host-side agreement is done and before its first engine
+  // collective, so the other ranks wait in a collective for a stopped peer whose GPU is idle.
+  int test_stop_rank_ = -1;
+  int64_t test_stop_step_ = -1;
   std::unique_ptr<checkpoint::CheckpointIo> posix_io_;
   std::unique_ptr<checkpoint::Checkpointer> checkpointer_;
 };

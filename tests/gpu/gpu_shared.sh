@@ -110,17 +110,24 @@ stacks() {  # stacks PID: every thread's name, state and kernel wait, and gdb's 
 if has fault; then
   for f in .gpu-deps/tools/*.deb; do [ -f "$f" ] && dpkg -x "$f" /tmp/eu; done
   : > "$OUT/fault.jsonl"
-  for sig in STOP KILL; do
+  # STOP and KILL: the signal at a random point of training (on a shared GPU a stopped rank's
+  # spinning NCCL kernel can starve the other rank's compute, a hang no timeout of a collective
+  # sees). SELFSTOP: rank 1 stops itself at the start of step 5 (DSTRAIN_TEST_STOP_AT), its GPU
+  # idle, while rank 0 goes on into the step's first collective: a peer stopped inside a
+  # collective as on GPUs of their own. Times count from the signal (SELFSTOP: from step 4's log).
+  for sig in ${FAULT_CASES:-SELFSTOP STOP KILL}; do
     rm -rf /tmp/runs/fault_$sig
-    timeout ${FAULT_LIMIT_S:-150} $MPIRUN -np 2 $SHARE $BIN --config configs/tiny.toml --set run.device=cuda \
+    stop_at=""; [ "$sig" = SELFSTOP ] && stop_at="1:5"
+    env ${stop_at:+DSTRAIN_TEST_STOP_AT=$stop_at} timeout ${FAULT_LIMIT_S:-150} $MPIRUN -np 2 $SHARE $BIN \
+      --config configs/tiny.toml --set run.device=cuda \
       --set train.steps=1000000 --set zero.stage=3 --set run.collective_timeout_s=10 \
       --set checkpoint.enabled=false --set log.every=1 --set log.progress_bar=false \
       --set run.dir=/tmp/runs/fault_$sig > "$LOGS/fault_$sig.log" 2>&1 &
     job=$!
-    for _ in $(seq 1 90); do  # until training has logged a few steps
+    for _ in $(seq 1 900); do  # until training has logged a few steps
       n=$(grep -c '"loss"' /tmp/runs/fault_$sig/metrics.jsonl 2>/dev/null)
-      [ "${n:-0}" -ge 3 ] && break
-      sleep 1
+      [ "${n:-0}" -ge 4 ] && break
+      sleep 0.1
     done
     victim=$(rank_pid 1)
     if [ -z "$victim" ]; then
@@ -128,7 +135,7 @@ if has fault; then
       wait $job; continue
     fi
     signalled=$(date +%s.%N)
-    kill -$sig "$victim"
+    [ "$sig" != SELFSTOP ] && kill -$sig "$victim"
     # Every 2 s until the job ends: who is still there, and where in the kernel. Once, 8 s
     # after the survivor's message, every thread of every rank still there (fault_*.stacks).
     said=""
@@ -148,7 +155,7 @@ if has fault; then
     rc=$?
     ended=$(date +%s.%N)
     left=$(pgrep -f "$BIN --config" | tr '\n' ' ')
-    [ "$sig" = STOP ] && kill -KILL "$victim" 2>/dev/null
+    kill -KILL "$victim" 2>/dev/null
     python3 -c "import json,sys; print(json.dumps({'signal': sys.argv[1], 'exit_code': int(sys.argv[2]),
       'seconds_to_end': float(sys.argv[4]) - float(sys.argv[3]),
       'watchdog_message': open(sys.argv[5], errors='replace').read().count('did not') > 0,
