@@ -26,12 +26,19 @@
 // (wrong device, dtype, size) are found before anything is enqueued and reported by wait().
 // Not thread-safe: one thread issues all operations.
 //
-// A dead or stopped peer never hangs the job: a watchdog thread polls every communicator's
-// asynchronous error and the oldest unfinished operation of each lane; when one has not
-// completed within `timeout_s` (run.collective_timeout_s) of being issued, or NCCL reports an
-// error, it aborts every communicator (ncclCommAbort, which also ends the kernels waiting for the
-// peer, so host synchronisations return), and every later operation fails with a kDistributed
-// status naming this rank, the operation, its sequence number and lane.
+// A dead or stopped peer never hangs the job:
+//  - the communicators are non-blocking: a call that needs a peer (initialisation, a split, the
+//    first operation that connects) settles in the background and is waited for with the
+//    timeout, so no NCCL call can wait for a missing peer forever;
+//  - a watchdog thread polls every communicator's asynchronous error and the oldest unfinished
+//    operation of each lane; when one has not completed within `timeout_s`
+//    (run.collective_timeout_s) of being issued, or NCCL reports an error, it aborts every
+//    communicator (ncclCommAbort) and every later operation fails with a kDistributed status
+//    naming this rank, the operation, its sequence number and lane;
+//  - a monitor thread that makes no CUDA or NCCL call ends the process (MPI_Abort, then _exit)
+//    when the watchdog itself is blocked in a CUDA call past the timeout, or when the process
+//    still runs a few seconds after a reported fault: a host synchronisation on a stream that
+//    waits for an aborted operation can stay blocked (measured on an H100).
 #include <mpi.h>
 #include <nccl.h>
 
