@@ -41,9 +41,12 @@ std::vector<KeySpec> build_schema() {
              "auto: one GPU per local rank when GPUs are present, else the CPU; cuda: GPUs or an "
              "error"),
       number(DSTRAIN_KEY(run.collective_timeout_s), at_least(0),
-             "seconds a rank waits for an MPI collective before it ends the job with exit 4 "
-             "naming the collective (a peer died or stopped); 0: wait forever. Raise it when "
-             "one rank can pause far longer than its peers (slow checkpoint storage)"),
+             "seconds a rank waits for a collective (MPI on the CPU; on GPUs an NCCL operation, "
+             "or an NCCL call that needs a peer) before it ends the job with exit 4 naming the "
+             "collective (a peer died or stopped); on GPUs a process the fault does not end "
+             "within 5 s more is ended by the NCCL monitor thread (docs/faults.md); 0: wait "
+             "forever. Raise it when one rank can pause far longer than its peers (slow "
+             "checkpoint storage)"),
       number(DSTRAIN_KEY(run.profile_start), at_least(0),
              "first step (counted from 1) that the torch profiler records"),
       number(DSTRAIN_KEY(run.profile_steps), at_least(0),
