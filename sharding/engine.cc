@@ -10,6 +10,7 @@
 #include "offload/pinned_host_allocator.h"
 #include "sharding/activation_checkpointing.h"
 #include "sharding/async_host_step.h"
+#include "sharding/device_wait.h"
 #include "sharding/engine_state.h"
 #include "sharding/gathered_storage.h"
 #include "sharding/host_tensor.h"
@@ -523,7 +524,9 @@ base::StatusOr<double> Engine::forward_backward(const MicroBatch& mb, double los
     std::vector<UnitRun> runs(n);
     // The last unit's output is the loss, so its backward starts from a scalar.
     ASSIGN_OR_RETURN(at::Tensor ce, forward_units(with_loss_targets(mb), runs, /*need_grad=*/true));
-    const double ce_value = ce.item<double>();
+    ASSIGN_OR_RETURN(const double ce_value,
+                     read_scalar(ce, options_.device_timeout_s,
+                                 "rank " + std::to_string(comm_.rank()) + ": the forward's loss"));
     runs[n - 1].out = ce * (loss_weight * loss_scale_);
     // Backward writes the gradients the overlapped host step reads and clears.
     RETURN_IF_ERROR(wait_host_step());
@@ -566,7 +569,8 @@ base::StatusOr<double> Engine::grad_norm_squared() {
     }
   }
   RETURN_IF_ERROR(all_reduce_now(comm_, total, ReduceOp::kSum));
-  return total.item<double>();
+  return read_scalar(total, options_.device_timeout_s,
+                     "rank " + std::to_string(comm_.rank()) + ": the gradient norm");
 }
 
 base::StatusOr<StepResult> Engine::step(double lr) {
@@ -675,7 +679,8 @@ base::StatusOr<double> Engine::eval_loss_sum(const MicroBatch& mb) {
     std::vector<UnitRun> runs(units_.size());
     ASSIGN_OR_RETURN(at::Tensor ce,
                      forward_units(with_loss_targets(mb), runs, /*need_grad=*/false));
-    return ce.item<double>();
+    return read_scalar(ce, options_.device_timeout_s,
+                       "rank " + std::to_string(comm_.rank()) + ": the evaluation loss");
   } catch (const std::exception& e) {
     return torch_error(e, "evaluation");
   }

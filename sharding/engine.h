@@ -55,6 +55,9 @@ struct EngineOptions {
   // Stage 3: frozen buffers (a LoRA base) stay whole on every rank, never gathered or released,
   // so a LoRA step moves only the adapters' bytes (lora.base_sharding).
   bool replicate_frozen = false;
+  // How long the host may wait for a value the device computes (the loss, the gradient norm)
+  // before the step fails as a distributed fault (run.collective_timeout_s; 0: forever).
+  double device_timeout_s = 0;
 };
 
 struct MicroBatch {
