@@ -2,6 +2,7 @@
 sequence length, bf16 compute with fp32 reduction, activation checkpointing off or on every decoder
 layer (--ac full, as dstrain's train.activation_checkpointing = "full"), fused AdamW.
 Run: torchrun --nproc_per_node N tests/bench/fsdp2_llama.py [--compile] [--ac full] [--steps 12]
+     [--layers L] (the shape cut to L decoder layers)
 Prints one JSON line: tokens/s per GPU (median of the steps after the warm-up), peak memory."""
 import argparse
 import json
@@ -24,6 +25,7 @@ def main():
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--shape", default="1b", choices=["1b", "8b"])
     ap.add_argument("--ac", default="none", choices=["none", "full"])
+    ap.add_argument("--layers", type=int, default=0, help="decoder layers (0: the shape's own)")
     args = ap.parse_args()
 
     dist.init_process_group("nccl")
@@ -39,6 +41,8 @@ def main():
                           num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                           max_position_embeddings=args.seq, rope_theta=500000.0,
                           tie_word_embeddings=False)
+    if args.layers > 0:
+        cfg.num_hidden_layers = args.layers
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device("cuda"):

@@ -13,7 +13,9 @@
 #                       (tests/bench/perf_table.py)
 #   fault.jsonl         a rank stopped (SIGSTOP) or killed (SIGKILL) mid-training on 2 GPUs: how the
 #                       job ended (NCCL watchdog, run.collective_timeout_s = 20)
-# PARTS picks what runs (default: all): nccl kernels equality profile bench bench8b comm fault.
+#   bench8b1.jsonl      the 8B shape cut to BENCH8B_LAYERS layers on one GPU, dstrain vs FSDP2 eager
+# PARTS picks what runs (default: all): nccl kernels equality profile bench bench8b comm fault
+# (bench8b1 only when named).
 # FSDP2_COMPILE=0 leaves out the torch.compile runs of FSDP2 (they take minutes to compile).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -152,6 +154,20 @@ if has bench8b && [ "$ngpu" -ge 2 ]; then
   n8b=$(( 4096 * 128256 * 2 + 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096) + 4096 ))
   bench_summary $(( 6 * n8b + 12 * 32 * 4096 * 4096 )) $names8b > "$OUT/bench8b.jsonl"
   cat "$OUT/bench8b.jsonl"
+fi
+
+# The 8B shape cut to BENCH8B_LAYERS decoder layers (default 8) on ONE GPU, no activation
+# checkpointing on either side: the 8B layer shape's compute-side efficiency where no two-GPU
+# machine is at hand (not issue 10's two-GPU figure) -> bench8b1.jsonl.
+if has bench8b1; then
+  L=${BENCH8B_LAYERS:-8}
+  run bench_dstrain8bL${L}_none_g1 1 --config configs/bench-8b.toml --set model.num_layers=$L \
+    --set train.global_batch=1 --set train.activation_checkpointing=none --set train.steps=12
+  fsdp2 bench8bL${L}_fsdp2_none_g1 1 --shape 8b --layers "$L" --ac none --steps 12
+  n8l=$(( 4096 * 128256 * 2 + L * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096) + 4096 ))
+  bench_summary $(( 6 * n8l + 12 * L * 4096 * 4096 )) bench_dstrain8bL${L}_none_g1 \
+    bench8bL${L}_fsdp2_none_g1 > "$OUT/bench8b1.jsonl"
+  cat "$OUT/bench8b1.jsonl"
 fi
 
 # The table of docs/performance.md, from bench.jsonl and bench8b.jsonl.
