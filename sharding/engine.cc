@@ -451,10 +451,19 @@ base::Status Engine::start_reduction(int u) {
       // Taking the tensor leaves mb_grad empty, so the next micro-batch starts a new one.
       at::Tensor in = std::move(b.mb_grad);
       if (wire != in.scalar_type()) in = in.to(wire);
-      at::Tensor out = at::empty({b.shard.numel()}, b.grad.options().dtype(wire));
+      // The step's first reduction into a cleared accumulator lands in it: no second buffer and
+      // no add (a whole pass over the shard's fp32 gradient saved, three with its reads).
+      const bool direct = b.grad_is_zero && b.host_shard < 0 && wire == b.grad.scalar_type() &&
+                          b.grad.device() == in.device();
+      at::Tensor out = direct ? b.grad : at::empty({b.shard.numel()}, b.grad.options().dtype(wire));
       pending->work = comm_.reduce_scatter(in, out, ReduceOp::kSum);
+      b.grad_is_zero = false;
       // `in` is kept alive by the lambda until the collective has finished.
-      pending->done = [bp, in, out]() { bp->grad.add_(out); };
+      if (direct) {
+        pending->done = [in]() {};
+      } else {
+        pending->done = [bp, in, out]() { bp->grad.add_(out); };
+      }
     } else if (wire == at::kFloat) {
       pending->work = comm_.all_reduce(b.grad, ReduceOp::kSum);
       pending->then = across_replicas(b.grad);
@@ -606,7 +615,10 @@ base::StatusOr<StepResult> Engine::step(double lr) {
     // An overlapped host step clears each gradient itself once it has read it.
     for (auto& st : state_) {
       for (Buffer& b : st->buffers) {
-        if (b.present() && b.trainable && b.host_shard < 0) b.grad.zero_();
+        if (b.present() && b.trainable && b.host_shard < 0) {
+          b.grad.zero_();
+          b.grad_is_zero = true;
+        }
       }
     }
   } catch (const std::exception& e) {

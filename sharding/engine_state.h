@@ -38,6 +38,8 @@ struct Engine::Buffer {
   at::Tensor exp_avg_sq;
   at::Tensor grad;     // fp32 accumulator: whole buffer (stages 0, 1) or the shard (stages 2, 3)
   at::Tensor mb_grad;  // stages 2, 3: this micro-batch's whole-buffer gradient until reduce-scatter
+  bool grad_is_zero = true;  // `grad` was just made or cleared: the step's first reduce-scatter
+                             // writes into it instead of into a buffer that is then added
   GatherState state = GatherState::kGathered;
   std::unique_ptr<Work> gather;  // the all-gather into `full` while kGathering
   at::Tensor upload;             // offload.params: the device copy of `shard_param` being gathered

@@ -217,6 +217,13 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
   const int64_t depth = cfg.zero.prefetch_depth;
   const int64_t wire = cfg.zero.reduce_dtype == "bf16" ? 2 : 4;
   const bool uploads = cfg.offload.params != "none";  // for the offloaded buffers
+  // Engine::start_reduction: the step's first reduce-scatter of an fp32 gradient lands in the
+  // cleared accumulator, so with one micro-batch per step no shard-sized output exists (nor for
+  // a buffer whose gradient an overlapped host step clears, which keeps the output).
+  const bool overlap = cfg.offload.overlap_step && stage == 3 && cfg.offload.optimizer != "none";
+  auto reduced_in_place = [&](const BufferInfo& buf) {
+    return stage >= 2 && wire == 4 && plan.grad_accumulation == 1 && !(overlap && buf.offloaded);
+  };
   const std::vector<UnitActivations> acts = unit_activations(units, l, shape);
   plan.layer_activation_bytes = n > 2 ? acts[1].saved + acts[1].output : 0;
 
@@ -263,7 +270,7 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
       flat += buf.padded * c;  // autograd's gradient of the flat buffer
       if (stage >= 2) {
         micro_batch_grad += buf.padded * 4;
-        reduce_in += buf.padded * wire + buf.shard * wire;
+        reduce_in += buf.padded * wire + (reduced_in_place(buf) ? 0 : buf.shard * wire);
       } else if (wire != 4) {
         reduce_in += buf.padded * wire;  // the all-reduced copy of the fp32 gradient
       }
@@ -293,7 +300,8 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
       for (int b : l.units[u].uses) {
         const BufferInfo& buf = l.buffers[b];
         if (!buf.trainable) continue;
-        pending.push_back(buf.padded * wire + (stage >= 2 ? buf.shard * wire : 0));
+        const bool out = stage >= 2 && !reduced_in_place(buf);
+        pending.push_back(buf.padded * wire + (out ? buf.shard * wire : 0));
       }
       while (stage >= 2 && pending.size() > kReductionsInFlight) pending.pop_front();
       last_reduced = reduce_in;
