@@ -227,8 +227,10 @@ class NcclCommunicator final : public Communicator {
   // The watchdog thread's loop, and one look at the lanes: a fault, or Ok.
   void watch();
   base::Status find_fault();
-  // The monitor thread's loop (see watch_rounds_ns_); stops both threads, the watchdog first.
+  // The monitor thread's loop (see watch_round_ns_). start_watchdog() starts both threads;
+  // stop_watchdog() stops them, the watchdog first (sharding/nccl_watchdog.cc).
   void monitor();
+  void start_watchdog();
   void stop_watchdog();
   // Marks the moment a fault was declared, for the monitor.
   void note_fault();
