@@ -459,11 +459,9 @@ base::Status Engine::start_reduction(int u) {
       pending->work = comm_.reduce_scatter(in, out, ReduceOp::kSum);
       b.grad_is_zero = false;
       // `in` is kept alive by the lambda until the collective has finished.
-      if (direct) {
-        pending->done = [in]() {};
-      } else {
-        pending->done = [bp, in, out]() { bp->grad.add_(out); };
-      }
+      pending->done = [bp, in, out, direct]() {
+        if (!direct) bp->grad.add_(out);
+      };
     } else if (wire == at::kFloat) {
       pending->work = comm_.all_reduce(b.grad, ReduceOp::kSum);
       pending->then = across_replicas(b.grad);

@@ -10,6 +10,7 @@
 #include <thread>
 #include <utility>
 
+#include "base/poll.h"
 #include "sharding/mpi_communicator.h"  // MPI_CHECK
 
 namespace dstrain::sharding {
@@ -125,28 +126,23 @@ base::Status nccl_status(ncclResult_t rc, const char* call, const char* file, in
 }
 
 base::Status nccl_wait_ready(ncclComm_t comm, double timeout_s, const std::string& what) {
-  const auto start = std::chrono::steady_clock::now();
-  for (int polls = 0;; ++polls) {
-    ncclResult_t state = ncclSuccess;
-    RETURN_IF_ERROR(NCCL_CHECK(ncclCommGetAsyncError(comm, &state)));
-    if (state == ncclSuccess) return base::Status::Ok();
-    if (state != ncclInProgress) {
-      return nccl_status(state, "ncclCommGetAsyncError", __FILE__, __LINE__).with_context(what);
-    }
-    const double waited =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (timeout_s > 0 && waited > timeout_s) {
-      return base::Status::Distributed(
-          what + " did not finish within " + std::to_string(static_cast<int>(timeout_s)) +
-          " s: a peer rank died, stopped or fell far behind (run.collective_timeout_s)");
-    }
-    // Most calls settle within microseconds; a peer that is still starting can take seconds.
-    if (polls < 1000) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
+  ncclResult_t state = ncclSuccess;
+  ASSIGN_OR_RETURN(const bool settled,
+                   base::poll_until(
+                       [&]() -> base::StatusOr<bool> {
+                         RETURN_IF_ERROR(NCCL_CHECK(ncclCommGetAsyncError(comm, &state)));
+                         return state != ncclInProgress;
+                       },
+                       timeout_s));
+  if (!settled) {
+    return base::Status::Distributed(
+        what + " did not finish within " + std::to_string(static_cast<int>(timeout_s)) +
+        " s: a peer rank died, stopped or fell far behind (run.collective_timeout_s)");
   }
+  if (state != ncclSuccess) {
+    return nccl_status(state, "ncclCommGetAsyncError", __FILE__, __LINE__).with_context(what);
+  }
+  return base::Status::Ok();
 }
 
 base::Status nccl_settle(ncclComm_t comm, ncclResult_t rc, double timeout_s,
@@ -207,7 +203,9 @@ void NcclComm::reset() {
   // resources. Errors cannot be reported from a destructor; abort frees regardless.
   ncclResult_t state = ncclSuccess;
   bool clean = ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state == ncclSuccess;
-  clean = clean && NCCL_SETTLE(comm_, ncclCommFinalize(comm_), timeout_s_, "finalize").ok();
+  clean = clean && nccl_settle(comm_, ncclCommFinalize(comm_), timeout_s_, "finalize",
+                               "ncclCommFinalize", __FILE__, __LINE__)
+                       .ok();
   if (clean) {
     const ncclResult_t rc = ncclCommDestroy(comm_);
     clean = rc == ncclSuccess || rc == ncclInProgress;
@@ -447,11 +445,7 @@ std::unique_ptr<Work> NcclCommunicator::issue(LaneId lane_id, CommOp op,
         nccl_settle(l.comm.get(), call(l.comm.get(), l.stream.get()), timeout_s_, "enqueueing",
                     comm_op_name(op), __FILE__, __LINE__);
     if (!enqueued.ok()) {
-      note_fault();
-      const base::Status fault = enqueued.with_context(tag);
-      std::fprintf(stderr, "dstrain: %s; aborting the NCCL communicators\n",
-                   fault.message().c_str());
-      abort_locked(fault);
+      fault_locked(enqueued.with_context(tag));
       return enqueued;
     }
     ASSIGN_OR_RETURN(CudaEvent event, CudaEvent::create(device_));

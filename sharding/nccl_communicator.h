@@ -75,13 +75,6 @@ base::Status nccl_status(ncclResult_t rc, const char* call, const char* file, in
 base::Status nccl_wait_ready(ncclComm_t comm, double timeout_s, const std::string& what);
 base::Status nccl_settle(ncclComm_t comm, ncclResult_t rc, double timeout_s,
                          const std::string& what, const char* call, const char* file, int line);
-// `comm` is read after `call` has run (it may be the call's output).
-#define NCCL_SETTLE(comm, call, timeout_s, what)                                          \
-  [&]() {                                                                                 \
-    const ncclResult_t nccl_rc_ = (call);                                                 \
-    return ::dstrain::sharding::nccl_settle((comm), nccl_rc_, (timeout_s), (what), #call, \
-                                            __FILE__, __LINE__);                          \
-  }()
 
 // One NCCL communicator handle. Destruction finalises and destroys it (finalisation waiting at
 // most `timeout_s`, 0: forever), or aborts it when NCCL reports an asynchronous error, its last
@@ -232,8 +225,9 @@ class NcclCommunicator final : public Communicator {
   void monitor();
   void start_watchdog();
   void stop_watchdog();
-  // Marks the moment a fault was declared, for the monitor.
-  void note_fault();
+  // A fault found (an operation overdue, an NCCL error): marks its moment for the monitor, says
+  // it on stderr and aborts the communicators. Caller holds mu_.
+  void fault_locked(base::Status fault);
   // check_async_errors() with mu_ held by the caller.
   base::Status async_errors_locked() const;
 

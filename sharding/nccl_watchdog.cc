@@ -51,9 +51,12 @@ void NcclCommunicator::start_watchdog() {
   monitor_ = std::thread([this] { monitor(); });
 }
 
-void NcclCommunicator::note_fault() {
+void NcclCommunicator::fault_locked(base::Status fault) {
   int64_t none = 0;
   fault_ns_.compare_exchange_strong(none, steady_ns());
+  // Said here: a watchdog's fault reaches the issuing thread only at its next operation.
+  std::fprintf(stderr, "dstrain: %s; aborting the NCCL communicators\n", fault.message().c_str());
+  abort_locked(std::move(fault));
 }
 
 void NcclCommunicator::stop_watchdog() {
@@ -82,10 +85,8 @@ void NcclCommunicator::watch() {
     base::Status fault = find_fault();
     watch_round_ns_ = steady_ns();
     if (fault.ok()) continue;
-    note_fault();
-    // Said here as well: the issuing thread learns of it only at its next operation.
-    std::fprintf(stderr, "dstrain: %s; aborting the NCCL communicators\n", fault.message().c_str());
-    abort(std::move(fault));
+    std::lock_guard<std::mutex> guard(mu_);
+    fault_locked(std::move(fault));
     return;
   }
 }
@@ -126,28 +127,23 @@ base::Status NcclCommunicator::find_fault() {
   if (aborted_) return base::Status::Ok();
   const auto now = std::chrono::steady_clock::now();
   RETURN_IF_ERROR(async_errors_locked());
-  const InFlight* first = nullptr;
+  const InFlight* first = nullptr;  // the oldest of all, for the monitor's message
+  base::Status overdue = base::Status::Ok();
   for (const Lane& l : lanes_) {
-    if (!l.in_flight.empty() && (first == nullptr || l.in_flight.front().issued < first->issued)) {
-      first = &l.in_flight.front();
-    }
-  }
-  {
-    std::lock_guard<std::mutex> guard(oldest_mu_);
-    oldest_ = first == nullptr ? "" : first->tag;
-  }
-  for (Lane& l : lanes_) {
     if (l.in_flight.empty()) continue;
     const InFlight& oldest = l.in_flight.front();
+    if (first == nullptr || oldest.issued < first->issued) first = &oldest;
     ASSIGN_OR_RETURN(const bool done, oldest.done->done());
     const double waited = std::chrono::duration<double>(now - oldest.issued).count();
-    if (!done && waited > timeout_s_) {
-      return base::Status::Distributed(
+    if (!done && waited > timeout_s_ && overdue.ok()) {
+      overdue = base::Status::Distributed(
           oldest.tag + " did not complete within " + std::to_string(static_cast<int>(timeout_s_)) +
           " s: a peer rank died, stopped or fell far behind (run.collective_timeout_s)");
     }
   }
-  return base::Status::Ok();
+  std::lock_guard<std::mutex> guard(oldest_mu_);
+  oldest_ = first == nullptr ? "" : first->tag;
+  return overdue;
 }
 
 base::Status NcclCommunicator::check_async_errors() const {

@@ -11,8 +11,8 @@
 #   bench8b.jsonl       the Llama-3-8B shape on 2 GPUs, activation checkpointing on both sides
 #   perf_table.md       docs/performance.md's dstrain-vs-FSDP2 table from the two above
 #                       (tests/bench/perf_table.py)
-#   fault.jsonl         a rank stopped (SIGSTOP) or killed (SIGKILL) mid-training on 2 GPUs: how the
-#                       job ended (NCCL watchdog, run.collective_timeout_s = 20)
+#   fault.jsonl         tests/gpu/fault_check.sh on 2 GPUs, bench-1b at stage 3,
+#                       run.collective_timeout_s = 20: how the job ended after a rank stopped or died
 #   bench8b1.jsonl      the 8B shape cut to BENCH8B_LAYERS layers on one GPU, dstrain vs FSDP2 eager
 # PARTS picks what runs (default: all): nccl kernels equality profile bench bench8b comm fault
 # (bench8b1 only when named).
@@ -207,40 +207,9 @@ PY
   cat "$OUT/comm.jsonl"
 fi
 
-# A peer that stops or dies inside NCCL collectives: the survivor's watchdog aborts the NCCL
-# communicators after run.collective_timeout_s and the job ends non-zero, never a hang.
-rank_pid() {  # rank_pid R: the pid of dstrain's rank R
-  for pid in $(pgrep -f "$BIN --config"); do
-    if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
-      echo "$pid"; return
-    fi
-  done
-}
+# A peer that stops or dies inside NCCL collectives, each rank on a GPU of its own
+# (tests/gpu/fault_check.sh has the cases): the job ends non-zero, never a hang.
 if [ "$ngpu" -ge 2 ] && has fault; then
-  : > "$OUT/fault.jsonl"
-  for sig in STOP KILL; do
-    rm -rf /tmp/runs/fault_$sig
-    start=$(date +%s.%N)
-    timeout 300 $MPIRUN -np 2 $BIN --config configs/bench-1b.toml --set train.global_batch=2 \
-      --set train.steps=100000 --set zero.stage=3 --set run.collective_timeout_s=20 \
-      --set run.dir=/tmp/runs/fault_$sig > "$OUT/fault_$sig.log" 2>&1 &
-    job=$!
-    for _ in $(seq 1 120); do  # until training has logged a step
-      grep -q '"loss"' /tmp/runs/fault_$sig/metrics.jsonl 2>/dev/null && break
-      sleep 1
-    done
-    victim=$(rank_pid 1)
-    signalled=$(date +%s.%N)
-    kill -$sig "$victim"
-    wait $job
-    rc=$?
-    ended=$(date +%s.%N)
-    [ "$sig" = STOP ] && kill -KILL "$victim" 2>/dev/null
-    python3 -c "import json,sys; print(json.dumps({'signal': sys.argv[1], 'exit_code': int(sys.argv[2]),
-      'seconds_to_end': float(sys.argv[4]) - float(sys.argv[3]),
-      'watchdog_message': open(sys.argv[5], errors='replace').read().count('did not complete within') > 0}))" \
-      "$sig" "$rc" "$signalled" "$ended" "$OUT/fault_$sig.log" >> "$OUT/fault.jsonl"
-    grep -E "dstrain: |error" "$OUT/fault_$sig.log" | head -5
-  done
-  cat "$OUT/fault.jsonl"
+  OUT=$OUT bash tests/gpu/fault_check.sh --config configs/bench-1b.toml --set train.global_batch=2 \
+    --set zero.stage=3 --set run.collective_timeout_s=20
 fi
