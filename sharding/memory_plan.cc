@@ -220,7 +220,9 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
   // Engine::start_reduction: the step's first reduce-scatter of an fp32 gradient lands in the
   // cleared accumulator, so with one micro-batch per step no shard-sized output exists (nor for
   // a buffer whose gradient an overlapped host step clears, which keeps the output).
-  const bool overlap = cfg.offload.overlap_step && stage == 3 && cfg.offload.optimizer != "none";
+  // (Engine::overlap_host_step: not with the parameters on NVMe.)
+  const bool overlap = cfg.offload.overlap_step && stage == 3 && cfg.offload.optimizer != "none" &&
+                       cfg.offload.params != "nvme";
   auto reduced_in_place = [&](const BufferInfo& buf) {
     return stage >= 2 && wire == 4 && plan.grad_accumulation == 1 && !(overlap && buf.offloaded);
   };
