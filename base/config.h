@@ -71,6 +71,7 @@ struct TrainConfig {
   int64_t recompute_layers = -1;     // selective: decoder layers recomputed; -1: every other
   double loss_scale_init = 65536.0;  // fp16 only: dynamic loss scaling
   int64_t loss_scale_window = 1000;  // fp16: steps without overflow before doubling the scale
+  bool fused_weight_grad = true;     // matrix products write weight gradients in fp32 in place
 };
 
 struct OptimConfig {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "base/grad_sink.h"
+
 namespace dstrain::base {
 
 enum class InitKind { kNormal, kZeros, kOnes, kKaimingUniform };
@@ -22,6 +24,8 @@ struct ParamSpec {
   bool trainable = true;   // false: frozen (LoRA base), no gradient, no optimizer state
   std::string tied_to;     // non-empty: this parameter shares storage with the named one,
                            // owned by an earlier unit (tied embedding / LM head)
+  bool grad_sink = false;  // the unit's forward can deliver this parameter's gradient into a
+                           // GradSink (base/grad_sink.h) instead of through autograd
   int64_t numel() const {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
@@ -62,8 +66,14 @@ class Unit {
   // embed: x is token ids [B, T] int64 -> hidden [B, T, H]; layers.N: hidden -> hidden;
   // head: hidden -> logits [B, T, V]; or, when ctx.targets is defined, the summed
   // cross-entropy against them (an fp32 scalar), computed without the full logits.
-  virtual at::Tensor forward(const at::Tensor& x, at::TensorList params,
+  // `sinks` is empty or follows schema() order: where sinks[i] is defined (only for a parameter
+  // whose ParamSpec::grad_sink is set), params[i] needs no gradient and backward writes the
+  // parameter's gradient into the sink instead.
+  virtual at::Tensor forward(const at::Tensor& x, at::TensorList params, const GradSinks& sinks,
                              const StepContext& ctx) const = 0;
+  at::Tensor forward(const at::Tensor& x, at::TensorList params, const StepContext& ctx) const {
+    return forward(x, params, GradSinks(), ctx);
+  }
 };
 
 using UnitList = std::vector<std::unique_ptr<Unit>>;

@@ -92,6 +92,7 @@ base::StatusOr<std::unique_ptr<Trainer>> Trainer::create(const base::Config& use
   options.loss_scale_window = cfg.train.loss_scale_window;
   options.activation_checkpointing = cfg.train.activation_checkpointing;
   options.recompute_layers = cfg.train.recompute_layers;
+  options.fused_weight_grad = cfg.train.fused_weight_grad;
   options.device_timeout_s = cfg.run.collective_timeout_s;
   options.offload = cfg.offload;
   options.offload_threads = at::get_num_threads();  // the rank's intra-op threads

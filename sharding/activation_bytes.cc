@@ -81,7 +81,7 @@ UnitActivations embed_activations(const ActivationShape& s) {
   return a;
 }
 
-UnitActivations layer_activations(const ActivationShape& s, bool input_grad) {
+UnitActivations layer_activations(const ActivationShape& s, bool input_grad, bool sinks) {
   const int64_t c = s.dtype_bytes;
   const int64_t bt = s.batch * s.seq;
   const int64_t bth = bt * s.hidden;
@@ -100,10 +100,10 @@ UnitActivations layer_activations(const ActivationShape& s, bool input_grad) {
   int64_t saved = norm_saved(s, /*input_is_kept=*/true, input_grad, full);
   const bool xn1_grad = full || input_grad;
   // The normed input is what the weights' (or adapters') gradients need; the concatenated weight
-  // (a fresh copy every forward when the weights train; a frozen base's are read in place) is
-  // what the input's gradient needs.
+  // is what the input's gradient needs: a fresh copy every forward when autograd forms the
+  // weights' gradients, read in place when their ops write them into sinks or they are frozen.
   if (full || ((tq || tk || tv) && !s.lora_dropout)) saved += c * bth;
-  if (full) saved += c * qkv_out * s.hidden;
+  if (full && !sinks) saved += c * qkv_out * s.hidden;
   for (bool t : {tq, tk, tv}) {
     if (t) saved += adapter_saved(s, s.hidden, xn1_grad);
   }
@@ -120,7 +120,7 @@ UnitActivations layer_activations(const ActivationShape& s, bool input_grad) {
   const bool h_grad = attn_grad || to;
   saved += norm_saved(s, /*input_is_kept=*/false, h_grad, full);
   if (full || ((tgate || tup) && !s.lora_dropout)) saved += c * bth;
-  if (full) saved += c * 2 * s.inter * s.hidden;
+  if (full && !sinks) saved += c * 2 * s.inter * s.hidden;
   for (bool t : {tgate, tup}) {
     if (t) saved += adapter_saved(s, s.hidden, h_grad);
   }
@@ -139,7 +139,8 @@ UnitActivations layer_activations(const ActivationShape& s, bool input_grad) {
   return a;
 }
 
-UnitActivations head_activations(const ActivationShape& s, bool input_grad, bool head_trainable) {
+UnitActivations head_activations(const ActivationShape& s, bool input_grad, bool head_trainable,
+                                 bool sinks) {
   const int64_t c = s.dtype_bytes;
   const int64_t bt = s.batch * s.seq;
   const int64_t bth = bt * s.hidden;
@@ -158,8 +159,10 @@ UnitActivations head_activations(const ActivationShape& s, bool input_grad, bool
       std::min(bt, std::max<int64_t>(1, kLossChunkBudget / (4 * std::max<int64_t>(s.vocab, 1))));
   const int64_t per_logit = !s.cuda && c != 4 && head_trainable ? 4 + c + 4 : 8;
   a.forward_ws = c * bth + chunk * s.vocab * per_logit;
-  // Backward: dx and dw scaled by the incoming gradient, dw then rounded to the weight's dtype.
-  a.backward_ws = (input_grad ? c * bth : 0) + (head_trainable ? (4 + (c != 4 ? c : 0)) * vh : 0);
+  // Backward: dx and dw scaled by the incoming gradient, dw then rounded to the weight's dtype
+  // (into a new fp32 tensor first), or scaled straight into its sink.
+  const int64_t dw_ws = sinks ? 0 : (4 + (c != 4 ? c : 0)) * vh;
+  a.backward_ws = (input_grad ? c * bth : 0) + (head_trainable ? dw_ws : 0);
   return a;
 }
 

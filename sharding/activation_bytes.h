@@ -48,11 +48,13 @@ struct UnitActivations {
   int64_t backward_ws = 0;  // transient during its backward: gradients of its activations
 };
 
-// `input_grad`: the unit's input requires a gradient (an earlier unit trains).
+// `input_grad`: the unit's input requires a gradient (an earlier unit trains, or the unit's ops
+// write weight gradients into sinks). `sinks`: they do (train.fused_weight_grad, base/grad_sink.h).
 UnitActivations embed_activations(const ActivationShape& s);
-UnitActivations layer_activations(const ActivationShape& s, bool input_grad);
+UnitActivations layer_activations(const ActivationShape& s, bool input_grad, bool sinks);
 // The head with the fused linear cross-entropy (the loss and its gradients formed chunk by chunk
 // in the forward). `head_trainable`: lm_head.weight needs a gradient.
-UnitActivations head_activations(const ActivationShape& s, bool input_grad, bool head_trainable);
+UnitActivations head_activations(const ActivationShape& s, bool input_grad, bool head_trainable,
+                                 bool sinks);
 
 }  // namespace dstrain::sharding

@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <utility>
 
 #include "offload/pinned_host_allocator.h"
+#include "runtime/kernels/fused_ops.h"
 #include "sharding/activation_checkpointing.h"
 #include "sharding/async_host_step.h"
 #include "sharding/device_wait.h"
@@ -128,6 +130,7 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
       if (!b.present()) continue;
       b.split = split_plan(b.layout);
       b.trainable = b.layout.kind != BufferKind::kFrozen;
+      b.sinks = options_.fused_weight_grad && sinks_whole_buffer(schema, b.layout, u);
       b.offloaded = offloaded[u];
       // A frozen buffer has no optimizer state to shard: below stage 3, or replicated at stage 3,
       // every rank holds all of it.
@@ -181,6 +184,7 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
       }
       st->tied.push_back({i, it->second.unit, it->second.kind, it->second.entry});
       Buffer* owner = &state_[it->second.unit]->buffers[static_cast<int>(it->second.kind)];
+      owner->sinks = false;  // two units' ops would share one sink buffer
       if (std::find(st->uses.begin(), st->uses.end(), owner) == st->uses.end()) {
         st->uses.push_back(owner);
       }
@@ -313,17 +317,39 @@ base::StatusOr<at::Tensor> Engine::forward_units(const MicroBatch& mb, std::vect
   return x;
 }
 
-std::vector<at::Tensor> Engine::make_params(int u, std::vector<UnitRun>& runs, bool need_grad) {
+std::vector<at::Tensor> Engine::make_params(int u, std::vector<UnitRun>& runs, bool need_grad,
+                                            base::GradSinks* sinks) {
   UnitState& st = *state_[u];
   UnitRun& run = runs[u];
   std::vector<at::Tensor> params(units_[u]->schema().size());
+  sinks->clear();
   for (int k = 0; k < kNumBufferKinds; ++k) {
     Buffer& b = st.buffers[k];
     if (!b.present()) continue;
-    // A fresh alias per forward: the flat buffer is the one leaf, and backward lands in one
-    // flat gradient. The stored buffer itself never requires grad, so the optimizer updates it
-    // in place without touching any autograd graph.
-    run.leaf[k] = need_grad && b.trainable ? b.full.detach().requires_grad_() : b.full;
+    if (need_grad && b.sinks) {
+      // The unit's ops write this buffer's gradient: into the fp32 accumulator itself below
+      // stage 2, else into this micro-batch's whole-buffer gradient, made when backward first
+      // writes it. The parameters need no gradient.
+      const bool whole_grad = options_.zero.stage < 2;
+      const int64_t numel = b.layout.padded_numel;
+      const at::TensorOptions opts = b.grad.options();
+      at::Tensor accumulator = whole_grad ? b.grad : at::Tensor();
+      run.sink[k] = c10::make_intrusive<base::GradSinkBuffer>(
+          [accumulator, numel, opts]() {
+            return accumulator.defined() ? accumulator : at::empty({numel}, opts);
+          },
+          /*accumulate=*/whole_grad);
+      sinks->resize(params.size());
+      for (const FlatEntry& entry : b.layout.entries) {
+        (*sinks)[entry.schema_index] = base::GradSink{run.sink[k], entry.offset};
+      }
+      run.leaf[k] = b.full;
+    } else {
+      // A fresh alias per forward: the flat buffer is the one leaf, and backward lands in one
+      // flat gradient. The stored buffer itself never requires grad, so the optimizer updates
+      // it in place without touching any autograd graph.
+      run.leaf[k] = need_grad && b.trainable ? b.full.detach().requires_grad_() : b.full;
+    }
     std::vector<at::Tensor> chunks = run.leaf[k].split_with_sizes(b.split.sizes);
     for (size_t e = 0; e < b.layout.entries.size(); ++e) {
       const FlatEntry& entry = b.layout.entries[e];
@@ -347,17 +373,23 @@ at::Tensor Engine::forward_unit(int u, const at::Tensor& x, const base::StepCont
   // Detaching at the boundary gives every unit its own autograd graph. The input needs a
   // gradient only when an earlier unit has something to train (not token ids, not a frozen
   // embedding under LoRA).
-  run.in = (need_grad && trainable_before_[u]) ? x.detach().requires_grad_() : x.detach();
+  // A unit whose ops write gradients into sinks needs a graph even when nothing before it
+  // trains (the graph is what runs those writes).
+  bool sinks_here = false;
+  for (const Buffer& b : state_[u]->buffers) sinks_here = sinks_here || (b.present() && b.sinks);
+  run.in = (need_grad && (trainable_before_[u] || sinks_here)) ? x.detach().requires_grad_()
+                                                               : x.detach();
+  base::GradSinks sinks;
   if (need_grad && recompute_[u]) {
     // No graph, so the unit's intermediates die here; only `run.in` (and the parameter leaves,
     // aliases of the flat buffers) survive until backward recomputes them.
     c10::NoGradGuard no_grad;
     run.recompute = true;
-    std::vector<at::Tensor> params = make_params(u, runs, need_grad);
-    return units_[u]->forward(run.in, params, ctx);
+    std::vector<at::Tensor> params = make_params(u, runs, need_grad, &sinks);
+    return units_[u]->forward(run.in, params, sinks, ctx);
   }
-  std::vector<at::Tensor> params = make_params(u, runs, need_grad);
-  run.out = units_[u]->forward(run.in, params, ctx);
+  std::vector<at::Tensor> params = make_params(u, runs, need_grad, &sinks);
+  run.out = units_[u]->forward(run.in, params, sinks, ctx);
   return run.out;
 }
 
@@ -366,8 +398,9 @@ void Engine::recompute_unit(int u, const base::StepContext& ctx, std::vector<Uni
   // Randomness in a unit (LoRA dropout) is keyed by ctx.sample_keys, so this replays the
   // forward exactly; the input keeps the requires-grad flag it got in forward_unit.
   c10::AutoGradMode grad_on(true);
-  std::vector<at::Tensor> params = make_params(u, runs, /*need_grad=*/true);
-  run.out = units_[u]->forward(run.in, params, ctx);
+  base::GradSinks sinks;
+  std::vector<at::Tensor> params = make_params(u, runs, /*need_grad=*/true, &sinks);
+  run.out = units_[u]->forward(run.in, params, sinks, ctx);
   run.recompute = false;
 }
 
@@ -384,7 +417,7 @@ base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::
     targets.push_back(nullptr);
   }
   for (int k = 0; k < kNumBufferKinds; ++k) {
-    if (!st.buffers[k].present() || !st.buffers[k].trainable) continue;
+    if (!st.buffers[k].present() || !st.buffers[k].trainable || st.buffers[k].sinks) continue;
     slots.push_back(&run.leaf[k]);
     targets.push_back(&st.buffers[k]);
   }
@@ -426,6 +459,14 @@ base::Status Engine::backward_unit(int u, std::vector<UnitRun>& runs, const at::
       b.grad.add_(grads[i]);
     }
   }
+  for (int k = 0; k < kNumBufferKinds; ++k) {
+    if (!run.sink[k]) continue;
+    // Complete (what no op wrote is zero); below stage 2 it is the accumulator itself.
+    at::Tensor written = run.sink[k]->finish();
+    Buffer& b = st.buffers[k];
+    if (options_.zero.stage >= 2)
+      b.mb_grad = b.mb_grad.defined() ? b.mb_grad.add_(written) : written;
+  }
   run = UnitRun();  // the graph is consumed; drop the activations now
   if (reduce_now) RETURN_IF_ERROR(start_reduction(u));
   return base::Status::Ok();
@@ -456,8 +497,10 @@ base::Status Engine::start_reduction(int u) {
       const bool direct = b.grad_is_zero && b.host_shard < 0 && wire == b.grad.scalar_type() &&
                           b.grad.device() == in.device();
       at::Tensor out = direct ? b.grad : at::empty({b.shard.numel()}, b.grad.options().dtype(wire));
+      if (b.grad_stale && !direct) b.grad.zero_();  // the sum lands on top of it
       pending->work = comm_.reduce_scatter(in, out, ReduceOp::kSum);
       b.grad_is_zero = false;
+      b.grad_stale = false;
       // `in` is kept alive by the lambda until the collective has finished.
       pending->done = [bp, in, out, direct]() {
         if (!direct) bp->grad.add_(out);
@@ -586,6 +629,12 @@ base::StatusOr<StepResult> Engine::step(double lr) {
     RETURN_IF_ERROR(wait_host_step());
     RETURN_IF_ERROR(finish_reductions());
     RETURN_IF_ERROR(reduce_shards_across_replicas());
+    for (auto& st : state_) {
+      for (Buffer& b : st->buffers) {
+        if (b.grad_stale) b.grad.zero_();  // no reduction reached it this step: it is zero
+        b.grad_stale = false;
+      }
+    }
     ASSIGN_OR_RETURN(double norm_sq, grad_norm_squared());
     const double norm = std::sqrt(norm_sq) / loss_scale_;
     result.grad_norm = norm;
@@ -596,6 +645,7 @@ base::StatusOr<StepResult> Engine::step(double lr) {
       const double clip_coef = (clip > 0 && norm > clip) ? clip / (norm + 1e-6) : 1.0;
       // Both optimizers divide each gradient by grad_scale: unscaling and clipping in one pass.
       step_count_ += 1;  // the optimizers read the step; the caller advances it
+      ++adam_steps_;
       // The host tier's step first: overlapped, it runs on its own thread while the device
       // tier's (offload.ratio below 1; else nothing) is queued on the device.
       if (host_optimizer_) RETURN_IF_ERROR(host_step(lr, loss_scale_ / clip_coef));
@@ -610,11 +660,15 @@ base::StatusOr<StepResult> Engine::step(double lr) {
         good_steps_ = 0;
       }
     }
-    // An overlapped host step clears each gradient itself once it has read it.
+    // An overlapped host step clears each gradient itself once it has read it. Where the next
+    // step's first reduce-scatter of an fp32 gradient lands in the accumulator
+    // (Engine::start_reduction), clearing it would write a shard nobody reads: it is marked.
+    const bool overwritten = options_.zero.stage >= 2 && options_.zero.reduce_dtype != "bf16";
     for (auto& st : state_) {
       for (Buffer& b : st->buffers) {
         if (b.present() && b.trainable && b.host_shard < 0) {
-          b.grad.zero_();
+          b.grad_stale = overwritten;
+          if (!overwritten) b.grad.zero_();
           b.grad_is_zero = true;
         }
       }
@@ -629,11 +683,32 @@ base::Status Engine::device_step(double lr, double grad_scale_value) {
   // _fused_adamw_ divides each gradient by grad_scale: unscaling and clipping in one pass.
   at::Tensor grad_scale = at::full({}, grad_scale_value, step_count_.options());
   const int64_t stage = options_.zero.stage;
+  // Stages 0 and 3 keep a compute-dtype copy of what this step updates (the whole buffer; the
+  // shard the next gather reads). On CUDA one kernel updates the fp32 state and writes that
+  // copy, where torch's fused AdamW and then a cast would read the parameters twice.
+  auto copy_of = [&](const Buffer& b) {
+    const bool kernel = kernels::cuda_kernels_built() && b.master.is_cuda() &&
+                        options_.compute_dtype != at::kFloat && (stage == 0 || stage == 3);
+    const at::Tensor& copy = stage == 0 ? b.full : b.shard_param;
+    const bool usable = kernel && copy.defined() && copy.is_cuda() &&
+                        copy.numel() == b.master.numel() && !copy.is_same(b.master);
+    return usable ? copy : at::Tensor();
+  };
   for (int kind : {static_cast<int>(BufferKind::kDecay), static_cast<int>(BufferKind::kNoDecay)}) {
+    const double wd =
+        kind == static_cast<int>(BufferKind::kDecay) ? options_.optim.weight_decay : 0.0;
     std::vector<at::Tensor> params, grads, m, v, steps;
     for (auto& st : state_) {
       Buffer& b = st->buffers[kind];
       if (!b.present() || b.offloaded) continue;
+      const at::Tensor copy = copy_of(b);
+      if (copy.defined()) {
+        kernels::adamw_step(b.master, b.master_grad(stage), b.exp_avg, b.exp_avg_sq, copy,
+                            {lr, options_.optim.beta1, options_.optim.beta2, options_.optim.eps, wd,
+                             adam_steps_, grad_scale_value});
+        b.copy_written = true;
+        continue;
+      }
       params.push_back(b.master);
       grads.push_back(b.master_grad(stage));
       m.push_back(b.exp_avg);
@@ -641,8 +716,6 @@ base::Status Engine::device_step(double lr, double grad_scale_value) {
       steps.push_back(step_count_);
     }
     if (params.empty()) continue;
-    const double wd =
-        kind == static_cast<int>(BufferKind::kDecay) ? options_.optim.weight_decay : 0.0;
     at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, options_.optim.beta1,
                       options_.optim.beta2, wd, options_.optim.eps,
                       /*amsgrad=*/false, /*maximize=*/false, grad_scale, /*found_inf=*/{});
@@ -660,6 +733,7 @@ base::Status Engine::refresh_compute_params(Refresh which) {
       if (!b.present() || !b.trainable) continue;
       if ((which == Refresh::kDeviceTier && b.offloaded) || (after_host_step && !b.offloaded))
         continue;
+      if (std::exchange(b.copy_written, false)) continue;  // Engine::device_step wrote it
       if (stage == 0) {
         if (!after_host_step && !b.master.is_same(b.full)) b.full.copy_(b.master);
         continue;

@@ -58,6 +58,9 @@ struct EngineOptions {
   // How long the host may wait for a value the device computes (the loss, the gradient norm)
   // before the step fails as a distributed fault (run.collective_timeout_s; 0: forever).
   double device_timeout_s = 0;
+  // train.fused_weight_grad: the model's matrix products write weight gradients in fp32 straight
+  // into the gradient buffers (base/grad_sink.h) wherever the model declares it can.
+  bool fused_weight_grad = true;
 };
 
 struct MicroBatch {
@@ -168,7 +171,8 @@ class Engine {
   // Every unit's forward in order; returns the last unit's output.
   base::StatusOr<at::Tensor> forward_units(const MicroBatch& mb, std::vector<UnitRun>& runs,
                                            bool need_grad);
-  std::vector<at::Tensor> make_params(int unit, std::vector<UnitRun>& runs, bool need_grad);
+  std::vector<at::Tensor> make_params(int unit, std::vector<UnitRun>& runs, bool need_grad,
+                                      base::GradSinks* sinks);
   at::Tensor forward_unit(int unit, const at::Tensor& x, const base::StepContext& ctx,
                           std::vector<UnitRun>& runs, bool need_grad);
   // A checkpointed unit's forward again, with grad enabled, from its saved input: fresh leaves
@@ -258,7 +262,8 @@ class Engine {
   int next_param_record_ = 0;
   std::vector<int> nvme_shard_of_;  // per trainable buffer in init order: record, or -1 (host)
   int next_trainable_ = 0;
-  at::Tensor step_count_;  // AdamW step (float scalar, as _fused_adamw_ wants)
+  at::Tensor step_count_;   // AdamW step (float scalar, as _fused_adamw_ wants)
+  int64_t adam_steps_ = 0;  // the same count on the host (the device kernel's bias corrections)
   double loss_scale_ = 1.0;
   int64_t good_steps_ = 0;
 };

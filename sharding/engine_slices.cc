@@ -1,6 +1,7 @@
 // The engine's state as the rest of dstrain sees it: named slices for checkpoints (saved and
 // loaded at any world size and stage), full parameters for export and tests, and counts.
 #include <algorithm>
+#include <cmath>
 
 #include "sharding/engine.h"
 #include "sharding/engine_state.h"
@@ -110,6 +111,7 @@ EngineScalars Engine::scalars() const {
 void Engine::set_scalars(const EngineScalars& s) {
   (void)wait_host_step();  // it read the step count when it started; keeps the error for later
   step_count_.fill_(s.adam_step);
+  adam_steps_ = std::llround(s.adam_step);
   loss_scale_ = s.loss_scale;
   good_steps_ = s.good_steps;
 }

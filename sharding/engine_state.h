@@ -25,6 +25,7 @@ struct Engine::Buffer {
   ShardRange shard;  // this rank's range of the state it holds (the whole buffer at stage 0
                      // and for frozen buffers kept whole)
   bool trainable = false;
+  bool sinks = false;    // the unit's ops write its gradient (EngineOptions::fused_weight_grad)
   bool gathers = false;  // stage 3: `full` comes and goes (false: it is always there)
   // Compute dtype, [padded_numel]: what forward reads. Under stage 3 its memory exists only
   // between a gather and the release after use; the tensor (and its storage object, which saved
@@ -38,8 +39,11 @@ struct Engine::Buffer {
   at::Tensor exp_avg_sq;
   at::Tensor grad;     // fp32 accumulator: whole buffer (stages 0, 1) or the shard (stages 2, 3)
   at::Tensor mb_grad;  // stages 2, 3: this micro-batch's whole-buffer gradient until reduce-scatter
-  bool grad_is_zero = true;  // `grad` was just made or cleared: the step's first reduce-scatter
-                             // writes into it instead of into a buffer that is then added
+  bool grad_is_zero = true;   // `grad` was just made or cleared: the step's first reduce-scatter
+                              // writes into it instead of into a buffer that is then added
+  bool copy_written = false;  // the device step's kernel wrote the compute-dtype copy already
+  bool grad_stale = false;    // with grad_is_zero: cleared in name only (the last step's values
+                              // are still there) because that first reduce-scatter overwrites it
   GatherState state = GatherState::kGathered;
   std::unique_ptr<Work> gather;  // the all-gather into `full` while kGathering
   at::Tensor upload;             // offload.params: the device copy of `shard_param` being gathered
@@ -84,6 +88,8 @@ struct Engine::UnitRun {
                                      // Undefined between a checkpointed forward and its recompute.
   bool recompute = false;            // forward ran under no-grad: backward recomputes it first
   at::Tensor leaf[kNumBufferKinds];  // the grad-requiring aliases of the flat buffers
+  // Buffers whose gradient the unit's ops write: where they write it in this backward.
+  c10::intrusive_ptr<base::GradSinkBuffer> sink[kNumBufferKinds];
 };
 
 }  // namespace dstrain::sharding

@@ -67,4 +67,13 @@ SplitPlan split_plan(const FlatLayout& layout) {
   return plan;
 }
 
+bool sinks_whole_buffer(const std::vector<base::ParamSpec>& schema, const FlatLayout& layout,
+                        size_t unit_index) {
+  if (unit_index == 0 || layout.empty() || layout.kind == BufferKind::kFrozen) return false;
+  for (const FlatEntry& e : layout.entries) {
+    if (!schema[e.schema_index].grad_sink) return false;
+  }
+  return true;
+}
+
 }  // namespace dstrain::sharding

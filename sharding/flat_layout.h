@@ -65,4 +65,11 @@ struct SplitPlan {
 };
 SplitPlan split_plan(const FlatLayout& layout);
 
+// Whether the ops of unit `unit_index` can write the whole gradient of this buffer into a sink
+// (base/grad_sink.h): it trains, every entry declares ParamSpec::grad_sink, and the unit is not
+// the first (which reads token ids, so no graph reaches its ops). A buffer another unit ties to
+// is excluded by its owner as well.
+bool sinks_whole_buffer(const std::vector<base::ParamSpec>& schema, const FlatLayout& layout,
+                        size_t unit_index);
+
 }  // namespace dstrain::sharding

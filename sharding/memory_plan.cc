@@ -42,6 +42,7 @@ struct BufferInfo {
   bool gathers = false;    // stage 3: gathered before use, released after
   int64_t owned = 0;       // elements of optimizer state this rank holds
   bool offloaded = false;  // its unit's state is in the offload tiers (offload_split.h)
+  bool sinks = false;      // the unit's ops write its fp32 gradient (Engine: Buffer::sinks)
 };
 
 struct UnitInfo {
@@ -58,7 +59,7 @@ struct Layouts {
 };
 
 Layouts make_layouts(const base::UnitList& units, int world, int64_t stage, bool replicate_frozen,
-                     const std::vector<bool>& offloaded) {
+                     const std::vector<bool>& offloaded, bool fused_weight_grad) {
   Layouts out;
   std::map<std::string, int> owner;  // parameter name -> buffer index
   for (size_t u = 0; u < units.size(); ++u) {
@@ -75,6 +76,7 @@ Layouts make_layouts(const base::UnitList& units, int world, int64_t stage, bool
       b.gathers = stage == 3 && !whole;
       b.owned = whole ? b.padded : b.shard;
       b.offloaded = offloaded[u];
+      b.sinks = fused_weight_grad && sinks_whole_buffer(unit->schema(), layout, u);
       const int index = static_cast<int>(out.buffers.size());
       for (const FlatEntry& e : layout.entries) {
         owner[e.name] = index;
@@ -90,6 +92,7 @@ Layouts make_layouts(const base::UnitList& units, int world, int64_t stage, bool
       if (p.tied_to.empty()) continue;
       auto it = owner.find(p.tied_to);
       if (it == owner.end()) continue;
+      out.buffers[it->second].sinks = false;
       if (std::find(info.uses.begin(), info.uses.end(), it->second) == info.uses.end()) {
         info.uses.push_back(it->second);
       }
@@ -188,6 +191,8 @@ std::vector<UnitActivations> unit_activations(const base::UnitList& units, const
   bool trainable_before = false;
   for (size_t u = 0; u < units.size(); ++u) {
     const std::string& name = units[u]->name();
+    bool sinks = false;  // Engine::forward_unit: such a unit's input always needs a gradient
+    for (int b : l.units[u].own) sinks = sinks || l.buffers[b].sinks;
     if (name == "embed") {
       acts.push_back(embed_activations(shape));
     } else if (name == "head") {
@@ -197,9 +202,9 @@ std::vector<UnitActivations> unit_activations(const base::UnitList& units, const
         if (p.name != "lm_head.weight") continue;
         head_trainable = p.tied_to.empty() ? p.trainable : l.units[0].trainable;
       }
-      acts.push_back(head_activations(shape, trainable_before, head_trainable));
+      acts.push_back(head_activations(shape, trainable_before || sinks, head_trainable, sinks));
     } else {
-      acts.push_back(layer_activations(shape, trainable_before));
+      acts.push_back(layer_activations(shape, trainable_before || sinks, sinks));
     }
     trainable_before = trainable_before || l.units[u].trainable;
   }
@@ -265,13 +270,16 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
   const int64_t grad_in = shape.dtype_bytes * shape.batch * shape.seq * shape.hidden;
   for (int u = n - 1; u >= 0; --u) {
     const bool head = u == n - 1;
-    int64_t flat = 0, micro_batch_grad = 0, reduce_in = 0;
+    // flat, micro_batch_grad: autograd's compute-dtype gradient of a flat buffer and the fp32
+    // one made from it; sunk: the fp32 gradients the unit's ops write themselves during backward
+    // (stages 2 and 3; below, into the persistent accumulators).
+    int64_t flat = 0, micro_batch_grad = 0, sunk = 0, reduce_in = 0;
     for (int b : l.units[u].uses) {
       const BufferInfo& buf = l.buffers[b];
       if (!buf.trainable) continue;
-      flat += buf.padded * c;  // autograd's gradient of the flat buffer
+      if (!buf.sinks) flat += buf.padded * c;
       if (stage >= 2) {
-        micro_batch_grad += buf.padded * 4;
+        (buf.sinks ? sunk : micro_batch_grad) += buf.padded * 4;
         reduce_in += buf.padded * wire + (reduced_in_place(buf) ? 0 : buf.shard * wire);
       } else if (wire != 4) {
         reduce_in += buf.padded * wire;  // the all-reduced copy of the fp32 gradient
@@ -287,12 +295,12 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
     // Inside autograd: every saved tensor of the unit, its activations' gradients (the head's
     // are its loss gradients scaled, then its flat gradient beside them).
     consider({kept_before[u] + acts[u].saved + ends, comm_bytes, params,
-              acts[u].backward_ws + (head ? flat : 0)});
+              acts[u].backward_ws + (head ? flat : 0) + sunk});
     // After it: the layer's saved tensors are gone (the head's custom function keeps its own
     // until the unit's run is dropped); the flat gradient beside the per-parameter gradients it
     // was built from, or beside the fp32 micro-batch gradient it is added to.
     const int64_t after = kept_before[u] + (head ? acts[u].saved : 0) + ends;
-    consider({after, comm_bytes, params, grad_in + flat + std::max(flat, micro_batch_grad)});
+    consider({after, comm_bytes, params, grad_in + flat + std::max(flat, micro_batch_grad) + sunk});
     // Its reductions join those in flight: at stages 2 and 3 reduce-scatters, which the engine
     // trims to its window once they are issued; at stages 0 and 1 with reduce_dtype = bf16 the
     // copies all-reduced in place, which the engine keeps until the step (it drains reductions
@@ -404,8 +412,9 @@ base::StatusOr<MemoryPlan> plan_memory(const base::UnitList& units, const base::
   const int64_t per_step = cfg.train.micro_batch * options.world;
   plan.grad_accumulation = std::max<int64_t>(1, (cfg.train.global_batch + per_step - 1) / per_step);
   plan.replicate_frozen = frozen_base_replicated(units, cfg, options);
-  const Layouts layouts = make_layouts(units, plan.shard_world, cfg.zero.stage,
-                                       plan.replicate_frozen, offloaded_units(units, cfg.offload));
+  const Layouts layouts =
+      make_layouts(units, plan.shard_world, cfg.zero.stage, plan.replicate_frozen,
+                   offloaded_units(units, cfg.offload), cfg.train.fused_weight_grad);
   plan.parameters = layouts.parameters;
   plan.trainable_parameters = layouts.trainable_parameters;
   place_state(layouts, cfg, options.cuda, plan);

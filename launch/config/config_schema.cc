@@ -121,6 +121,9 @@ std::vector<KeySpec> build_schema() {
       number(DSTRAIN_KEY(train.recompute_layers), at_least(-1),
              "selective: how many decoder layers recompute, spread evenly over the model; -1: "
              "every other"),
+      flag(DSTRAIN_KEY(train.fused_weight_grad),
+           "matrix products write their weight gradients in fp32 straight into the gradient "
+           "buffers (no compute-dtype gradient, no widening pass); false: through autograd"),
       number(DSTRAIN_KEY(train.loss_scale_init), above(0), "fp16: initial dynamic loss scale"),
       number(DSTRAIN_KEY(train.loss_scale_window), at_least(1),
              "fp16: steps without overflow before the loss scale doubles"),

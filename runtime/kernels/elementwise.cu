@@ -2,31 +2,13 @@
 #include <cuda_fp16.h>
 
 #include "runtime/kernels/elementwise_cuda.h"
+#include "runtime/kernels/float_convert.cuh"
 
 namespace dstrain::kernels {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr unsigned kMaxGridY = 65535;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half(v);
-}
 
 // V consecutive elements moved as one access: 16 bytes when V = 16 / sizeof(T), which the
 // launchers pick only when every address involved is 16-byte aligned; V = 1 otherwise.

@@ -9,6 +9,8 @@
 #include <array>
 #include <cstdint>
 
+#include "offload/cpu_adam.h"
+
 namespace dstrain::kernels {
 
 bool cuda_kernels_built();
@@ -24,5 +26,13 @@ std::array<at::Tensor, 3> rope_qkv(const at::Tensor& qkv, int64_t q_heads, int64
 // silu(gate) * up for a fused gate/up projection gate_up [..., 2 * width] (gate first), saving
 // only its input for backward. Returns [..., width]. Differentiable in gate_up.
 at::Tensor swiglu(const at::Tensor& gate_up);
+
+// One AdamW step over contiguous fp32 CUDA tensors of equal size, in place, with the updated
+// parameters also rounded into `param_copy` (the compute-dtype copy forward reads; same size)
+// when it is defined: one pass over the state instead of torch's fused AdamW plus a cast that
+// reads the parameters again. The same arithmetic as torch's fused AdamW, in fp32.
+void adamw_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                const at::Tensor& exp_avg_sq, const at::Tensor& param_copy,
+                const offload::AdamWHyper& h);
 
 }  // namespace dstrain::kernels

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "runtime/kernels/adamw_cuda.h"
 #include "runtime/kernels/elementwise_cuda.h"
 #include "runtime/kernels/fused_ops.h"
 
@@ -153,5 +154,28 @@ std::array<at::Tensor, 3> rope_qkv(const at::Tensor& qkv, int64_t q_heads, int64
 }
 
 at::Tensor swiglu(const at::Tensor& gate_up) { return SwiGlu::apply(gate_up); }
+
+void adamw_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                const at::Tensor& exp_avg_sq, const at::Tensor& param_copy,
+                const offload::AdamWHyper& h) {
+  const int64_t n = param.numel();
+  for (const at::Tensor* t : {&param, &grad, &exp_avg, &exp_avg_sq}) {
+    TORCH_CHECK(t->is_cuda() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                    t->numel() == n && t->device() == param.device(),
+                "adamw_step: expected contiguous fp32 tensors of ", n, " elements on ",
+                param.device());
+  }
+  TORCH_CHECK(!param_copy.defined() || (param_copy.is_contiguous() && param_copy.numel() == n &&
+                                        param_copy.device() == param.device()),
+              "adamw_step: the parameter copy must be contiguous, of ", n, " elements on ",
+              param.device());
+  TORCH_CHECK(h.step >= 1, "adamw_step: step counts from 1, got ", h.step);
+  check_launch(launch_adamw(param.data_ptr<float>(), grad.data_ptr<float>(),
+                            exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
+                            param_copy.defined() ? param_copy.data_ptr() : nullptr,
+                            param_copy.defined() ? kernel_dtype(param_copy) : Dtype::kF32, n, h,
+                            at::cuda::getCurrentCUDAStream()),
+               "adamw kernel");
+}
 
 }  // namespace dstrain::kernels

@@ -16,4 +16,9 @@ at::Tensor swiglu(const at::Tensor&) {
   TORCH_CHECK(false, "dstrain was built without CUDA kernels (no CUDA toolkit at configure time)");
 }
 
+void adamw_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                const at::Tensor&, const offload::AdamWHyper&) {
+  TORCH_CHECK(false, "dstrain was built without CUDA kernels (no CUDA toolkit at configure time)");
+}
+
 }  // namespace dstrain::kernels

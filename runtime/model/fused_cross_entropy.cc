@@ -2,6 +2,8 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "runtime/model/sink_linear.h"
+
 #include <algorithm>
 
 namespace dstrain::runtime {
@@ -37,18 +39,6 @@ ChunkResult chunk_loss(const at::Tensor& h, const at::Tensor& weight, const at::
   return r;
 }
 
-// dw (fp32) += grad_logits^T @ x. On CUDA the low-precision matmul accumulates straight into
-// the fp32 buffer (cuBLAS with an fp32 output); elsewhere the operands are widened.
-void accumulate_weight_grad(at::Tensor& dw, const at::Tensor& grad_logits, const at::Tensor& x) {
-  if (x.scalar_type() == at::kFloat) {
-    dw.addmm_(grad_logits.t(), x);
-  } else if (x.is_cuda()) {
-    at::addmm_out(dw, dw, grad_logits.t(), x, at::kFloat);
-  } else {
-    dw.addmm_(grad_logits.t().to(at::kFloat), x.to(at::kFloat));
-  }
-}
-
 // The summed loss of `x` [N, H] against `t` [N], and the gradients asked for (fp32 for the
 // weight: it sums over every chunk).
 struct ChunkedLoss {
@@ -73,7 +63,7 @@ ChunkedLoss chunked_loss(const at::Tensor& x, const at::Tensor& weight, const at
       at::Tensor dx_rows = out.dx.narrow(0, begin, len);
       at::mm_out(dx_rows, r.grad_logits, weight);
     }
-    if (grad_w) accumulate_weight_grad(out.dw, r.grad_logits, xc);
+    if (grad_w) matmul_into_fp32(out.dw, r.grad_logits.t(), xc, /*add=*/true);
   }
   return out;
 }
@@ -84,13 +74,17 @@ class FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCros
   // for backward, which only scales them by the incoming gradient.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden,
                             const at::Tensor& weight, const at::Tensor& targets,
-                            int64_t chunk_tokens) {
-    ChunkedLoss r =
-        chunked_loss(hidden.reshape({-1, hidden.size(-1)}), weight, targets.reshape({-1}),
-                     chunk_tokens, hidden.requires_grad(), weight.requires_grad());
+                            int64_t chunk_tokens, const base::GradSink& sink) {
+    ChunkedLoss r = chunked_loss(hidden.reshape({-1, hidden.size(-1)}), weight,
+                                 targets.reshape({-1}), chunk_tokens, hidden.requires_grad(),
+                                 weight.requires_grad() || sink.defined());
     ctx->saved_data["dx"] = r.dx.defined() ? r.dx.view(hidden.sizes()) : r.dx;
     ctx->saved_data["dw"] = r.dw;
     ctx->saved_data["w_dtype"] = weight.scalar_type();
+    if (sink.defined()) {
+      ctx->saved_data["sink"] = c10::IValue::make_capsule(sink.buffer);
+      ctx->saved_data["offset"] = sink.offset;
+    }
     return r.loss;
   }
 
@@ -100,9 +94,22 @@ class FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCros
     at::Tensor dw = ctx->saved_data["dw"].toTensor();
     // In place: backward runs once, and the saved gradients are not needed afterwards.
     if (dx.defined()) dx.mul_(g.to(dx.scalar_type()));
-    // Scaled in fp32, rounded once to the weight's dtype.
-    if (dw.defined()) dw = dw.mul_(g).to(ctx->saved_data["w_dtype"].toScalarType());
-    return {dx, dw, at::Tensor(), at::Tensor()};
+    if (dw.defined() && ctx->saved_data.count("sink") > 0) {
+      // Scaled in fp32 straight into its place in the gradient buffer.
+      auto buffer = c10::static_intrusive_pointer_cast<base::GradSinkBuffer>(
+          ctx->saved_data["sink"].toCapsule());
+      base::GradSinkBuffer::Slot slot = buffer->take(ctx->saved_data["offset"].toInt(), dw.sizes());
+      if (slot.add) {
+        slot.view.addcmul_(dw, g);
+      } else {
+        at::mul_out(slot.view, dw, g);
+      }
+      dw = at::Tensor();
+    } else if (dw.defined()) {
+      // Scaled in fp32, rounded once to the weight's dtype.
+      dw = dw.mul_(g).to(ctx->saved_data["w_dtype"].toScalarType());
+    }
+    return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -113,14 +120,20 @@ int64_t cross_entropy_chunk_tokens(int64_t vocab, int64_t budget_bytes) {
 }
 
 at::Tensor fused_linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight,
-                                      const at::Tensor& targets, int64_t chunk_tokens) {
+                                      const at::Tensor& targets, int64_t chunk_tokens,
+                                      const base::GradSink& weight_sink) {
   TORCH_CHECK(chunk_tokens > 0, "fused_linear_cross_entropy: chunk_tokens must be > 0");
+  TORCH_CHECK(!weight_sink.defined() || !weight.requires_grad(),
+              "fused_linear_cross_entropy: a weight with a gradient sink must not require grad");
+  TORCH_CHECK(!weight_sink.defined() || !at::GradMode::is_enabled() || hidden.requires_grad(),
+              "fused_linear_cross_entropy: with grad mode on and a weight sink, the hidden "
+              "states must require grad, else no backward writes the weight's gradient");
   if (!hidden.requires_grad() && !weight.requires_grad()) {  // evaluation: no graph
     return chunked_loss(hidden.reshape({-1, hidden.size(-1)}), weight, targets.reshape({-1}),
                         chunk_tokens, /*grad_x=*/false, /*grad_w=*/false)
         .loss;
   }
-  return FusedLinearCrossEntropy::apply(hidden, weight, targets, chunk_tokens);
+  return FusedLinearCrossEntropy::apply(hidden, weight, targets, chunk_tokens, weight_sink);
 }
 
 }  // namespace dstrain::runtime

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "base/grad_sink.h"
+
 namespace dstrain::runtime {
 
 // Tokens per chunk such that one chunk's fp32 logits take about `budget_bytes`.
@@ -15,8 +17,11 @@ int64_t cross_entropy_chunk_tokens(int64_t vocab, int64_t budget_bytes = int64_t
 // in fp32, as a 0-dim tensor. hidden [..., H] in the compute dtype, weight [V, H], targets [...]
 // int64. Differentiable in `hidden` and `weight`: the gradients are computed chunk by chunk
 // during the forward (the backward of a scalar loss only scales them), and only for the inputs
-// that require grad (a frozen LM head costs no weight-gradient matmul).
+// that require grad (a frozen LM head costs no weight-gradient matmul). With `weight_sink`
+// defined, the weight (which then must not require grad) has its fp32 gradient written there in
+// backward instead.
 at::Tensor fused_linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight,
-                                      const at::Tensor& targets, int64_t chunk_tokens);
+                                      const at::Tensor& targets, int64_t chunk_tokens,
+                                      const base::GradSink& weight_sink = {});
 
 }  // namespace dstrain::runtime

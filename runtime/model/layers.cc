@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "runtime/kernels/fused_ops.h"
+#include "runtime/model/sink_linear.h"
 #include "runtime/model/varlen_attention.h"
 
 namespace dstrain::runtime {
@@ -20,10 +21,10 @@ at::Tensor lora_delta(const at::Tensor& x, const LoraAdapter& a) {
   return at::linear(at::linear(xd, a.a) * a.scale, a.b);
 }
 
-// The weights side by side as one [sum of out, in] matrix without a copy, when they are frozen
-// and already lie one after the other in one storage (a flat buffer keeps a unit's parameters in
-// schema order); else undefined.
-at::Tensor adjacent_frozen_weights(const std::vector<at::Tensor>& weights) {
+// The weights side by side as one [sum of out, in] matrix without a copy, when they need no
+// gradient (frozen, or delivered to sinks) and already lie one after the other in one storage (a
+// flat buffer keeps a unit's parameters in schema order); else undefined.
+at::Tensor adjacent_weights(const std::vector<at::Tensor>& weights) {
   const at::Tensor& first = weights.front();
   int64_t rows = 0;
   for (const at::Tensor& w : weights) {
@@ -81,21 +82,37 @@ at::Tensor fused_lora_delta(const at::Tensor& x, std::initializer_list<const Lin
 // GEMM instead of several small ones, the input read once; frozen weights that already lie side
 // by side are read in place, others copied, which is small beside the product). Returns
 // [..., sum of out features] in `ws` order; each LoRA adapter lands in its own columns.
+// Weights with sinks are one product only when both the weights and their sinks lie side by side
+// (one gradient product writes all of them).
 at::Tensor fused_projection(const at::Tensor& x, std::initializer_list<const LinearWeights*> ws) {
   std::vector<at::Tensor> weights, biases;
   bool any_lora = false;
+  int sinks = 0;
+  bool sinks_chained = true;
+  const LinearWeights* prev = nullptr;
   for (const LinearWeights* w : ws) {
     weights.push_back(w->weight);
     if (w->bias.defined()) biases.push_back(w->bias);
     any_lora = any_lora || w->lora.a.defined();
+    sinks += w->sink.defined() ? 1 : 0;
+    if (prev != nullptr)
+      sinks_chained = sinks_chained && prev->sink.followed_by(w->sink, prev->weight.numel());
+    prev = w;
   }
   const bool with_bias = !biases.empty();
-  if (with_bias && biases.size() != weights.size()) {  // mixed biases: separate matmuls
+  const bool all_sinks = sinks == static_cast<int>(weights.size());
+  at::Tensor weight = adjacent_weights(weights);
+  const bool separate =
+      (with_bias && biases.size() != weights.size()) ||
+      (sinks > 0 && (!all_sinks || !sinks_chained || !weight.defined() || any_lora));
+  if (separate) {  // mixed biases, or sinks that one product cannot serve: separate matmuls
     std::vector<at::Tensor> outs;
     for (const LinearWeights* w : ws) outs.push_back(linear(x, *w));
     return at::cat(outs, -1);
   }
-  at::Tensor weight = adjacent_frozen_weights(weights);
+  if (all_sinks) {
+    return sink_linear(x, weight, with_bias ? at::cat(biases) : at::Tensor(), (*ws.begin())->sink);
+  }
   if (!weight.defined()) weight = at::cat(weights);
   if (!any_lora) return with_bias ? at::linear(x, weight, at::cat(biases)) : at::linear(x, weight);
   return linear_into(x, weight, fused_lora_delta(x, ws),
@@ -138,6 +155,10 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 }
 
 at::Tensor linear(const at::Tensor& x, const LinearWeights& w) {
+  if (w.sink.defined()) {
+    const at::Tensor y = sink_linear(x, w.weight, w.bias, w.sink);
+    return w.lora.a.defined() ? y + lora_delta(x, w.lora) : y;
+  }
   if (!w.lora.a.defined()) return linear(x, w.weight, w.bias);
   return linear_into(x, w.weight, lora_delta(x, w.lora), w.bias);
 }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "base/grad_sink.h"
 #include "base/unit.h"
 
 namespace dstrain::runtime {
@@ -29,6 +30,7 @@ struct LinearWeights {
   at::Tensor weight;  // [out, in]
   at::Tensor bias;    // undefined when absent
   LoraAdapter lora;
+  base::GradSink sink;  // defined: the weight's gradient goes here (runtime/model/sink_linear.h)
 };
 
 at::Tensor linear(const at::Tensor& x, const LinearWeights& w);

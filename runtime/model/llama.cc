@@ -11,6 +11,7 @@
 #include "runtime/model/init.h"
 #include "runtime/model/layers.h"
 #include "runtime/model/rope.h"
+#include "runtime/model/sink_linear.h"
 
 namespace dstrain::runtime {
 namespace {
@@ -24,6 +25,13 @@ base::ParamSpec weight_spec(std::string name, std::vector<int64_t> shape, double
   p.shape = std::move(shape);
   p.init = base::InitKind::kNormal;
   p.init_std = std;
+  return p;
+}
+
+// A matrix multiplied by the layer input: its ops can write its gradient into a sink.
+base::ParamSpec matrix_spec(std::string name, std::vector<int64_t> shape, double std) {
+  base::ParamSpec p = weight_spec(std::move(name), std::move(shape), std);
+  p.grad_sink = true;
   return p;
 }
 
@@ -55,7 +63,7 @@ class EmbedUnit final : public LlamaUnit {
   explicit EmbedUnit(const base::ModelConfig& cfg) : LlamaUnit("embed") {
     add(weight_spec(kEmbedName, {cfg.vocab_size, cfg.hidden_size}, cfg.init_std));
   }
-  at::Tensor forward(const at::Tensor& x, at::TensorList params,
+  at::Tensor forward(const at::Tensor& x, at::TensorList params, const base::GradSinks& /*sinks*/,
                      const base::StepContext& /*ctx*/) const override {
     return at::embedding(params[0], x);
   }
@@ -118,7 +126,7 @@ class DecoderLayerUnit final : public LlamaUnit {
       ProjSlots& s = proj_[p];
       s.out = dims[p][0];
       s.in = dims[p][1];
-      s.weight = add(weight_spec(prefix_ + kProjName[p] + ".weight", {s.out, s.in}, cfg.init_std));
+      s.weight = add(matrix_spec(prefix_ + kProjName[p] + ".weight", {s.out, s.in}, cfg.init_std));
       if (bias[p]) s.bias = add(bias_spec(prefix_ + kProjName[p] + ".bias", s.out));
     };
     input_norm_ = add(norm_spec(prefix_ + "input_layernorm.weight", h));
@@ -150,24 +158,24 @@ class DecoderLayerUnit final : public LlamaUnit {
     return added;
   }
 
-  at::Tensor forward(const at::Tensor& x, at::TensorList params,
+  at::Tensor forward(const at::Tensor& x, at::TensorList params, const base::GradSinks& sinks,
                      const base::StepContext& ctx) const override {
-    const AttentionWeights attn{weights(kQ, params, x, ctx), weights(kK, params, x, ctx),
-                                weights(kV, params, x, ctx), weights(kO, params, x, ctx)};
-    const MlpWeights mlp{weights(kGate, params, x, ctx), weights(kUp, params, x, ctx),
-                         weights(kDown, params, x, ctx)};
+    auto w = [&](Proj p) { return weights(p, params, sinks, x, ctx); };
+    const AttentionWeights attn{w(kQ), w(kK), w(kV), w(kO)};
+    const MlpWeights mlp{w(kGate), w(kUp), w(kDown)};
     const at::Tensor h = x + attention(rms_norm(x, params[input_norm_], eps_), attn, shape_, ctx);
     return h + swiglu_mlp(rms_norm(h, params[post_norm_], eps_), mlp);
   }
 
  private:
   // The projection's tensors; `x` (the layer input) only shapes its dropout mask.
-  LinearWeights weights(Proj p, at::TensorList params, const at::Tensor& x,
-                        const base::StepContext& ctx) const {
+  LinearWeights weights(Proj p, at::TensorList params, const base::GradSinks& sinks,
+                        const at::Tensor& x, const base::StepContext& ctx) const {
     const ProjSlots& s = proj_[p];
     LinearWeights w;
     w.weight = params[s.weight];
     w.bias = slot(params, s.bias);
+    if (!sinks.empty()) w.sink = sinks[s.weight];
     if (s.lora_a == kAbsent) return w;
     w.lora.a = params[s.lora_a];
     w.lora.b = params[s.lora_b];
@@ -195,15 +203,19 @@ class HeadUnit final : public LlamaUnit {
         chunk_tokens_(cross_entropy_chunk_tokens(cfg.vocab_size)) {
     add(norm_spec("model.norm.weight", cfg.hidden_size));
     base::ParamSpec head =
-        weight_spec("lm_head.weight", {cfg.vocab_size, cfg.hidden_size}, cfg.init_std);
+        matrix_spec("lm_head.weight", {cfg.vocab_size, cfg.hidden_size}, cfg.init_std);
     if (cfg.tie_embeddings) head.tied_to = kEmbedName;
     add(std::move(head));
   }
-  at::Tensor forward(const at::Tensor& x, at::TensorList params,
+  at::Tensor forward(const at::Tensor& x, at::TensorList params, const base::GradSinks& sinks,
                      const base::StepContext& ctx) const override {
     const at::Tensor h = rms_norm(x, params[kNormSlot], eps_);
-    if (!ctx.targets.defined()) return at::linear(h, params[kLmHeadSlot]);
-    return fused_linear_cross_entropy(h, params[kLmHeadSlot], ctx.targets, chunk_tokens_);
+    const base::GradSink sink = sinks.empty() ? base::GradSink() : sinks[kLmHeadSlot];
+    if (!ctx.targets.defined()) {
+      return sink.defined() ? sink_linear(h, params[kLmHeadSlot], at::Tensor(), sink)
+                            : at::linear(h, params[kLmHeadSlot]);
+    }
+    return fused_linear_cross_entropy(h, params[kLmHeadSlot], ctx.targets, chunk_tokens_, sink);
   }
 
  private:

@@ -14,8 +14,10 @@
 #   fault.jsonl         tests/gpu/fault_check.sh on 2 GPUs, bench-1b at stage 3,
 #                       run.collective_timeout_s = 20: how the job ended after a rank stopped or died
 #   bench8b1.jsonl      the 8B shape cut to BENCH8B_LAYERS layers on one GPU, dstrain vs FSDP2 eager
+#   fused_ab.jsonl      dstrain with train.fused_weight_grad on and off, 8B layer shape and ~1B, one
+#                       GPU (tokens/s and peak memory; the mfu field is per-FLOP, not MFU)
 # PARTS picks what runs (default: all): nccl kernels equality profile bench bench8b comm fault
-# (bench8b1 only when named).
+# (bench8b1 and fused_ab only when named).
 # FSDP2_COMPILE=0 leaves out the torch.compile runs of FSDP2 (they take minutes to compile).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -168,6 +170,24 @@ if has bench8b1; then
   bench_summary $(( 6 * n8l + 12 * L * 4096 * 4096 )) bench_dstrain8bL${L}_none_g1 \
     bench8bL${L}_fsdp2_none_g1 > "$OUT/bench8b1.jsonl"
   cat "$OUT/bench8b1.jsonl"
+fi
+
+# train.fused_weight_grad on and off, one GPU, the same shapes as bench8b1 and bench: what the
+# weight gradients written in place by the matrix products (base/grad_sink.h) are worth, against
+# autograd's compute-dtype gradients assembled and widened -> fused_ab.jsonl.
+if has fused_ab; then
+  L=${BENCH8B_LAYERS:-8}
+  ab=""
+  for f in true false; do
+    run bench_dstrain8bL${L}_fused_${f}_g1 1 --config configs/bench-8b.toml \
+      --set model.num_layers=$L --set train.global_batch=1 --set train.activation_checkpointing=none \
+      --set train.steps=12 --set train.fused_weight_grad=$f
+    run bench_dstrain1b_fused_${f}_g1 1 --config configs/bench-1b.toml --set train.global_batch=1 \
+      --set train.fused_weight_grad=$f
+    ab="$ab bench_dstrain8bL${L}_fused_${f}_g1 bench_dstrain1b_fused_${f}_g1"
+  done
+  bench_summary 1 $ab > "$OUT/fused_ab.jsonl"
+  cat "$OUT/fused_ab.jsonl"
 fi
 
 # The table of docs/performance.md, from bench.jsonl and bench8b.jsonl.

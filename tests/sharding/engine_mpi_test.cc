@@ -147,10 +147,12 @@ double sum_over(Communicator& comm, double value) {
 std::unique_ptr<Engine> make_engine(const base::ModelConfig& cfg, int64_t stage, Communicator& comm,
                                     int64_t prefetch_depth = 1,
                                     const std::string& activation_checkpointing = "none",
-                                    double lora_dropout = -1, Communicator* replicas = nullptr) {
+                                    double lora_dropout = -1, Communicator* replicas = nullptr,
+                                    bool fused_weight_grad = true) {
   EngineOptions options = engine_options(stage);
   options.zero.prefetch_depth = prefetch_depth;
   options.activation_checkpointing = activation_checkpointing;
+  options.fused_weight_grad = fused_weight_grad;
   auto init = [](const base::Unit& unit, at::TensorList out) {
     return runtime::init_unit_params(unit, out, kSeed);
   };
@@ -536,7 +538,8 @@ TEST(CheckpointingPlan, PoliciesPickUnitsByName) {
 
 // Peak bytes of CPU memory allocated during one forward_backward over long sequences, beyond
 // what was live when it started: the activations the graphs save, plus the transient peak.
-int64_t forward_backward_peak_bytes(int64_t stage, const std::string& policy) {
+int64_t forward_backward_peak_bytes(int64_t stage, const std::string& policy,
+                                    bool fused_weight_grad = true) {
   base::ModelConfig cfg = tiny_model(/*tie=*/false);
   cfg.hidden_size = 64;
   cfg.intermediate_size = 128;
@@ -547,7 +550,8 @@ int64_t forward_backward_peak_bytes(int64_t stage, const std::string& policy) {
   auto comm = MpiCommunicator::create(MPI_COMM_WORLD);
   EXPECT_TRUE(comm.ok()) << comm.status().to_string();
   if (!comm.ok()) return -1;
-  std::unique_ptr<Engine> engine = make_engine(cfg, stage, **comm, 1, policy);
+  std::unique_ptr<Engine> engine =
+      make_engine(cfg, stage, **comm, 1, policy, -1, nullptr, fused_weight_grad);
   if (!engine) return -1;
   MicroBatch mb;
   mb.input_ids = at::randint(cfg.vocab_size, {kBatch, kLongSeq}, at::kLong);
@@ -586,6 +590,79 @@ TEST(CheckpointingMemory, FullSavesMostActivationMemory) {
     EXPECT_LT(selective, none) << "stage " << stage;
     EXPECT_LT(full, selective) << "stage " << stage;
     EXPECT_LT(full * 2, none) << "stage " << stage;
+  }
+}
+
+// train.fused_weight_grad: the matrix products write weight gradients into the fp32 buffers
+// (sinks) instead of autograd forming them. Same training as through autograd, at every stage,
+// tied and untied (a tied head keeps autograd for the shared buffer), with recomputation (the
+// recompute makes the sinks backward writes) and with a frozen embedding (no earlier unit
+// trains, yet the layers' sinks must still be written).
+struct FusedCase {
+  int64_t stage;
+  bool tie;
+  std::string policy;
+  bool frozen_embedding;
+};
+
+class FusedWeightGradEquality : public ::testing::TestWithParam<FusedCase> {};
+
+TEST_P(FusedWeightGradEquality, MatchesAutogradGradients) {
+  const FusedCase c = GetParam();
+  const base::ModelConfig cfg = tiny_model(c.tie);
+  auto comm = MpiCommunicator::create(MPI_COMM_WORLD);
+  ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+  const int64_t per_rank = kGlobalBatch / (*comm)->size();
+  const int64_t first = world_rank() * per_rank;
+  Trajectory runs[2];
+  for (bool fused : {false, true}) {
+    base::UnitList units = runtime::build_llama(cfg);
+    if (c.frozen_embedding) static_cast<runtime::LlamaUnit&>(*units[0]).freeze();
+    EngineOptions options = engine_options(c.stage);
+    options.activation_checkpointing = c.policy;
+    options.fused_weight_grad = fused;
+    auto init = [](const base::Unit& unit, at::TensorList out) {
+      return runtime::init_unit_params(unit, out, kSeed);
+    };
+    auto engine = Engine::create(std::move(units), options, **comm, init);
+    ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+    runs[fused ? 1 : 0] = train(**engine, **comm, cfg, first, per_rank, /*micro=*/2);
+  }
+  expect_same_training(runs[0], runs[1],
+                       "fused weight gradients, stage " + std::to_string(c.stage) + " " + c.policy);
+  EXPECT_LT(runs[1].losses.back(), runs[1].losses.front());
+}
+
+std::string fused_case_name(const ::testing::TestParamInfo<FusedCase>& info) {
+  std::string policy = info.param.policy;
+  policy[0] = static_cast<char>(std::toupper(policy[0]));
+  return "Stage" + std::to_string(info.param.stage) + (info.param.tie ? "Tied" : "Untied") +
+         policy + (info.param.frozen_embedding ? "FrozenEmbedding" : "");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Stages, FusedWeightGradEquality,
+    ::testing::Values(FusedCase{0, false, "none", false}, FusedCase{1, true, "none", false},
+                      FusedCase{2, false, "none", false}, FusedCase{3, false, "none", false},
+                      FusedCase{3, true, "full", false}, FusedCase{3, false, "none", true},
+                      FusedCase{0, true, "selective", true}),
+    fused_case_name);
+
+// The sinks are really used: backward no longer forms the compute-dtype gradient of each flat
+// buffer next to the fp32 one, so a micro-batch's peak memory drops.
+TEST(FusedWeightGradMemory, BackwardPeakIsLower) {
+  for (int64_t stage : {0, 3}) {
+    const int64_t autograd = forward_backward_peak_bytes(stage, "none", false);
+    const int64_t fused = forward_backward_peak_bytes(stage, "none", true);
+    if (world_rank() == 0) {
+      std::printf(
+          "[fused weight grad] stage %lld: peak forward/backward bytes %lld through "
+          "autograd, %lld fused\n",
+          static_cast<long long>(stage), static_cast<long long>(autograd),
+          static_cast<long long>(fused));
+    }
+    ASSERT_GT(autograd, 0);
+    EXPECT_LT(fused, autograd) << "stage " << stage;
   }
 }
 

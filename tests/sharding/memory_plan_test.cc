@@ -23,7 +23,9 @@ class SchemaUnit final : public base::Unit {
       : name_(std::move(name)), schema_(std::move(schema)) {}
   const std::string& name() const override { return name_; }
   const std::vector<base::ParamSpec>& schema() const override { return schema_; }
-  at::Tensor forward(const at::Tensor& x, at::TensorList, const base::StepContext&) const override {
+  using base::Unit::forward;
+  at::Tensor forward(const at::Tensor& x, at::TensorList, const base::GradSinks&,
+                     const base::StepContext&) const override {
     return x;
   }
 

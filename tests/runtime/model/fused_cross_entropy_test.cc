@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include "tests/runtime/model/expect_close.h"
+
 namespace dstrain::runtime {
 namespace {
 
@@ -46,14 +48,6 @@ Grads run(const Case& c, bool train_weight, LossFn fn) {
   if (train_weight) inputs.push_back(w);
   auto grads = torch::autograd::grad({loss * 3.5}, inputs);
   return {loss.detach(), grads[0], train_weight ? grads[1] : at::Tensor()};
-}
-
-void expect_close(const at::Tensor& a, const at::Tensor& b, double rtol, double atol,
-                  const char* what) {
-  const at::Tensor x = a.to(at::kCPU, at::kFloat);
-  const at::Tensor y = b.to(at::kCPU, at::kFloat);
-  EXPECT_TRUE(at::allclose(x, y, rtol, atol))
-      << what << ": max abs difference " << (x - y).abs().max().item<double>();
 }
 
 void check_against_reference(at::ScalarType dtype, const at::Device& device, double rtol,

@@ -161,5 +161,47 @@ TEST(FusedModelTest, CudaModelMatchesTheCpuModel) {
   }
 }
 
+// The device optimizer's AdamW kernel against torch's fused AdamW: three steps with weight
+// decay and a gradient scale, over a size that leaves a tail past the 16-byte packs and, at an
+// offset of one element, the scalar path; the compute-dtype copy is the parameters rounded once.
+void check_adamw(int64_t n, int64_t offset, at::ScalarType copy_dtype) {
+  at::manual_seed(21);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+  auto slice = [&](const at::Tensor& t) { return t.narrow(0, offset, n); };
+  const at::Tensor p0 = at::randn({n + offset}, f32);
+  at::Tensor p = p0.clone(), m = at::zeros_like(p0), v = at::zeros_like(p0);
+  at::Tensor rp = p0.clone(), rm = at::zeros_like(p0), rv = at::zeros_like(p0);
+  at::Tensor copy = at::empty({n + offset}, f32.dtype(copy_dtype));
+  const double lr = 1e-2, wd = 0.1, scale = 2.5;
+  for (int64_t step = 1; step <= 3; ++step) {
+    const at::Tensor g = at::randn({n + offset}, f32);
+    offload::AdamWHyper h;
+    h.lr = lr;
+    h.beta1 = 0.9;
+    h.beta2 = 0.95;
+    h.eps = 1e-8;
+    h.weight_decay = wd;
+    h.step = step;
+    h.grad_scale = scale;
+    kernels::adamw_step(slice(p), slice(g), slice(m), slice(v), slice(copy), h);
+    at::Tensor steps = at::full({}, static_cast<double>(step), f32);
+    at::_fused_adamw_({slice(rp)}, {slice(g)}, {slice(rm)}, {slice(rv)}, {}, {steps}, lr, 0.9, 0.95,
+                      wd, 1e-8, false, false, at::full({}, scale, f32), {});
+  }
+  EXPECT_LT(max_rel_diff(slice(p), slice(rp)), 1e-6) << "parameters, n " << n;
+  EXPECT_LT(max_rel_diff(slice(m), slice(rm)), 1e-6) << "first moment, n " << n;
+  EXPECT_LT(max_rel_diff(slice(v), slice(rv)), 1e-6) << "second moment, n " << n;
+  EXPECT_TRUE(at::equal(slice(copy), slice(p).to(copy_dtype))) << "copy, n " << n;
+  EXPECT_TRUE(at::equal(p.narrow(0, 0, offset), p0.narrow(0, 0, offset))) << "outside the range";
+}
+
+TEST(FusedAdamw, MatchesTorchsFusedAdamwAndWritesTheCopy) {
+  if (skip_without_cuda()) GTEST_SKIP() << "no CUDA device or kernels";
+  check_adamw(1 << 20, 0, at::kBFloat16);
+  check_adamw((1 << 16) + 3, 0, at::kBFloat16);
+  check_adamw(4099, 1, at::kHalf);
+  check_adamw(1000, 0, at::kFloat);
+}
+
 }  // namespace
 }  // namespace dstrain::runtime

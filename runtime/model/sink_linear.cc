@@ -1,0 +1,82 @@
+#include "runtime/model/sink_linear.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <optional>
+
+namespace dstrain::runtime {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class SinkLinear : public torch::autograd::Function<SinkLinear> {
+ public:
+  // `bias` is optional: an absent one is no input of the graph at all.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const base::GradSink& sink) {
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["sink"] = c10::IValue::make_capsule(sink.buffer);
+    ctx->saved_data["offset"] = sink.offset;
+    ctx->saved_data["bias"] = bias.has_value();
+    return bias ? at::linear(x, weight, *bias) : at::linear(x, weight);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& weight = saved[1];
+    const at::Tensor& gy = grad_out[0];
+    const at::Tensor gy_rows = gy.reshape({-1, gy.size(-1)});
+    at::Tensor gx, gbias;
+    if (ctx->needs_input_grad(0)) gx = at::matmul(gy, weight);
+    if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) gbias = gy_rows.sum(0);
+    auto buffer = c10::static_intrusive_pointer_cast<base::GradSinkBuffer>(
+        ctx->saved_data["sink"].toCapsule());
+    base::GradSinkBuffer::Slot slot =
+        buffer->take(ctx->saved_data["offset"].toInt(), weight.sizes());
+    matmul_into_fp32(slot.view, gy_rows.t(), x.reshape({-1, x.size(-1)}), slot.add);
+    return {gx, at::Tensor(), gbias, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+void matmul_into_fp32(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b, bool add) {
+  if (a.scalar_type() == at::kFloat) {
+    if (add) {
+      dst.addmm_(a, b);
+    } else {
+      at::mm_out(dst, a, b);
+    }
+  } else if (a.is_cuda()) {
+    if (add) {
+      at::addmm_out(dst, dst, a, b, at::kFloat);
+    } else {
+      at::mm_out(dst, a, b, at::kFloat);
+    }
+  } else if (add) {
+    dst.addmm_(a.to(at::kFloat), b.to(at::kFloat));
+  } else {
+    at::mm_out(dst, a.to(at::kFloat), b.to(at::kFloat));
+  }
+}
+
+at::Tensor sink_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                       const base::GradSink& sink) {
+  TORCH_CHECK(sink.defined(), "sink_linear: the sink is undefined");
+  TORCH_CHECK(!weight.requires_grad(),
+              "sink_linear: the weight's gradient goes to its sink, so "
+              "the weight must not require grad");
+  // Backward reaches the sink only through a graph, which exists only if an input needs a
+  // gradient.
+  TORCH_CHECK(
+      !at::GradMode::is_enabled() || x.requires_grad() || (bias.defined() && bias.requires_grad()),
+      "sink_linear: with grad mode on, the input must require grad, else no backward "
+      "writes the weight's gradient");
+  std::optional<at::Tensor> b;
+  if (bias.defined()) b = bias;
+  return SinkLinear::apply(x, weight, b, sink);
+}
+
+}  // namespace dstrain::runtime
