@@ -81,7 +81,8 @@ fi
 
 # Two profiled steps of the ~1B bench on one GPU: GPU time by kernel kind, idle share.
 if has profile; then
-  run profile_dstrain_g1 1 --config configs/bench-1b.toml --set train.global_batch=1 \
+  # PROFILE_ARGS: another shape (default the ~1B bench).
+  run profile_dstrain_g1 1 ${PROFILE_ARGS:---config configs/bench-1b.toml --set train.global_batch=1} \
     --set train.steps=6 --set run.profile_start=4 --set run.profile_steps=2
   python3 tests/bench/profile_summary.py /tmp/runs/profile_dstrain_g1/profile/rank0.json \
     > "$OUT/profile.json" 2>&1
