@@ -27,6 +27,7 @@ constexpr const char* kUsage =
     "       dstrain bench   aio [--file PATH] [--file-mib N] [--block-kib N...] [--queue-depth "
     "N...]\n"
     "       dstrain bench   adam [--params N] [--threads N] [--iters N]\n"
+    "       dstrain bench   kernels [--params N] [--iters N]\n"
     "       dstrain --help | --version\n"
     "Run under MPI for several ranks: mpirun -np 32 dstrain --config lora.toml\n";
 
@@ -105,7 +106,8 @@ po::options_description bench_options() {
       "file-mib", po::value<int64_t>(), "aio: its size in MiB (default 1024)")(
       "block-kib", po::value<std::vector<int64_t>>()->multitoken(), "aio: block sizes in KiB")(
       "queue-depth", po::value<std::vector<int64_t>>()->multitoken(), "aio: queue depths")(
-      "params", po::value<int64_t>(), "adam: parameters updated per iteration (default 64000000)")(
+      "params", po::value<int64_t>(),
+      "adam, kernels: parameters updated per iteration (default 64000000)")(
       "threads", po::value<int>(), "adam: threads of dstrain's CPU AdamW (default: all)");
   return d;
 }
@@ -161,10 +163,11 @@ base::StatusOr<Command> parse_command_line(int argc, const char* const* argv) {
   }
   if (cmd.kind == CommandKind::kBench) {
     if (args.empty() || args[0].rfind("-", 0) == 0)
-      return usage_error("bench: name what to measure (comm, aio, adam)");
+      return usage_error("bench: name what to measure (comm, aio, adam, kernels)");
     cmd.bench_what = args[0];
     args.erase(args.begin());
-    if (cmd.bench_what != "comm" && cmd.bench_what != "aio" && cmd.bench_what != "adam")
+    if (cmd.bench_what != "comm" && cmd.bench_what != "aio" && cmd.bench_what != "adam" &&
+        cmd.bench_what != "kernels")
       return usage_error("bench: unknown benchmark '" + cmd.bench_what + "'");
   }
 

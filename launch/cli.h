@@ -39,7 +39,7 @@ struct Command {
   bool merge = true;                        // hf of a LoRA run: fold the adapters into the base
   bool force = false;                       // replace a non-empty --out
   // bench
-  std::string bench_what;  // comm | aio | adam
+  std::string bench_what;  // comm | aio | adam | kernels
   std::vector<int64_t> bench_sizes_mib;
   int bench_iters = 10;
   std::string bench_device = "auto";  // auto | cpu | cuda, as run.device (launch/device.h)

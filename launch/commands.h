@@ -13,9 +13,10 @@ base::Status run_prepare(const Command& cmd);
 base::Status run_inspect(const Command& cmd);
 base::Status run_export(const Command& cmd);
 base::Status run_bench_comm(const Command& cmd, World& world);
-// Single-process benchmarks (launch/bench_aio.cc, launch/bench_adam.cc); the last line printed is
-// JSON.
+// Single-process benchmarks (launch/bench_aio.cc, launch/bench_adam.cc, launch/bench_kernels.cc);
+// the last line printed is JSON.
 base::Status run_bench_aio(const Command& cmd);
 base::Status run_bench_adam(const Command& cmd);
+base::Status run_bench_kernels(const Command& cmd);
 
 }  // namespace dstrain::launch

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
     case launch::CommandKind::kBench:
       if (cmd.bench_what == "aio") return report(launch::run_bench_aio(cmd), 0, true);
       if (cmd.bench_what == "adam") return report(launch::run_bench_adam(cmd), 0, true);
+      if (cmd.bench_what == "kernels") return report(launch::run_bench_kernels(cmd), 0, true);
       break;
     default:
       break;

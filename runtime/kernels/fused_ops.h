@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 
 #include "offload/cpu_adam.h"
 
@@ -34,5 +35,17 @@ at::Tensor swiglu(const at::Tensor& gate_up);
 void adamw_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                 const at::Tensor& exp_avg_sq, const at::Tensor& param_copy,
                 const offload::AdamWHyper& h);
+
+// Cross-entropy of each row of fp32 CUDA logits [rows, vocab] (contiguous) against int64
+// targets [rows]: the sum over rows whose target is not `ignore_index` (an fp32 0-dim tensor)
+// and, when `grad_dtype` is given, d sum / d logits in that dtype (softmax - one_hot, zero rows
+// where ignored). One kernel that reads the logits twice and writes the gradient once, in place
+// of ATen's cast, logsumexp, gather and four elementwise passes.
+struct CrossEntropyRows {
+  at::Tensor loss;
+  at::Tensor grad;
+};
+CrossEntropyRows cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets,
+                                    int64_t ignore_index, std::optional<at::ScalarType> grad_dtype);
 
 }  // namespace dstrain::kernels

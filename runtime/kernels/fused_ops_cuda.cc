@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "runtime/kernels/adamw_cuda.h"
+#include "runtime/kernels/cross_entropy_cuda.h"
 #include "runtime/kernels/elementwise_cuda.h"
 #include "runtime/kernels/fused_ops.h"
 
@@ -176,6 +177,30 @@ void adamw_step(const at::Tensor& param, const at::Tensor& grad, const at::Tenso
                             param_copy.defined() ? kernel_dtype(param_copy) : Dtype::kF32, n, h,
                             at::cuda::getCurrentCUDAStream()),
                "adamw kernel");
+}
+
+CrossEntropyRows cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets,
+                                    int64_t ignore_index,
+                                    std::optional<at::ScalarType> grad_dtype) {
+  TORCH_CHECK(logits.is_cuda() && logits.dim() == 2 && logits.scalar_type() == at::kFloat &&
+                  logits.is_contiguous(),
+              "cross_entropy_rows: expected contiguous fp32 CUDA logits [rows, vocab]");
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0) &&
+                  targets.scalar_type() == at::kLong && targets.device() == logits.device(),
+              "cross_entropy_rows: expected int64 targets [rows] on the logits' device");
+  const at::Tensor t = targets.contiguous();
+  at::Tensor rows = at::empty({logits.size(0)}, logits.options());
+  CrossEntropyRows out;
+  if (grad_dtype) out.grad = at::empty(logits.sizes(), logits.options().dtype(*grad_dtype));
+  check_launch(
+      launch_cross_entropy_rows(logits.data_ptr<float>(), t.data_ptr<int64_t>(), logits.size(0),
+                                logits.size(1), ignore_index, rows.data_ptr<float>(),
+                                out.grad.defined() ? out.grad.data_ptr() : nullptr,
+                                out.grad.defined() ? kernel_dtype(out.grad) : Dtype::kF32,
+                                at::cuda::getCurrentCUDAStream()),
+      "cross-entropy kernel");
+  out.loss = rows.sum();
+  return out;
 }
 
 }  // namespace dstrain::kernels

@@ -21,4 +21,9 @@ void adamw_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, const a
   TORCH_CHECK(false, "dstrain was built without CUDA kernels (no CUDA toolkit at configure time)");
 }
 
+CrossEntropyRows cross_entropy_rows(const at::Tensor&, const at::Tensor&, int64_t,
+                                    std::optional<at::ScalarType>) {
+  TORCH_CHECK(false, "dstrain was built without CUDA kernels (no CUDA toolkit at configure time)");
+}
+
 }  // namespace dstrain::kernels

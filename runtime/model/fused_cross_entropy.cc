@@ -2,9 +2,11 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "runtime/kernels/fused_ops.h"
 #include "runtime/model/sink_linear.h"
 
 #include <algorithm>
+#include <optional>
 
 namespace dstrain::runtime {
 namespace {
@@ -14,29 +16,19 @@ constexpr int64_t kIgnoreIndex = -100;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-struct ChunkResult {
-  at::Tensor loss;         // fp32 scalar: the chunk's summed cross-entropy
-  at::Tensor grad_logits;  // d loss / d logits in the compute dtype, [c, V]
-};
-
-// Loss and logit gradient of one chunk. The softmax is formed in place in the fp32 logits, so a
-// chunk costs one fp32 [c, V] buffer plus its compute-dtype copy.
-ChunkResult chunk_loss(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
-                       bool need_grad) {
-  at::Tensor logits = at::matmul(h, weight.t()).to(at::kFloat);
-  // 1 for rows with a target, 0 for ignored ones; their index is clamped to a valid column.
-  const at::Tensor counted = targets.ne(kIgnoreIndex).to(at::kFloat).unsqueeze(1);
-  const at::Tensor column = targets.clamp_min(0).unsqueeze(1);
-  const at::Tensor lse = at::logsumexp(logits, -1, /*keepdim=*/true);
-  ChunkResult r;
-  r.loss = ((lse - logits.gather(1, column)) * counted).sum();
-  if (!need_grad) return r;
-  // softmax - one_hot(target), zero on ignored rows.
-  logits.sub_(lse).exp_();
-  logits.scatter_add_(1, column, at::full({logits.size(0), 1}, -1.0, logits.options()));
-  logits.mul_(counted);
-  r.grad_logits = logits.to(h.scalar_type());
-  return r;
+// Loss and logit gradient of one chunk (the gradient in the compute dtype, [c, V]).
+kernels::CrossEntropyRows chunk_loss(const at::Tensor& h, const at::Tensor& weight,
+                                     const at::Tensor& targets, bool need_grad) {
+  const std::optional<at::ScalarType> grad_dtype =
+      need_grad ? std::optional<at::ScalarType>(h.scalar_type()) : std::nullopt;
+  if (h.is_cuda() && kernels::cuda_kernels_built()) {
+    // fp32 logits straight from the product (no compute-dtype rounding, no cast), then one
+    // kernel for the loss and the gradient.
+    const at::Tensor logits =
+        h.scalar_type() == at::kFloat ? at::mm(h, weight.t()) : at::mm(h, weight.t(), at::kFloat);
+    return kernels::cross_entropy_rows(logits, targets, kIgnoreIndex, grad_dtype);
+  }
+  return cross_entropy_rows_aten(at::matmul(h, weight.t()).to(at::kFloat), targets, grad_dtype);
 }
 
 // The summed loss of `x` [N, H] against `t` [N], and the gradients asked for (fp32 for the
@@ -57,13 +49,13 @@ ChunkedLoss chunked_loss(const at::Tensor& x, const at::Tensor& weight, const at
   for (int64_t begin = 0; begin < n; begin += chunk_tokens) {
     const int64_t len = std::min(chunk_tokens, n - begin);
     const at::Tensor xc = x.narrow(0, begin, len);
-    ChunkResult r = chunk_loss(xc, weight, t.narrow(0, begin, len), grad_x || grad_w);
+    kernels::CrossEntropyRows r = chunk_loss(xc, weight, t.narrow(0, begin, len), grad_x || grad_w);
     out.loss.add_(r.loss);
     if (grad_x) {
       at::Tensor dx_rows = out.dx.narrow(0, begin, len);
-      at::mm_out(dx_rows, r.grad_logits, weight);
+      at::mm_out(dx_rows, r.grad, weight);
     }
-    if (grad_w) matmul_into_fp32(out.dw, r.grad_logits.t(), xc, /*add=*/true);
+    if (grad_w) matmul_into_fp32(out.dw, r.grad.t(), xc, /*add=*/true);
   }
   return out;
 }
@@ -114,6 +106,23 @@ class FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCros
 };
 
 }  // namespace
+
+kernels::CrossEntropyRows cross_entropy_rows_aten(at::Tensor logits, const at::Tensor& targets,
+                                                  std::optional<at::ScalarType> grad_dtype) {
+  // 1 for rows with a target, 0 for ignored ones; their index is clamped to a valid column.
+  const at::Tensor counted = targets.ne(kIgnoreIndex).to(at::kFloat).unsqueeze(1);
+  const at::Tensor column = targets.clamp_min(0).unsqueeze(1);
+  const at::Tensor lse = at::logsumexp(logits, -1, /*keepdim=*/true);
+  kernels::CrossEntropyRows r;
+  r.loss = ((lse - logits.gather(1, column)) * counted).sum();
+  if (!grad_dtype) return r;
+  // softmax - one_hot(target), zero on ignored rows, formed in place in the logits.
+  logits.sub_(lse).exp_();
+  logits.scatter_add_(1, column, at::full({logits.size(0), 1}, -1.0, logits.options()));
+  logits.mul_(counted);
+  r.grad = logits.to(*grad_dtype);
+  return r;
+}
 
 int64_t cross_entropy_chunk_tokens(int64_t vocab, int64_t budget_bytes) {
   return std::max<int64_t>(1, budget_bytes / (std::max<int64_t>(vocab, 1) * 4));

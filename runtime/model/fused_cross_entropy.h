@@ -5,10 +5,18 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "base/grad_sink.h"
+#include "runtime/kernels/fused_ops.h"
 
 namespace dstrain::runtime {
+
+// The summed cross-entropy of fp32 logits [rows, vocab] against targets [rows] (-100: ignored)
+// and, when `grad_dtype` is given, d sum / d logits in that dtype, through ATen ops: the path
+// off CUDA, and the reference of kernels::cross_entropy_rows. The logits are overwritten.
+kernels::CrossEntropyRows cross_entropy_rows_aten(at::Tensor logits, const at::Tensor& targets,
+                                                  std::optional<at::ScalarType> grad_dtype);
 
 // Tokens per chunk such that one chunk's fp32 logits take about `budget_bytes`.
 int64_t cross_entropy_chunk_tokens(int64_t vocab, int64_t budget_bytes = int64_t{256} << 20);

@@ -1,8 +1,11 @@
 #include "runtime/model/fused_cross_entropy.h"
 
 #include <gtest/gtest.h>
-#include <torch/csrc/autograd/autograd.h>
 
+#include <torch/csrc/autograd/autograd.h>
+#include <cmath>
+
+#include "runtime/kernels/fused_ops.h"
 #include "tests/runtime/model/expect_close.h"
 
 namespace dstrain::runtime {
@@ -102,6 +105,46 @@ TEST(FusedCrossEntropyTest, ChunkSizeKeepsOneChunkNearTheBudget) {
 TEST(FusedCrossEntropyTest, CudaBf16MatchesTheUnfusedPath) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device here; runs on the GPU machine";
   check_against_reference(at::kBFloat16, at::Device(at::kCUDA, 0), 2e-2, 2e-2);
+}
+
+// The loss kernel (fp32 logits straight from the product) in fp32 on the GPU: as tight as the
+// CPU, every target ignored included.
+TEST(FusedCrossEntropyTest, CudaFp32MatchesTheUnfusedPath) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device here; runs on the GPU machine";
+  check_against_reference(at::kFloat, at::Device(at::kCUDA, 0), 1e-5, 1e-6);
+  Case c = make_case(at::kFloat, at::Device(at::kCUDA, 0), 11);
+  c.targets.fill_(-100);
+  const Grads got = run(
+      c, true, [](auto& h, auto& w, auto& t) { return fused_linear_cross_entropy(h, w, t, 4); });
+  EXPECT_EQ(got.loss.item<double>(), 0.0);
+  EXPECT_EQ(got.dh.abs().max().item<double>(), 0.0);
+}
+
+// The kernel itself against ATen, rows of a real vocabulary size (16-byte packs) and of an odd
+// one (one element at a time), with a target outside the vocabulary giving a NaN row.
+TEST(FusedCrossEntropyTest, CudaLossKernelMatchesAten) {
+  if (!at::hasCUDA() || !kernels::cuda_kernels_built()) GTEST_SKIP() << "no CUDA device here";
+  for (int64_t vocab : {int64_t{128256}, int64_t{50257}}) {
+    SCOPED_TRACE("vocab " + std::to_string(vocab));
+    at::manual_seed(9);
+    const auto cuda = at::TensorOptions().device(at::kCUDA);
+    const at::Tensor logits = at::randn({6, vocab}, cuda) * 4;
+    at::Tensor targets = at::randint(0, vocab, {6}, cuda.dtype(at::kLong));
+    targets[2] = -100;
+    const kernels::CrossEntropyRows got =
+        kernels::cross_entropy_rows(logits, targets, -100, at::kBFloat16);
+    const at::Tensor keep = targets.ne(-100);
+    const at::Tensor want = at::cross_entropy_loss(logits, targets, {}, at::Reduction::Sum, -100);
+    expect_close(got.loss, want, 1e-5, 1e-5, "loss");
+    at::Tensor want_grad =
+        at::softmax(logits, -1) - at::one_hot(targets.clamp_min(0), vocab).to(at::kFloat);
+    want_grad = want_grad * keep.unsqueeze(1).to(at::kFloat);
+    EXPECT_EQ(got.grad.scalar_type(), at::kBFloat16);
+    expect_close(got.grad, want_grad, 1e-2, 1e-3, "gradient");
+    targets[0] = vocab;  // outside the vocabulary
+    EXPECT_TRUE(std::isnan(
+        kernels::cross_entropy_rows(logits, targets, -100, std::nullopt).loss.item<double>()));
+  }
 }
 
 }  // namespace

@@ -1,0 +1,121 @@
+// `dstrain bench kernels`: dstrain's CUDA kernels against the ATen paths they replace, timed with
+// CUDA events on the current GPU, as one JSON line per kernel and a summary line:
+//   adamw          the device AdamW writing the compute-dtype copy in the same pass, against
+//                  torch's fused AdamW followed by the cast (stages 0 and 3 need both), over one
+//                  flat buffer; bytes moved and the fraction of a device copy's bandwidth
+//   cross_entropy  the loss kernel (loss and bf16 logit gradient from fp32 logits) against the
+//                  ATen chain it replaces, over one chunk of the 128,256-token vocabulary
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "launch/commands.h"
+#include "runtime/kernels/fused_ops.h"
+#include "runtime/model/fused_cross_entropy.h"
+
+namespace dstrain::launch {
+namespace {
+
+// The best of `iters` timings of fn (after one warm-up), in seconds.
+double best_seconds(int iters, const std::function<void()>& fn) {
+  fn();
+  double best = 1e300;
+  for (int i = 0; i < iters; ++i) {
+    at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
+    start.record();
+    fn();
+    stop.record();
+    stop.synchronize();
+    best = std::min(best, static_cast<double>(start.elapsed_time(stop)) / 1e3);
+  }
+  return best;
+}
+
+nlohmann::json compare(const char* kernel, double ours_s, double aten_s, double bytes) {
+  return {{"kernel", kernel},
+          {"dstrain_ms", ours_s * 1e3},
+          {"aten_ms", aten_s * 1e3},
+          {"speedup", aten_s / ours_s},
+          {"dstrain_gb_per_s", bytes / ours_s / 1e9}};
+}
+
+nlohmann::json bench_adamw(int iters, int64_t n) {
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+  at::Tensor p = at::randn({n}, f32) * 0.02, g = at::randn({n}, f32) * 1e-3;
+  at::Tensor m = at::zeros({n}, f32), v = at::zeros({n}, f32);
+  at::Tensor copy = at::empty({n}, f32.dtype(at::kBFloat16));
+  offload::AdamWHyper h;
+  h.lr = 1e-4;
+  h.weight_decay = 0.01;
+  const double ours = best_seconds(iters, [&] {
+    ++h.step;
+    kernels::adamw_step(p, g, m, v, copy, h);
+  });
+  at::Tensor steps = at::zeros({}, f32);
+  const at::Tensor scale = at::ones({}, f32);
+  const double aten = best_seconds(iters, [&] {
+    steps += 1;
+    at::_fused_adamw_({p}, {g}, {m}, {v}, {}, {steps}, h.lr, h.beta1, h.beta2, h.weight_decay,
+                      h.eps, false, false, scale, {});
+    copy.copy_(p);
+  });
+  // A device copy of the same size: the bandwidth a streaming kernel can reach here.
+  const double copy_s = best_seconds(iters, [&] { m.copy_(g); });
+  const double bytes = 30.0 * static_cast<double>(n);  // 4 read, 3 written, + the bf16 copy
+  nlohmann::json out = compare("adamw", ours, aten, bytes);
+  out["params"] = n;
+  out["copy_gb_per_s"] = 8.0 * static_cast<double>(n) / copy_s / 1e9;
+  out["fraction_of_copy_bandwidth"] = (bytes / ours) / (8.0 * static_cast<double>(n) / copy_s);
+  return out;
+}
+
+nlohmann::json bench_cross_entropy(int iters, int64_t rows, int64_t vocab) {
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+  const at::Tensor logits = at::randn({rows, vocab}, f32) * 3;
+  at::Tensor targets = at::randint(0, vocab, {rows}, f32.dtype(at::kLong));
+  const double ours = best_seconds(
+      iters, [&] { (void)kernels::cross_entropy_rows(logits, targets, -100, at::kBFloat16); });
+  // The ATen path overwrites its logits: each run gets a fresh copy, timed apart and subtracted.
+  at::Tensor scratch = logits.clone();
+  const double refill = best_seconds(iters, [&] { scratch.copy_(logits); });
+  const double aten =
+      best_seconds(iters,
+                   [&] {
+                     scratch.copy_(logits);
+                     (void)runtime::cross_entropy_rows_aten(scratch, targets, at::kBFloat16);
+                   }) -
+      refill;
+  const double bytes = static_cast<double>(rows * vocab) * (4 + 4 + 2);  // read twice, write bf16
+  nlohmann::json out = compare("cross_entropy", ours, aten, bytes);
+  out["rows"] = rows;
+  out["vocab"] = vocab;
+  return out;
+}
+
+}  // namespace
+
+base::Status run_bench_kernels(const Command& cmd) {
+  if (!at::hasCUDA() || !kernels::cuda_kernels_built()) {
+    return base::Status::InvalidArgument(
+        "bench kernels: needs a CUDA device and a build with the CUDA kernels");
+  }
+  const int iters = cmd.bench_iters;
+  const nlohmann::json adamw = bench_adamw(iters, cmd.bench_params);
+  // One chunk of the fused loss at the Llama-3 vocabulary (about 256 MiB of fp32 logits).
+  const nlohmann::json ce = bench_cross_entropy(iters, 523, 128256);
+  std::printf("%s\n%s\n", adamw.dump().c_str(), ce.dump().c_str());
+  const nlohmann::json summary = {{"bench", "kernels"},
+                                  {"device", at::cuda::getCurrentDeviceProperties()->name},
+                                  {"iters", iters},
+                                  {"adamw_speedup", adamw["speedup"]},
+                                  {"cross_entropy_speedup", ce["speedup"]}};
+  std::printf("%s\n", summary.dump().c_str());
+  return base::Status::Ok();
+}
+
+}  // namespace dstrain::launch
