@@ -38,6 +38,7 @@ class GradSinkBuffer final : public torch::CustomClassHolder {
   // Elements [offset, offset + numel(shape)) for one write, marked written. A range written only
   // in part has the rest zeroed first, so the write then adds.
   Slot take(int64_t offset, at::IntArrayRef shape) {
+    TORCH_CHECK(!finished_, "GradSinkBuffer: a write after the buffer was handed over");
     int64_t numel = 1;
     for (int64_t d : shape) numel *= d;
     Slot slot;
@@ -53,12 +54,15 @@ class GradSinkBuffer final : public torch::CustomClassHolder {
     return slot;
   }
 
-  // The whole buffer, with every element no op wrote set to zero.
+  // The whole buffer, with every element no op wrote set to zero, handed over: an autograd node
+  // that still holds this object (a loss kept alive) no longer keeps the memory. No write may
+  // follow.
   at::Tensor finish() {
+    TORCH_CHECK(!finished_, "GradSinkBuffer: finished twice");
     if (!all_written_) zero_gaps(0, flat().numel());
-    all_written_ = true;
+    finished_ = true;
     written_.clear();
-    return flat();
+    return std::move(flat_);
   }
 
  private:
@@ -98,6 +102,7 @@ class GradSinkBuffer final : public torch::CustomClassHolder {
   std::function<at::Tensor()> make_;
   at::Tensor flat_;
   bool all_written_;
+  bool finished_ = false;
   std::vector<std::pair<int64_t, int64_t>> written_;  // sorted, disjoint [begin, end)
 };
 

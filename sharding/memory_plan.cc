@@ -289,17 +289,16 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
     for (int64_t r : pending) comm_bytes += r;
     const int64_t params = in_flight(u - depth, u);
     // The unit's output and the gradient arriving for it (the head's is a scalar). The loss the
-    // walk holds keeps the head's graph, and with it the fused loss's saved gradients, alive
-    // through the whole backward.
-    const int64_t ends = head ? 0 : 2 * acts[u].output + acts[n - 1].saved;
+    // walk holds keeps the head's graph alive through the whole backward, but not what it saved:
+    // autograd frees saved tensors as nodes run, and the fused loss drops its gradients itself.
+    const int64_t ends = head ? 0 : 2 * acts[u].output;
     // Inside autograd: every saved tensor of the unit, its activations' gradients (the head's
     // are its loss gradients scaled, then its flat gradient beside them).
     consider({kept_before[u] + acts[u].saved + ends, comm_bytes, params,
               acts[u].backward_ws + (head ? flat : 0) + sunk});
-    // After it: the layer's saved tensors are gone (the head's custom function keeps its own
-    // until the unit's run is dropped); the flat gradient beside the per-parameter gradients it
-    // was built from, or beside the fp32 micro-batch gradient it is added to.
-    const int64_t after = kept_before[u] + (head ? acts[u].saved : 0) + ends;
+    // After it: the unit's saved tensors are gone; the flat gradient beside the per-parameter
+    // gradients it was built from, or beside the fp32 micro-batch gradient it is added to.
+    const int64_t after = kept_before[u] + ends;
     consider({after, comm_bytes, params, grad_in + flat + std::max(flat, micro_batch_grad) + sunk});
     // Its reductions join those in flight: at stages 2 and 3 reduce-scatters, which the engine
     // trims to its window once they are issued; at stages 0 and 1 with reduce_dtype = bf16 the
@@ -330,13 +329,16 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
   // reduce-scatter releases those done before it, so the engine's window is what stays; but the
   // last unit's reductions, issued just before the step and not yet done on the device when the
   // norm's all-reduce is issued, stay allocated through the norm and AdamW until the step's first
-  // all-gather (stages 1, 2) or the next forward's (stage 3).
-  int64_t shards = 0;
+  // all-gather (stages 1, 2) or the next forward's (stage 3). The host tier's shards
+  // (offload.ratio) are gathered when the host step ends, before the device tier's step begins, so
+  // the two sets never wait at once.
+  int64_t shards[2] = {0, 0};  // device tier, host tier
   for (const BufferInfo& b : l.buffers) {
-    if (b.trainable) shards += b.shard * c;
+    if (b.trainable) shards[b.offloaded ? 1 : 0] += b.shard * c;
   }
   const int64_t held = shape.cuda ? last_reduced : 0;
-  const int64_t step_ws = std::max(held, (stage == 1 || stage == 2) ? shards : 0);
+  const int64_t updated = std::max(shards[0], shards[1]);
+  const int64_t step_ws = std::max(held, (stage == 1 || stage == 2) ? updated : 0);
   plan.device.peak = plan.device.persistent + std::max(best.total(), step_ws);
   if (shape.cuda) {
     plan.device.workspace += kCublasThreads * kCublasWorkspace;

@@ -82,15 +82,23 @@ class FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCros
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     const at::Tensor& g = grad_out[0];
+    // Taken out of the context: the caller may keep this node (the loss) alive through the rest
+    // of backward, and the fp32 weight gradient is the size of the head.
     at::Tensor dx = ctx->saved_data["dx"].toTensor();
     at::Tensor dw = ctx->saved_data["dw"].toTensor();
+    const at::ScalarType w_dtype = ctx->saved_data["w_dtype"].toScalarType();
+    c10::intrusive_ptr<base::GradSinkBuffer> sink;
+    if (ctx->saved_data.count("sink") > 0) {
+      sink = c10::static_intrusive_pointer_cast<base::GradSinkBuffer>(
+          ctx->saved_data["sink"].toCapsule());
+    }
+    const int64_t offset = sink ? ctx->saved_data["offset"].toInt() : 0;
+    ctx->saved_data.clear();
     // In place: backward runs once, and the saved gradients are not needed afterwards.
     if (dx.defined()) dx.mul_(g.to(dx.scalar_type()));
-    if (dw.defined() && ctx->saved_data.count("sink") > 0) {
+    if (dw.defined() && sink) {
       // Scaled in fp32 straight into its place in the gradient buffer.
-      auto buffer = c10::static_intrusive_pointer_cast<base::GradSinkBuffer>(
-          ctx->saved_data["sink"].toCapsule());
-      base::GradSinkBuffer::Slot slot = buffer->take(ctx->saved_data["offset"].toInt(), dw.sizes());
+      base::GradSinkBuffer::Slot slot = sink->take(offset, dw.sizes());
       if (slot.add) {
         slot.view.addcmul_(dw, g);
       } else {
@@ -99,7 +107,7 @@ class FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCros
       dw = at::Tensor();
     } else if (dw.defined()) {
       // Scaled in fp32, rounded once to the weight's dtype.
-      dw = dw.mul_(g).to(ctx->saved_data["w_dtype"].toScalarType());
+      dw = dw.mul_(g).to(w_dtype);
     }
     return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -7,6 +7,7 @@
 
 #include "runtime/kernels/fused_ops.h"
 #include "tests/runtime/model/expect_close.h"
+#include "tests/sharding/counting_cpu_allocator.h"
 
 namespace dstrain::runtime {
 namespace {
@@ -94,6 +95,26 @@ TEST(FusedCrossEntropyTest, EveryTargetIgnoredGivesZeroLossAndGradients) {
   EXPECT_EQ(got.loss.item<double>(), 0.0);
   EXPECT_EQ(got.dh.abs().max().item<double>(), 0.0);
   EXPECT_EQ(got.dw.abs().max().item<double>(), 0.0);
+}
+
+// The engine keeps the loss (and with it this node) alive through the whole backward walk: the
+// node must not keep its fp32 weight gradient, the size of the head, after its backward ran.
+TEST(FusedCrossEntropyTest, BackwardReleasesTheSavedGradientsWhileTheLossLives) {
+  static sharding::testing::CountingCpuAllocator* counting =
+      new sharding::testing::CountingCpuAllocator();
+  sharding::testing::AllocatorScope scope(counting);
+  const Case c = make_case(at::kFloat, at::kCPU, 4000);
+  at::Tensor h = c.hidden.detach().requires_grad_();
+  at::Tensor w = c.weight.detach().requires_grad_();
+  const at::Tensor loss = fused_linear_cross_entropy(h, w, c.targets, 8);
+  const int64_t after_forward = counting->live();
+  {
+    auto grads = torch::autograd::grad({loss}, {h, w});
+    ASSERT_TRUE(grads[1].defined());
+  }
+  const int64_t dw_bytes = w.numel() * 4;
+  EXPECT_LE(counting->live(), after_forward - dw_bytes)
+      << "the fp32 weight gradient is still held by the loss's node";
 }
 
 TEST(FusedCrossEntropyTest, ChunkSizeKeepsOneChunkNearTheBudget) {

@@ -39,6 +39,14 @@ TEST(GradSinkBuffer, FirstWriteStoresLaterOnesAddFinishZeroesTheRest) {
   EXPECT_TRUE(at::equal(done, expected)) << done;
 }
 
+TEST(GradSinkBuffer, FinishHandsTheMemoryOver) {
+  auto buffer = c10::make_intrusive<base::GradSinkBuffer>([]() { return at::zeros({4}); }, false);
+  buffer->take(0, {4});
+  const at::Tensor done = buffer->finish();
+  EXPECT_EQ(done.use_count(), 1) << "the buffer still references the finished tensor";
+  EXPECT_THROW(buffer->take(0, {1}), c10::Error);
+}
+
 TEST(GradSinkBuffer, AnAccumulatorIsAddedToAndNeverCleared) {
   at::Tensor flat = at::full({6}, 2.0);
   auto buffer = sink_buffer(6, /*accumulate=*/true, flat);
