@@ -151,13 +151,18 @@ UnitActivations head_activations(const ActivationShape& s, bool input_grad, bool
   // fp32 (summed over chunks); the output is a scalar.
   a.saved = norm_saved(s, /*input_is_kept=*/true, input_grad, norm_weight_grad) +
             (input_grad ? c * bth : 0) + (head_trainable ? 4 * vh : 0);
-  // Forward: the normed hidden states and one chunk's logits: fp32, beside the temporary of the
-  // same size ATen's logsumexp forms (exp(x - max), out of place): 8 bytes a logit, more than
-  // the compute-dtype matmul output before the fp32 copy or the compute-dtype gradient after the
-  // in-place softmax (4 + c each). On the CPU in bf16 also a widened copy of that gradient for dw.
+  // Forward: the normed hidden states and one chunk's logits. On CUDA the product writes them in
+  // fp32 and the loss kernel writes the compute-dtype gradient beside them (when one is needed):
+  // 4 + c bytes a logit. Elsewhere (ATen) the fp32 logits sit beside the temporary of the same
+  // size logsumexp forms (exp(x - max), out of place): 8 bytes, more than the compute-dtype
+  // product before the fp32 copy or the gradient after the in-place softmax (4 + c each); in
+  // bf16 with a trainable head also a widened copy of that gradient for dw.
   const int64_t chunk =
       std::min(bt, std::max<int64_t>(1, kLossChunkBudget / (4 * std::max<int64_t>(s.vocab, 1))));
-  const int64_t per_logit = !s.cuda && c != 4 && head_trainable ? 4 + c + 4 : 8;
+  const bool need_grad = input_grad || head_trainable;
+  const int64_t per_logit = s.cuda                     ? 4 + (need_grad ? c : 0)
+                            : c != 4 && head_trainable ? 4 + c + 4
+                                                       : 8;
   a.forward_ws = c * bth + chunk * s.vocab * per_logit;
   // Backward: dx and dw scaled by the incoming gradient, dw then rounded to the weight's dtype
   // (into a new fp32 tensor first), or scaled straight into its sink.
