@@ -191,12 +191,18 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
     }
     state_.push_back(std::move(st));
   }
-  trainable_before_.assign(units_.size(), false);
-  for (size_t u = 1; u < units_.size(); ++u) {
-    bool trainable = false;
-    for (const Buffer& b : state_[u - 1]->buffers)
+  // A unit's input needs a gradient when an earlier unit trains, or when its own ops write
+  // gradients into sinks (the graph is what runs those writes).
+  input_grad_.assign(units_.size(), false);
+  bool trainable_before = false;
+  for (size_t u = 0; u < units_.size(); ++u) {
+    bool trainable = false, sinks = false;
+    for (const Buffer& b : state_[u]->buffers) {
       trainable = trainable || (b.present() && b.trainable);
-    trainable_before_[u] = trainable_before_[u - 1] || trainable;
+      sinks = sinks || (b.present() && b.sinks);
+    }
+    input_grad_[u] = trainable_before || sinks;
+    trainable_before = trainable_before || trainable;
   }
   if (optimizer_on_host()) {
     ASSIGN_OR_RETURN(host_optimizer_,
@@ -371,14 +377,9 @@ at::Tensor Engine::forward_unit(int u, const at::Tensor& x, const base::StepCont
                                 std::vector<UnitRun>& runs, bool need_grad) {
   UnitRun& run = runs[u];
   // Detaching at the boundary gives every unit its own autograd graph. The input needs a
-  // gradient only when an earlier unit has something to train (not token ids, not a frozen
-  // embedding under LoRA).
-  // A unit whose ops write gradients into sinks needs a graph even when nothing before it
-  // trains (the graph is what runs those writes).
-  bool sinks_here = false;
-  for (const Buffer& b : state_[u]->buffers) sinks_here = sinks_here || (b.present() && b.sinks);
-  run.in = (need_grad && (trainable_before_[u] || sinks_here)) ? x.detach().requires_grad_()
-                                                               : x.detach();
+  // gradient only where input_grad_ says so (not token ids, not after a frozen embedding under
+  // LoRA).
+  run.in = need_grad && input_grad_[u] ? x.detach().requires_grad_() : x.detach();
   base::GradSinks sinks;
   if (need_grad && recompute_[u]) {
     // No graph, so the unit's intermediates die here; only `run.in` (and the parameter leaves,
@@ -481,7 +482,7 @@ base::Status Engine::start_reduction(int u) {
   UnitState& st = *state_[u];
   // zero.reduce_dtype: gradients travel (and are summed across ranks) in this dtype; the
   // accumulators stay fp32.
-  const at::ScalarType wire = options_.zero.reduce_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType wire = wire_dtype();
   for (int k = 0; k < kNumBufferKinds; ++k) {
     Buffer& b = st.buffers[k];
     if (!b.present() || !b.trainable) continue;
@@ -521,7 +522,7 @@ base::Status Engine::start_reduction(int u) {
 
 base::Status Engine::reduce_shards_across_replicas() {
   if (replicas_ == nullptr || options_.zero.stage < 2) return base::Status::Ok();
-  const at::ScalarType wire = options_.zero.reduce_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType wire = wire_dtype();
   std::vector<std::unique_ptr<Work>> works;
   std::vector<std::pair<Buffer*, at::Tensor>> sums;  // accumulators sent in the wire dtype
   for (auto& st : state_) {
@@ -663,7 +664,7 @@ base::StatusOr<StepResult> Engine::step(double lr) {
     // An overlapped host step clears each gradient itself once it has read it. Where the next
     // step's first reduce-scatter of an fp32 gradient lands in the accumulator
     // (Engine::start_reduction), clearing it would write a shard nobody reads: it is marked.
-    const bool overwritten = options_.zero.stage >= 2 && options_.zero.reduce_dtype != "bf16";
+    const bool overwritten = options_.zero.stage >= 2 && wire_dtype() == at::kFloat;
     for (auto& st : state_) {
       for (Buffer& b : st->buffers) {
         if (b.present() && b.trainable && b.host_shard < 0) {

@@ -216,6 +216,10 @@ class Engine {
   // each unit's shards only as it reaches them (stage 3, optimizer on the host, parameters not
   // on NVMe). Everything else that reads or writes the state waits for the whole step first.
   bool overlap_host_step() const;
+  // zero.reduce_dtype: gradients travel (and are summed across ranks) in this dtype.
+  at::ScalarType wire_dtype() const {
+    return options_.zero.reduce_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  }
   base::Status start_host_step(std::vector<HostShard> shards, const offload::AdamWHyper& hyper);
   base::Status wait_host_step();
   base::Status wait_host_update(const Buffer& b);
@@ -248,8 +252,8 @@ class Engine {
   Communicator& comm_;      // the shard group
   Communicator* replicas_;  // hybrid sharding: the same shard on the other nodes; else null
   std::vector<std::unique_ptr<UnitState>> state_;
-  std::vector<bool> trainable_before_;  // per unit: does any earlier unit have trainable params?
-  std::vector<bool> recompute_;         // per unit: activation checkpointing recomputes it
+  std::vector<bool> input_grad_;  // per unit: does its input need a gradient when training?
+  std::vector<bool> recompute_;   // per unit: activation checkpointing recomputes it
   std::vector<std::unique_ptr<Work>> pending_;              // gradient reductions in flight
   std::shared_ptr<offload::HostAllocator> host_allocator_;  // offload tiers only
   std::unique_ptr<HostOptimizer> host_optimizer_;

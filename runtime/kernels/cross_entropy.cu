@@ -34,25 +34,26 @@ __device__ __forceinline__ void add(MaxSum& acc, float x) {
   }
 }
 
-// The block's combined MaxSum, in every thread.
-__device__ MaxSum block_reduce(MaxSum v) {
-  __shared__ MaxSum warp_part[kWarps];
-  __shared__ MaxSum total;
+// The warp's combined MaxSum, in lane 0.
+__device__ __forceinline__ MaxSum warp_reduce(MaxSum v) {
   for (int offset = 16; offset > 0; offset /= 2) {
     const MaxSum other{__shfl_down_sync(0xffffffffu, v.max, offset),
                        __shfl_down_sync(0xffffffffu, v.sum, offset)};
     v = combine(v, other);
   }
+  return v;
+}
+
+// The block's combined MaxSum, in every thread.
+__device__ MaxSum block_reduce(MaxSum v) {
+  __shared__ MaxSum warp_part[kWarps];
+  __shared__ MaxSum total;
+  v = warp_reduce(v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) warp_part[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < kWarps ? warp_part[lane] : MaxSum{0.0f, 0.0f};
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const MaxSum other{__shfl_down_sync(0xffffffffu, v.max, offset),
-                         __shfl_down_sync(0xffffffffu, v.sum, offset)};
-      v = combine(v, other);
-    }
+    v = warp_reduce(lane < kWarps ? warp_part[lane] : MaxSum{0.0f, 0.0f});
     if (lane == 0) total = v;
   }
   __syncthreads();

@@ -73,10 +73,7 @@ class FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCros
     ctx->saved_data["dx"] = r.dx.defined() ? r.dx.view(hidden.sizes()) : r.dx;
     ctx->saved_data["dw"] = r.dw;
     ctx->saved_data["w_dtype"] = weight.scalar_type();
-    if (sink.defined()) {
-      ctx->saved_data["sink"] = c10::IValue::make_capsule(sink.buffer);
-      ctx->saved_data["offset"] = sink.offset;
-    }
+    save_sink(ctx, sink);
     return r.loss;
   }
 
@@ -87,18 +84,13 @@ class FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCros
     at::Tensor dx = ctx->saved_data["dx"].toTensor();
     at::Tensor dw = ctx->saved_data["dw"].toTensor();
     const at::ScalarType w_dtype = ctx->saved_data["w_dtype"].toScalarType();
-    c10::intrusive_ptr<base::GradSinkBuffer> sink;
-    if (ctx->saved_data.count("sink") > 0) {
-      sink = c10::static_intrusive_pointer_cast<base::GradSinkBuffer>(
-          ctx->saved_data["sink"].toCapsule());
-    }
-    const int64_t offset = sink ? ctx->saved_data["offset"].toInt() : 0;
+    const base::GradSink sink = take_saved_sink(ctx);
     ctx->saved_data.clear();
     // In place: backward runs once, and the saved gradients are not needed afterwards.
     if (dx.defined()) dx.mul_(g.to(dx.scalar_type()));
-    if (dw.defined() && sink) {
+    if (dw.defined() && sink.defined()) {
       // Scaled in fp32 straight into its place in the gradient buffer.
-      base::GradSinkBuffer::Slot slot = sink->take(offset, dw.sizes());
+      base::GradSinkBuffer::Slot slot = sink.buffer->take(sink.offset, dw.sizes());
       if (slot.add) {
         slot.view.addcmul_(dw, g);
       } else {

@@ -86,31 +86,28 @@ at::Tensor fused_lora_delta(const at::Tensor& x, std::initializer_list<const Lin
 // (one gradient product writes all of them).
 at::Tensor fused_projection(const at::Tensor& x, std::initializer_list<const LinearWeights*> ws) {
   std::vector<at::Tensor> weights, biases;
-  bool any_lora = false;
-  int sinks = 0;
-  bool sinks_chained = true;
+  bool any_lora = false, any_sink = false;
+  bool sinks_chained = (*ws.begin())->sink.defined();  // every sink defined, each after the last
   const LinearWeights* prev = nullptr;
   for (const LinearWeights* w : ws) {
     weights.push_back(w->weight);
     if (w->bias.defined()) biases.push_back(w->bias);
     any_lora = any_lora || w->lora.a.defined();
-    sinks += w->sink.defined() ? 1 : 0;
+    any_sink = any_sink || w->sink.defined();
     if (prev != nullptr)
       sinks_chained = sinks_chained && prev->sink.followed_by(w->sink, prev->weight.numel());
     prev = w;
   }
   const bool with_bias = !biases.empty();
-  const bool all_sinks = sinks == static_cast<int>(weights.size());
   at::Tensor weight = adjacent_weights(weights);
-  const bool separate =
-      (with_bias && biases.size() != weights.size()) ||
-      (sinks > 0 && (!all_sinks || !sinks_chained || !weight.defined() || any_lora));
-  if (separate) {  // mixed biases, or sinks that one product cannot serve: separate matmuls
+  const bool one_sink_product = sinks_chained && weight.defined() && !any_lora;
+  if ((with_bias && biases.size() != weights.size()) || (any_sink && !one_sink_product)) {
+    // mixed biases, or sinks that one product cannot serve: separate matmuls
     std::vector<at::Tensor> outs;
     for (const LinearWeights* w : ws) outs.push_back(linear(x, *w));
     return at::cat(outs, -1);
   }
-  if (all_sinks) {
+  if (any_sink) {
     return sink_linear(x, weight, with_bias ? at::cat(biases) : at::Tensor(), (*ws.begin())->sink);
   }
   if (!weight.defined()) weight = at::cat(weights);

@@ -16,8 +16,7 @@ class SinkLinear : public torch::autograd::Function<SinkLinear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const base::GradSink& sink) {
     ctx->save_for_backward({x, weight});
-    ctx->saved_data["sink"] = c10::IValue::make_capsule(sink.buffer);
-    ctx->saved_data["offset"] = sink.offset;
+    save_sink(ctx, sink);
     ctx->saved_data["bias"] = bias.has_value();
     return bias ? at::linear(x, weight, *bias) : at::linear(x, weight);
   }
@@ -31,16 +30,31 @@ class SinkLinear : public torch::autograd::Function<SinkLinear> {
     at::Tensor gx, gbias;
     if (ctx->needs_input_grad(0)) gx = at::matmul(gy, weight);
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) gbias = gy_rows.sum(0);
-    auto buffer = c10::static_intrusive_pointer_cast<base::GradSinkBuffer>(
-        ctx->saved_data["sink"].toCapsule());
-    base::GradSinkBuffer::Slot slot =
-        buffer->take(ctx->saved_data["offset"].toInt(), weight.sizes());
+    const base::GradSink sink = take_saved_sink(ctx);
+    base::GradSinkBuffer::Slot slot = sink.buffer->take(sink.offset, weight.sizes());
     matmul_into_fp32(slot.view, gy_rows.t(), x.reshape({-1, x.size(-1)}), slot.add);
     return {gx, at::Tensor(), gbias, at::Tensor()};
   }
 };
 
 }  // namespace
+
+void save_sink(AutogradContext* ctx, const base::GradSink& sink) {
+  if (!sink.defined()) return;
+  ctx->saved_data["sink"] = c10::IValue::make_capsule(sink.buffer);
+  ctx->saved_data["sink_offset"] = sink.offset;
+}
+
+base::GradSink take_saved_sink(AutogradContext* ctx) {
+  base::GradSink sink;
+  auto it = ctx->saved_data.find("sink");
+  if (it == ctx->saved_data.end()) return sink;
+  sink.buffer = c10::static_intrusive_pointer_cast<base::GradSinkBuffer>(it->second.toCapsule());
+  sink.offset = ctx->saved_data["sink_offset"].toInt();
+  ctx->saved_data.erase("sink");
+  ctx->saved_data.erase("sink_offset");
+  return sink;
+}
 
 void matmul_into_fp32(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b, bool add) {
   if (a.scalar_type() == at::kFloat) {

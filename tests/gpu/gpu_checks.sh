@@ -63,19 +63,8 @@ if [ "$ngpu" -ge 2 ]; then
     --set lora.targets=all-linear --set lora.dropout=0.1 --set checkpoint.enabled=true \
     --set checkpoint.async=true --set checkpoint.every=4
 fi
-python3 - "$OUT" <<'PY' > "$OUT/equality.json"
-import json, sys, os
-out = sys.argv[1]
-def losses(n):
-    p = os.path.join(out, n + ".jsonl")
-    return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l] if os.path.exists(p) else None
-ref = losses("eq_gpu_np1_s0")
-res = {"reference": "eq_gpu_np1_s0", "losses": ref}
-for n in ["eq_cpu_np1_s0", "eq_gpu_np2_s0", "eq_gpu_np2_s3", "eq_gpu_np2_s3_full"]:
-    l = losses(n)
-    res[n] = None if (l is None or ref is None) else max(abs(a - b) / abs(b) for a, b in zip(l, ref))
-print(json.dumps(res))
-PY
+python3 tests/gpu/loss_equality.py "$OUT" eq_gpu_np1_s0 eq_cpu_np1_s0 eq_gpu_np2_s0 eq_gpu_np2_s3 \
+  eq_gpu_np2_s3_full > "$OUT/equality.json"
 cat "$OUT/equality.json"
 fi
 

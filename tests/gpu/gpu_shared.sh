@@ -57,24 +57,8 @@ if has equality; then
   run np4_s3 4 --set zero.stage=3
   DSTRAIN_TEST_RANKS_PER_NODE=2 run np4_node_s3 4 --set zero.stage=3 --set zero.shard_group=node
   DSTRAIN_TEST_RANKS_PER_NODE=2 run np4_node_s2 4 --set zero.stage=2 --set zero.shard_group=node
-  python3 - "$LOGS" <<'PY' > "$OUT/equality.json"
-import json, os, sys
-out = sys.argv[1]
-def losses(n):
-    p = os.path.join(out, n + ".jsonl")
-    return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l] if os.path.exists(p) else None
-ref = losses("ref_np1_s0")
-res = {"reference": "ref_np1_s0", "losses": ref}
-for n in ["np2_s0", "np2_s3", "np4_s3", "np4_node_s3", "np4_node_s2"]:
-    l = losses(n)
-    res[n] = (None if not l or not ref or len(l) != len(ref)
-              else max(abs(a - b) / abs(b) for a, b in zip(l, ref)))
-for n in ["np4_node_s3", "np4_node_s2"]:
-    p = os.path.join(out, n + ".log")
-    res[n + "_topology"] = next((l.strip() for l in open(p) if l.startswith("topology:")), None) \
-        if os.path.exists(p) else None
-print(json.dumps(res))
-PY
+  python3 tests/gpu/loss_equality.py "$LOGS" ref_np1_s0 np2_s0 np2_s3 np4_s3 np4_node_s3 \
+    np4_node_s2 --topology np4_node_s3 np4_node_s2 > "$OUT/equality.json"
   cat "$OUT/equality.json"
 fi
 
