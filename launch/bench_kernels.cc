@@ -5,18 +5,25 @@
 //                  flat buffer; bytes moved and the fraction of a device copy's bandwidth
 //   cross_entropy  the loss kernel (loss and bf16 logit gradient from fp32 logits) against the
 //                  ATen chain it replaces, over one chunk of the 128,256-token vocabulary
+//   rope           rotary embedding of q and k read from the fused q/k/v projection, forward and
+//                  backward, against the rotate-half ATen path (Llama-3-8B's heads, seq 4096)
+//   swiglu         silu(gate) * up over the fused gate/up projection, forward and backward,
+//                  against the ATen ops (Llama-3-8B's ffn width, 4096 rows)
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 
+#include <torch/csrc/autograd/autograd.h>
 #include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "launch/commands.h"
 #include "runtime/kernels/fused_ops.h"
 #include "runtime/model/fused_cross_entropy.h"
+#include "runtime/model/layers.h"
 
 namespace dstrain::launch {
 namespace {
@@ -97,6 +104,65 @@ nlohmann::json bench_cross_entropy(int iters, int64_t rows, int64_t vocab) {
   return out;
 }
 
+// The backward of outputs `outs` made from `x` (which requires grad), given their gradients.
+at::Tensor backward(const at::Tensor& x, const std::vector<at::Tensor>& outs,
+                    const std::vector<at::Tensor>& grads) {
+  return torch::autograd::grad(outs, {x}, grads)[0];
+}
+
+nlohmann::json bench_rope(int iters) {
+  const int64_t t = 4096, heads = 32, kv_heads = 8, d = 128;
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor qkv = at::randn({1, t, (heads + 2 * kv_heads) * d}, bf16).requires_grad_();
+  const at::Tensor angle =
+      at::arange(t, bf16.dtype(at::kFloat)).unsqueeze(1) * at::rand({1, d}, bf16.dtype(at::kFloat));
+  const at::Tensor cos = angle.cos().to(at::kBFloat16).unsqueeze(0);
+  const at::Tensor sin = angle.sin().to(at::kBFloat16).unsqueeze(0);
+  const std::vector<at::Tensor> probes = {at::randn({1, t, heads, d}, bf16),
+                                          at::randn({1, t, kv_heads, d}, bf16),
+                                          at::randn({1, t, kv_heads, d}, bf16)};
+  const double ours = best_seconds(iters, [&] {
+    const auto [q, k, v] = kernels::rope_qkv(qkv, heads, kv_heads, cos, sin);
+    (void)backward(qkv, {q, k, v}, probes);
+  });
+  const auto slice = [&](int64_t begin, int64_t n) {
+    return qkv.narrow(-1, begin * d, n * d).unflatten(-1, {n, d});
+  };
+  const auto rotated = [&](const at::Tensor& x) {
+    return runtime::apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2).contiguous();
+  };
+  const double aten = best_seconds(iters, [&] {
+    const at::Tensor q = rotated(slice(0, heads)), k = rotated(slice(heads, kv_heads));
+    const at::Tensor v = slice(heads + kv_heads, kv_heads).contiguous();
+    (void)backward(qkv, {q, k, v}, probes);
+  });
+  // Forward reads q/k/v once and writes them; backward reads their gradients and writes qkv's.
+  const double bytes = 4.0 * static_cast<double>(qkv.numel()) * 2;
+  nlohmann::json out = compare("rope", ours, aten, bytes);
+  out["shape"] = {1, t, heads, kv_heads, d};
+  return out;
+}
+
+nlohmann::json bench_swiglu(int iters) {
+  const int64_t rows = 4096, width = 14336;
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor gate_up = at::randn({rows, 2 * width}, bf16).requires_grad_();
+  const std::vector<at::Tensor> probe = {at::randn({rows, width}, bf16)};
+  const double ours =
+      best_seconds(iters, [&] { (void)backward(gate_up, {kernels::swiglu(gate_up)}, probe); });
+  const double aten = best_seconds(iters, [&] {
+    const at::Tensor out =
+        at::silu(gate_up.narrow(-1, 0, width)) * gate_up.narrow(-1, width, width);
+    (void)backward(gate_up, {out}, probe);
+  });
+  // Forward reads gate/up and writes the product; backward reads gate/up and the gradient, and
+  // writes gate/up's gradient.
+  const double bytes = 2.0 * static_cast<double>(rows * width) * (2 + 1 + 2 + 1 + 2);
+  nlohmann::json out = compare("swiglu", ours, aten, bytes);
+  out["shape"] = {rows, width};
+  return out;
+}
+
 }  // namespace
 
 base::Status run_bench_kernels(const Command& cmd) {
@@ -108,12 +174,16 @@ base::Status run_bench_kernels(const Command& cmd) {
   const nlohmann::json adamw = bench_adamw(iters, cmd.bench_params);
   // One chunk of the fused loss at the Llama-3 vocabulary (about 256 MiB of fp32 logits).
   const nlohmann::json ce = bench_cross_entropy(iters, 523, 128256);
-  std::printf("%s\n%s\n", adamw.dump().c_str(), ce.dump().c_str());
+  const nlohmann::json rope = bench_rope(iters);
+  const nlohmann::json swiglu = bench_swiglu(iters);
+  for (const auto* line : {&adamw, &ce, &rope, &swiglu}) std::printf("%s\n", line->dump().c_str());
   const nlohmann::json summary = {{"bench", "kernels"},
                                   {"device", at::cuda::getCurrentDeviceProperties()->name},
                                   {"iters", iters},
                                   {"adamw_speedup", adamw["speedup"]},
-                                  {"cross_entropy_speedup", ce["speedup"]}};
+                                  {"cross_entropy_speedup", ce["speedup"]},
+                                  {"rope_speedup", rope["speedup"]},
+                                  {"swiglu_speedup", swiglu["speedup"]}};
   std::printf("%s\n", summary.dump().c_str());
   return base::Status::Ok();
 }

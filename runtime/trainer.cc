@@ -324,11 +324,15 @@ base::StatusOr<TrainSummary> Trainer::run() {
     RETURN_IF_ERROR(engine_comm_->end_step(step + 1));
     ASSIGN_OR_RETURN(std::vector<double> ce_total, sum_over_ranks(comm_, {local_ce}));
     // Peaks over all ranks in one collective: host RSS, device memory, unhidden communication,
-    // and whether any rank was asked to stop (riding along, so agreeing costs no extra latency).
+    // whether any rank was asked to stop (riding along, so agreeing costs no extra latency), and
+    // the caching allocator's trips to the driver so far.
     const bool stop_local = stop_requested_ && stop_requested_();
+    const AllocatorCounts allocs = device_allocator_counts(device_);
     at::Tensor peaks = at::tensor(
         {static_cast<double>(host_rss_peak_bytes()),
-         static_cast<double>(device_memory_peak_bytes(device_)), comm_wait, stop_local ? 1.0 : 0.0},
+         static_cast<double>(device_memory_peak_bytes(device_)), comm_wait, stop_local ? 1.0 : 0.0,
+         static_cast<double>(allocs.device_allocs + allocs.device_frees),
+         static_cast<double>(allocs.retries)},
         at::kDouble);
     RETURN_IF_ERROR(sharding::all_reduce_now(comm_, peaks, sharding::ReduceOp::kMax));
     const double loss = ce_total[0] / global_targets;
@@ -353,7 +357,9 @@ base::StatusOr<TrainSummary> Trainer::run() {
           {"skipped_steps", summary.skipped_steps},
           {"gpu_mem_peak_bytes", static_cast<int64_t>(peaks[1].item<double>())},
           {"host_rss_peak_bytes", static_cast<int64_t>(peaks[0].item<double>())},
-          {"comm_wait_s", peaks[2].item<double>()}};
+          {"comm_wait_s", peaks[2].item<double>()},
+          {"gpu_driver_calls", static_cast<int64_t>(peaks[4].item<double>())},
+          {"gpu_alloc_retries", static_cast<int64_t>(peaks[5].item<double>())}};
       if (cfg_.train.dtype == "fp16") line["loss_scale"] = result.loss_scale;
       RETURN_IF_ERROR(metrics_->write(line));
       if ((step + 1) % cfg_.log.every == 0 || step + 1 == tc.steps) {

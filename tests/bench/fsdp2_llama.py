@@ -1,9 +1,13 @@
 """PyTorch FSDP2 (fully_shard) peer of dstrain's GPU benchmark: the same Llama shape, batch,
 sequence length, bf16 compute with fp32 reduction, activation checkpointing off or on every decoder
 layer (--ac full, as dstrain's train.activation_checkpointing = "full"), fused AdamW.
-Run: torchrun --nproc_per_node N tests/bench/fsdp2_llama.py [--compile] [--ac full] [--steps 12]
-     [--layers L] (the shape cut to L decoder layers)
-Prints one JSON line: tokens/s per GPU (median of the steps after the warm-up), peak memory."""
+Run: torchrun --nproc_per_node N tests/bench/fsdp2_llama.py [--compile [--compile-scope layers|model]]
+     [--ac full] [--steps 12] [--layers L] (the shape cut to L decoder layers)
+--compile compiles each decoder layer before sharding it (as torchtitan applies torch.compile with
+FSDP2: one graph per layer, reused by every layer, the collectives left to FSDP2's hooks);
+--compile-scope model compiles the whole sharded model instead.
+Prints one JSON line: tokens/s per GPU (median of the steps after the warm-up), peak memory, the
+first step's time (compilation included) and Dynamo's graph, recompilation and graph-break counts."""
 import argparse
 import json
 import os
@@ -23,6 +27,7 @@ def main():
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--micro", type=int, default=1)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-scope", default="layers", choices=["layers", "model"])
     ap.add_argument("--shape", default="1b", choices=["1b", "8b"])
     ap.add_argument("--ac", default="none", choices=["none", "full"])
     ap.add_argument("--layers", type=int, default=0, help="decoder layers (0: the shape's own)")
@@ -50,10 +55,14 @@ def main():
     if args.ac == "full":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
+    per_layer = args.compile and args.compile_scope == "layers"
+    for i, layer in enumerate(model.model.layers):
+        if per_layer:
+            layer = torch.compile(layer)
+            model.model.layers.register_module(str(i), layer)
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
-    if args.compile:
+    if args.compile and not per_layer:
         model = torch.compile(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     n_params = sum(p.numel() for p in model.parameters())  # DTensor numel is the global size
@@ -72,8 +81,13 @@ def main():
         times.append(time.perf_counter() - t0)
     tok_per_gpu = args.micro * args.seq / statistics.median(times[args.warmup:])
     flops_per_token = 6 * n_params + 12 * cfg.num_hidden_layers * cfg.hidden_size * args.seq
+    stats = torch._dynamo.utils.counters["stats"]
     out = {"peer": "fsdp2" + ("+compile" if args.compile else ""), "world": world,
            "shape": args.shape, "ac": args.ac, "params": n_params, "tokens_per_s_per_gpu": tok_per_gpu,
+           "compile_scope": args.compile_scope if args.compile else None,
+           "first_step_s": times[0], "dynamo_unique_graphs": stats["unique_graphs"],
+           "dynamo_recompilations": sum(torch._dynamo.utils.counters["recompiles"].values()),
+           "dynamo_graph_breaks": sum(torch._dynamo.utils.counters["graph_break"].values()),
            "mfu": tok_per_gpu * flops_per_token / 989e12,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
     if rank == 0:

@@ -9,19 +9,22 @@
 #                       torch.compile), 1 and 2 GPUs, with the share of dstrain's step spent waiting
 #                       on communication
 #   bench8b.jsonl       the Llama-3-8B shape on 2 GPUs, activation checkpointing on both sides
-#   perf_table.md       docs/performance.md's dstrain-vs-FSDP2 table from the two above
+#   kbench.jsonl        `dstrain bench kernels`: each CUDA kernel against the ATen path it replaces
+#   perf_table.md       docs/performance.md's dstrain-vs-FSDP2 tables from the three above
 #                       (tests/bench/perf_table.py)
 #   fault.jsonl         tests/gpu/fault_check.sh on 2 GPUs, bench-1b at stage 3,
 #                       run.collective_timeout_s = 20: how the job ended after a rank stopped or died
 #   bench8b1.jsonl      the 8B shape cut to BENCH8B_LAYERS layers on one GPU, dstrain vs FSDP2 eager
 #   fused_ab.jsonl      dstrain with train.fused_weight_grad on and off, 8B layer shape and ~1B, one
 #                       GPU (tokens/s and peak memory; the mfu field is per-FLOP, not MFU)
-# PARTS picks what runs (default: all): nccl kernels equality profile bench bench8b comm fault
-# (bench8b1 and fused_ab only when named).
+# PARTS picks what runs (default: all): nccl kernels equality profile kbench bench bench8b comm
+# fault (bench8b1 and fused_ab only when named). Issue 10's comparison on 2 GPUs is
+# PARTS="kbench bench bench8b" (about 11 minutes with the build: two calls, the second
+# PARTS=bench, when one call's 10 minutes do not hold it; perf_table.py takes both OUTs).
 # FSDP2_COMPILE=0 leaves out the torch.compile runs of FSDP2 (they take minutes to compile).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-PARTS=${PARTS:-nccl kernels equality profile bench bench8b comm fault}
+PARTS=${PARTS:-nccl kernels equality profile kbench bench bench8b comm fault}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 source .gpu-deps/env.sh
@@ -39,6 +42,14 @@ if has kernels; then
   build-gpu/tests/runtime/model/model_tests --gtest_filter='Fused*:*FusedOps*' > "$OUT/kernels.log" 2>&1
   echo "kernel tests rc=$?" | tee -a "$OUT/summary.txt"
   grep -E "^\[ +(OK|FAILED|SKIPPED) +\]" "$OUT/kernels.log"
+fi
+
+# Each CUDA kernel against the ATen path it replaces (CUDA events, best of 10).
+if has kbench; then
+  timeout 120 $BIN bench kernels --params 268435456 --iters 10 > "$OUT/kbench.log" 2>&1
+  echo "bench kernels rc=$?" | tee -a "$OUT/summary.txt"
+  grep '^{' "$OUT/kbench.log" > "$OUT/kbench.jsonl"
+  cat "$OUT/kbench.jsonl"
 fi
 
 run() {  # run NAME RANKS ARGS...: one training run, its metrics kept as $OUT/NAME.jsonl
@@ -98,7 +109,12 @@ for name in sys.argv[3:]:
                               # collective (CUDA events around every wait)
                               "comm_exposed_share": sum(r.get("comm_wait_s", 0) for r in rows)
                                                     / sum(r["step_time_s"] for r in rows),
-                              "peak_mem_gib": max(r["gpu_mem_peak_bytes"] for r in rows) / 2**30}))
+                              "peak_mem_gib": max(r["gpu_mem_peak_bytes"] for r in rows) / 2**30,
+                              # allocator churn: the caching allocator's cudaMalloc/cudaFree calls
+                              # and retries during the measured steps (0 when every block is reused)
+                              "driver_calls_measured": rows[-1].get("gpu_driver_calls", 0)
+                                                       - rows[0].get("gpu_driver_calls", 0),
+                              "alloc_retries": rows[-1].get("gpu_alloc_retries", 0)}))
     p = os.path.join(out, name + ".log")
     if not name.startswith("bench_dstrain") and os.path.exists(p):
         for l in open(p):
@@ -142,6 +158,10 @@ if has bench8b && [ "$ngpu" -ge 2 ]; then
     mv "$OUT/bench8b_dstrain_${ac}_g2.jsonl" "$OUT/bench_dstrain8b_${ac}_g2.jsonl" 2>/dev/null
     fsdp2 bench8b_fsdp2_${ac}_g2 2 --shape 8b --ac $ac --steps 10
     names8b="$names8b bench_dstrain8b_${ac}_g2 bench8b_fsdp2_${ac}_g2"
+    if [ "${FSDP2_COMPILE:-1}" = 1 ]; then
+      fsdp2 bench8b_fsdp2c_${ac}_g2 2 --shape 8b --ac $ac --steps 10 --compile
+      names8b="$names8b bench8b_fsdp2c_${ac}_g2"
+    fi
   done
   n8b=$(( 4096 * 128256 * 2 + 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096) + 4096 ))
   bench_summary $(( 6 * n8b + 12 * 32 * 4096 * 4096 )) $names8b > "$OUT/bench8b.jsonl"
@@ -180,9 +200,9 @@ if has fused_ab; then
   cat "$OUT/fused_ab.jsonl"
 fi
 
-# The table of docs/performance.md, from bench.jsonl and bench8b.jsonl.
-if has bench || has bench8b; then
-  python3 tests/bench/perf_table.py "$OUT" "$(date -u +%F)" > "$OUT/perf_table.md"
+# The tables of docs/performance.md, from bench.jsonl, bench8b.jsonl and kbench.jsonl.
+if has bench || has bench8b || has kbench; then
+  python3 tests/bench/perf_table.py "$OUT" --date "$(date -u +%F)" > "$OUT/perf_table.md"
   cat "$OUT/perf_table.md"
 fi
 

@@ -86,7 +86,8 @@ TEST_F(TrainE2e, TinyTomlLossFallsByThirtyPercent) {
   ASSERT_EQ(lines.size(), 120u);
   for (const char* key :
        {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "step_time_s", "skipped_steps",
-        "gpu_mem_peak_bytes", "host_rss_peak_bytes"}) {
+        "gpu_mem_peak_bytes", "host_rss_peak_bytes", "comm_wait_s", "gpu_driver_calls",
+        "gpu_alloc_retries"}) {
     EXPECT_TRUE(lines.back().contains(key)) << key;
   }
   const double first = lines.front()["loss"], last = lines.back()["loss"];
