@@ -1,6 +1,7 @@
 """The dstrain-against-FSDP2 tables of docs/performance.md, from device calls' outputs.
 
-Reads OUT/bench.jsonl and OUT/bench8b.jsonl (tests/gpu/gpu_checks.sh PARTS="bench bench8b"),
+Reads OUT/bench.jsonl, OUT/bench8b.jsonl and OUT/bench8b1.jsonl (tests/gpu/gpu_checks.sh
+PARTS="bench bench8b bench8b1"),
 OUT/kbench.jsonl (PARTS=kbench) and OUT/gpus.csv of each OUT given (one call, or the calls of one
 comparison split by the 10-minute limit), and prints Markdown: per shape and number of GPUs,
 dstrain's tokens/s per GPU, MFU, exposed communication, peak memory and allocator churn, each
@@ -33,7 +34,8 @@ def hardware(outs):
 def runs(outs):
     by_key = {}  # (shape, world, activation checkpointing) -> {peer: row}
     for out in outs:
-        for shape, name in (("1B", "bench.jsonl"), ("8B", "bench8b.jsonl")):
+        for shape, name in (("1B", "bench.jsonl"), ("8B", "bench8b.jsonl"),
+                            ("8B layers cut", "bench8b1.jsonl")):
             for row in read_jsonl(os.path.join(out, name)):
                 by_key.setdefault((shape, row["world"], row.get("ac", "none")), {})[row["peer"]] = row
     return by_key
@@ -78,7 +80,7 @@ def goals(by_key):
     """Issue 10's goals, each as a line: the figure and whether it meets the goal."""
     lines = []
     for (shape, world, ac), peers in sorted(by_key.items()):
-        ours = peers.get("dstrain")
+        ours = peers.get("dstrain") if shape in ("1B", "8B") else None  # the issue's shapes only
         for peer, goal in (("fsdp2", 1.15), ("fsdp2+compile", 1.0)):
             if ours and peer in peers:
                 r = tps(ours) / tps(peers[peer])

@@ -176,9 +176,13 @@ if has bench8b1; then
   run bench_dstrain8bL${L}_none_g1 1 --config configs/bench-8b.toml --set model.num_layers=$L \
     --set train.global_batch=1 --set train.activation_checkpointing=none --set train.steps=12
   fsdp2 bench8bL${L}_fsdp2_none_g1 1 --shape 8b --layers "$L" --ac none --steps 12
+  names8l="bench_dstrain8bL${L}_none_g1 bench8bL${L}_fsdp2_none_g1"
+  if [ "${FSDP2_COMPILE:-1}" = 1 ]; then
+    fsdp2 bench8bL${L}_fsdp2c_none_g1 1 --shape 8b --layers "$L" --ac none --steps 12 --compile
+    names8l="$names8l bench8bL${L}_fsdp2c_none_g1"
+  fi
   n8l=$(( 4096 * 128256 * 2 + L * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096) + 4096 ))
-  bench_summary $(( 6 * n8l + 12 * L * 4096 * 4096 )) bench_dstrain8bL${L}_none_g1 \
-    bench8bL${L}_fsdp2_none_g1 > "$OUT/bench8b1.jsonl"
+  bench_summary $(( 6 * n8l + 12 * L * 4096 * 4096 )) $names8l > "$OUT/bench8b1.jsonl"
   cat "$OUT/bench8b1.jsonl"
 fi
 
@@ -200,8 +204,9 @@ if has fused_ab; then
   cat "$OUT/fused_ab.jsonl"
 fi
 
-# The tables of docs/performance.md, from bench.jsonl, bench8b.jsonl and kbench.jsonl.
-if has bench || has bench8b || has kbench; then
+# The tables of docs/performance.md, from bench.jsonl, bench8b.jsonl, bench8b1.jsonl and
+# kbench.jsonl.
+if has bench || has bench8b || has bench8b1 || has kbench; then
   python3 tests/bench/perf_table.py "$OUT" --date "$(date -u +%F)" > "$OUT/perf_table.md"
   cat "$OUT/perf_table.md"
 fi
