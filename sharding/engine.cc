@@ -156,8 +156,7 @@ base::Status Engine::init_storage(const ParamInitFn& init) {
         continue;
       }
       const at::Tensor mine = flat.narrow(0, b.shard.begin, b.shard.numel());
-      b.grad =
-          stage == 2 ? at::zeros({b.shard.numel()}, f32) : at::zeros({b.layout.padded_numel}, f32);
+      init_accumulator(b, stage == 2 ? b.shard.numel() : b.layout.padded_numel, f32);
       if (optimizer_on_nvme()) {
         b.full = flat.to(options_.compute_dtype);
         RETURN_IF_ERROR(store_initial_nvme_state(b, mine));
@@ -230,7 +229,7 @@ base::Status Engine::init_stage3_buffer(Buffer& b, const at::Tensor& flat) {
     b.shard_param = mine.to(options_.compute_dtype, /*non_blocking=*/false, /*copy=*/true);
   }
   if (!b.trainable) return base::Status::Ok();  // frozen: the compute-dtype shard only, no master
-  b.grad = at::zeros({b.shard.numel()}, flat.options());
+  init_accumulator(b, b.shard.numel(), flat.options());
   if (optimizer_on_nvme()) return store_initial_nvme_state(b, mine);
   // The master may alias the shard only where both live: fp32, and on the same side.
   // An offloaded buffer's master is in host memory (offloaded_units offloads nothing otherwise).
@@ -497,6 +496,7 @@ base::Status Engine::start_reduction(int u) {
       // no add (a whole pass over the shard's fp32 gradient saved, three with its reads).
       const bool direct = b.grad_is_zero && b.host_shard < 0 && wire == b.grad.scalar_type() &&
                           b.grad.device() == in.device();
+      restore_accumulator(b, /*overwritten=*/direct);
       at::Tensor out = direct ? b.grad : at::empty({b.shard.numel()}, b.grad.options().dtype(wire));
       if (b.grad_stale && !direct) b.grad.zero_();  // the sum lands on top of it
       pending->work = comm_.reduce_scatter(in, out, ReduceOp::kSum);
@@ -518,6 +518,22 @@ base::Status Engine::start_reduction(int u) {
     pending_.push_back(std::move(pending));
   }
   return base::Status::Ok();
+}
+
+bool Engine::releases_accumulator(const Buffer& b) const {
+  return options_.zero.stage >= 2 && !b.offloaded;
+}
+
+void Engine::init_accumulator(Buffer& b, int64_t numel, const at::TensorOptions& options) const {
+  b.grad_released = releases_accumulator(b);  // made by the first backward's reduction
+  b.grad = b.grad_released ? at::empty({0}, options) : at::zeros({numel}, options);
+}
+
+void Engine::restore_accumulator(Buffer& b, bool overwritten) {
+  if (!b.grad_released) return;
+  const int64_t n = b.shard.numel();
+  b.grad = overwritten ? at::empty({n}, b.grad.options()) : at::zeros({n}, b.grad.options());
+  b.grad_released = false;
 }
 
 base::Status Engine::reduce_shards_across_replicas() {
@@ -632,7 +648,9 @@ base::StatusOr<StepResult> Engine::step(double lr) {
     RETURN_IF_ERROR(reduce_shards_across_replicas());
     for (auto& st : state_) {
       for (Buffer& b : st->buffers) {
-        if (b.grad_stale) b.grad.zero_();  // no reduction reached it this step: it is zero
+        // No reduction reached these this step: their gradient is zero.
+        restore_accumulator(b, /*overwritten=*/false);
+        if (b.grad_stale) b.grad.zero_();
         b.grad_stale = false;
       }
     }
@@ -661,17 +679,24 @@ base::StatusOr<StepResult> Engine::step(double lr) {
         good_steps_ = 0;
       }
     }
-    // An overlapped host step clears each gradient itself once it has read it. Where the next
-    // step's first reduce-scatter of an fp32 gradient lands in the accumulator
+    // An overlapped host step clears each gradient itself once it has read it. At stages 2 and
+    // 3 the device tier's accumulators are given back until the next step's first reduction
+    // (as FSDP frees gradients after the step: the next forward's activations use the memory);
+    // the host tier's stay, since the host optimizer reads them from where they are. Where the
+    // next step's first reduce-scatter of an fp32 gradient lands in the accumulator
     // (Engine::start_reduction), clearing it would write a shard nobody reads: it is marked.
     const bool overwritten = options_.zero.stage >= 2 && wire_dtype() == at::kFloat;
     for (auto& st : state_) {
       for (Buffer& b : st->buffers) {
-        if (b.present() && b.trainable && b.host_shard < 0) {
-          b.grad_stale = overwritten;
-          if (!overwritten) b.grad.zero_();
-          b.grad_is_zero = true;
+        if (!b.present() || !b.trainable || b.host_shard >= 0) continue;
+        b.grad_is_zero = true;
+        if (releases_accumulator(b)) {
+          b.grad = at::empty({0}, b.grad.options());
+          b.grad_released = true;
+          continue;
         }
+        b.grad_stale = overwritten;
+        if (!overwritten) b.grad.zero_();
       }
     }
   } catch (const std::exception& e) {

@@ -182,6 +182,13 @@ class Engine {
   base::Status backward_unit(int unit, std::vector<UnitRun>& runs, const at::Tensor& grad_out,
                              const base::StepContext& ctx, at::Tensor* grad_in, bool reduce_now);
   base::Status start_reduction(int unit);
+  // Stages 2 and 3, the device tier: the gradient accumulator exists only from the backward's
+  // first reduction into it to the end of the step (Buffer::grad_released).
+  bool releases_accumulator(const Buffer& b) const;
+  void init_accumulator(Buffer& b, int64_t numel, const at::TensorOptions& options) const;
+  // A gradient accumulator given back after the last step (Buffer::grad_released), made again:
+  // left unwritten when the reduction about to land in it overwrites all of it, else zeros.
+  static void restore_accumulator(Buffer& b, bool overwritten);
   // Stages 0, 1 under hybrid sharding: the all-reduce of `t` over the replicas, to issue once the
   // shard group's reduction into `t` is complete; null without replicas.
   std::function<std::unique_ptr<Work>()> across_replicas(const at::Tensor& t);

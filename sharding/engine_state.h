@@ -39,11 +39,16 @@ struct Engine::Buffer {
   at::Tensor exp_avg_sq;
   at::Tensor grad;     // fp32 accumulator: whole buffer (stages 0, 1) or the shard (stages 2, 3)
   at::Tensor mb_grad;  // stages 2, 3: this micro-batch's whole-buffer gradient until reduce-scatter
-  bool grad_is_zero = true;   // `grad` was just made or cleared: the step's first reduce-scatter
-                              // writes into it instead of into a buffer that is then added
-  bool copy_written = false;  // the device step's kernel wrote the compute-dtype copy already
-  bool grad_stale = false;    // with grad_is_zero: cleared in name only (the last step's values
-                              // are still there) because that first reduce-scatter overwrites it
+  bool grad_is_zero = true;    // `grad` was just made or cleared: the step's first reduce-scatter
+                               // writes into it instead of into a buffer that is then added
+  bool copy_written = false;   // the device step's kernel wrote the compute-dtype copy already
+  bool grad_stale = false;     // with grad_is_zero: cleared in name only (the last step's values
+                               // are still there) because that first reduce-scatter overwrites it
+  bool grad_released = false;  // with grad_is_zero: stages 2, 3 on the device tier give the
+                               // accumulator's memory back between the step and the next
+                               // reduction (`grad` is then an empty tensor with its options), so
+                               // the next forward's activations can use it; made again by
+                               // Engine::restore_accumulator
   GatherState state = GatherState::kGathered;
   std::unique_ptr<Work> gather;  // the all-gather into `full` while kGathering
   at::Tensor upload;             // offload.params: the device copy of `shard_param` being gathered

@@ -102,6 +102,14 @@ Layouts make_layouts(const base::UnitList& units, int world, int64_t stage, bool
   return out;
 }
 
+// Engine::step: at stages 2 and 3 the device tier's gradient accumulators are given back after
+// the step and made again by the next backward's first reduction of each; with one micro-batch
+// per step that leaves them out of the forward (with more, a later micro-batch's forward has
+// them all).
+bool gradients_released(const BufferInfo& b, int64_t stage, int64_t micro_batches) {
+  return b.trainable && stage >= 2 && !b.offloaded && micro_batches == 1;
+}
+
 bool frozen_base_replicated(const base::UnitList& units, const base::Config& cfg,
                             const PlanOptions& options) {
   const std::string& mode = cfg.lora.base_sharding;
@@ -149,7 +157,9 @@ void place_state(const Layouts& l, const base::Config& cfg, bool cuda, MemoryPla
     }
     plan.compute_params += (b.gathers ? b.shard : b.padded) * c;
     if (!b.trainable) continue;
-    plan.device.gradients += on_device((stage >= 2 ? b.shard : b.padded) * 4);
+    const int64_t grad_bytes = on_device((stage >= 2 ? b.shard : b.padded) * 4);
+    (gradients_released(b, stage, plan.grad_accumulation) ? plan.device.released_gradients
+                                                          : plan.device.gradients) += grad_bytes;
     plan.optimizer_moments += 8 * b.owned;
     if (b.offloaded) max_owned = std::max(max_owned, b.owned);
     if (opt == "nvme") {  // master and moments together, host memory while the budget lasts
@@ -255,7 +265,8 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
   }
   struct Point {
     int64_t activations = 0, comm = 0, params = 0, workspace = 0;
-    int64_t total() const { return activations + comm + params + workspace; }
+    int64_t gradients = 0;  // released accumulators made again so far (gradients_released)
+    int64_t total() const { return activations + comm + params + workspace + gradients; }
   };
   Point best;
   auto consider = [&](const Point& p) {
@@ -267,6 +278,14 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
             acts[n - 1].forward_ws});
   std::deque<int64_t> pending;  // reductions in flight, newest last
   int64_t last_reduced = 0;     // the reductions of the last unit that had any
+  int64_t grads = 0;            // released accumulators made again (each at its first reduction)
+  std::vector<bool> grad_made(l.buffers.size(), false);
+  auto accumulator = [&](int b) {
+    const BufferInfo& buf = l.buffers[b];
+    if (grad_made[b] || !gradients_released(buf, stage, plan.grad_accumulation)) return int64_t{0};
+    grad_made[b] = true;
+    return shape.cuda ? cuda_allocated_bytes(buf.shard * 4) : buf.shard * 4;
+  };
   const int64_t grad_in = shape.dtype_bytes * shape.batch * shape.seq * shape.hidden;
   for (int u = n - 1; u >= 0; --u) {
     const bool head = u == n - 1;
@@ -295,16 +314,20 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
     // Inside autograd: every saved tensor of the unit, its activations' gradients (the head's
     // are its loss gradients scaled, then its flat gradient beside them).
     consider({kept_before[u] + acts[u].saved + ends, comm_bytes, params,
-              acts[u].backward_ws + (head ? flat : 0) + sunk});
+              acts[u].backward_ws + (head ? flat : 0) + sunk, grads});
     // After it: the unit's saved tensors are gone; the flat gradient beside the per-parameter
     // gradients it was built from, or beside the fp32 micro-batch gradient it is added to.
     const int64_t after = kept_before[u] + ends;
-    consider({after, comm_bytes, params, grad_in + flat + std::max(flat, micro_batch_grad) + sunk});
+    consider({after, comm_bytes, params, grad_in + flat + std::max(flat, micro_batch_grad) + sunk,
+              grads});
+    if (stage >= 2) {
+      for (int b : l.units[u].own) grads += accumulator(b);  // Engine::start_reduction(u)
+    }
     // Its reductions join those in flight: at stages 2 and 3 reduce-scatters, which the engine
     // trims to its window once they are issued; at stages 0 and 1 with reduce_dtype = bf16 the
     // copies all-reduced in place, which the engine keeps until the step (it drains reductions
     // during backward only at stages 2 and 3). fp32 all-reduces use the gradients themselves.
-    if (reduce_in > 0) consider({after, comm_bytes + reduce_in, params, grad_in + flat});
+    if (reduce_in > 0) consider({after, comm_bytes + reduce_in, params, grad_in + flat, grads});
     if (reduce_in > 0) {
       for (int b : l.units[u].uses) {
         const BufferInfo& buf = l.buffers[b];
@@ -339,7 +362,10 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
   const int64_t held = shape.cuda ? last_reduced : 0;
   const int64_t updated = std::max(shards[0], shards[1]);
   const int64_t step_ws = std::max(held, (stage == 1 || stage == 2) ? updated : 0);
-  plan.device.peak = plan.device.persistent + std::max(best.total(), step_ws);
+  // The step reads every accumulator, the released ones made again by then.
+  const int64_t at_step = plan.device.released_gradients + step_ws;
+  plan.device.gradients += at_step > best.total() ? plan.device.released_gradients : best.gradients;
+  plan.device.peak = plan.device.persistent + std::max(best.total(), at_step);
   if (shape.cuda) {
     plan.device.workspace += kCublasThreads * kCublasWorkspace;
     plan.device.peak += kCublasThreads * kCublasWorkspace;

@@ -28,13 +28,17 @@ struct PlanOptions {
 struct DeviceBytes {
   int64_t params = 0;            // compute-dtype parameters held throughout (shards at stage 3)
   int64_t params_in_flight = 0;  // stage 3: gathered units (running + prefetched) and uploads
-  int64_t gradients = 0;         // fp32 accumulators
-  int64_t optimizer = 0;         // fp32 master (unless it is the parameters) and AdamW moments
-  int64_t activations = 0;       // kept for backward, one micro-batch, at their largest
-  int64_t comm_buffers = 0;      // gradient reductions in flight (their inputs and outputs)
-  int64_t workspace = 0;         // autograd's gradient temporaries, the loss chunk, cuBLAS
-  int64_t persistent = 0;        // params + gradients + optimizer
-  int64_t peak = 0;              // the most live at one time (at most the sum of the parts)
+  int64_t gradients = 0;         // fp32 accumulators at the peak (persistent, and at stages 2
+                                 // and 3 those made again by the backward: see released_gradients)
+  int64_t released_gradients = 0;  // stages 2, 3, one micro-batch per step: the device tier's
+                                   // accumulators, given back after the step and made again as
+                                   // the backward's reductions start (not in `persistent`)
+  int64_t optimizer = 0;           // fp32 master (unless it is the parameters) and AdamW moments
+  int64_t activations = 0;         // kept for backward, one micro-batch, at their largest
+  int64_t comm_buffers = 0;        // gradient reductions in flight (their inputs and outputs)
+  int64_t workspace = 0;           // autograd's gradient temporaries, the loss chunk, cuBLAS
+  int64_t persistent = 0;          // params + optimizer + the gradients held between steps
+  int64_t peak = 0;                // the most live at one time (at most the sum of the parts)
 };
 
 // Per rank, in host memory (offload tiers) or on NVMe.
