@@ -61,6 +61,7 @@ nlohmann::json device_json(const sharding::DeviceBytes& d) {
   return {{"params", d.params},
           {"params_in_flight", d.params_in_flight},
           {"gradients", d.gradients},
+          {"released_gradients", d.released_gradients},
           {"optimizer", d.optimizer},
           {"activations", d.activations},
           {"comm_buffers", d.comm_buffers},

@@ -98,9 +98,14 @@ TEST(MemoryPlan, Stage3ShardsEveryPersistentByteOverTheWorld) {
   cfg.zero.stage = 3;
   const MemoryPlan one = plan(cfg, 1), eight = plan(cfg, 8);
   EXPECT_EQ(one.parameters, eight.parameters);
-  // bf16 parameters, fp32 gradients, fp32 master and two moments: 2 + 4 + 12 bytes a parameter.
-  EXPECT_NEAR(static_cast<double>(one.device.persistent), 18.0 * one.parameters,
-              0.01 * 18 * one.parameters);
+  // bf16 parameters, fp32 master and two moments: 2 + 12 bytes a parameter held throughout; the
+  // fp32 gradients (4 bytes) only from the backward's reductions to the step.
+  EXPECT_NEAR(static_cast<double>(one.device.persistent), 14.0 * one.parameters,
+              0.01 * 14 * one.parameters);
+  EXPECT_NEAR(static_cast<double>(one.device.released_gradients), 4.0 * one.parameters,
+              0.01 * 4 * one.parameters);
+  EXPECT_NEAR(static_cast<double>(eight.device.released_gradients),
+              one.device.released_gradients / 8.0, 0.01 * one.device.released_gradients / 8.0);
   EXPECT_NEAR(static_cast<double>(eight.device.persistent), one.device.persistent / 8.0,
               0.01 * one.device.persistent / 8.0);
   EXPECT_GT(eight.device.params_in_flight, 0);
@@ -212,9 +217,9 @@ TEST(MemoryPlan, CudaAllocatorRoundsEveryTensorTo512Bytes) {
   EXPECT_EQ(cuda_allocated_bytes(513), 1024);
   EXPECT_EQ(cuda_allocated_bytes(10 * kMiB + 1), 10 * kMiB + 512);
   // Stage 3 over 8 ranks: a layer's no-decay buffer (two norms, 512 elements) leaves a shard of
-  // 64 elements, the head's (one norm) one of 32: a bf16 parameter shard and four fp32 tensors
-  // (gradient, master, two moments), each a 512-byte block on CUDA. Every other shard is a
-  // multiple of 512 bytes.
+  // 64 elements, the head's (one norm) one of 32: a bf16 parameter shard and three persistent
+  // fp32 tensors (master, two moments), each a 512-byte block on CUDA, and the fp32 gradient,
+  // released between steps. Every other shard is a multiple of 512 bytes.
   base::Config cfg = config();
   cfg.zero.stage = 3;
   PlanOptions cuda = cpu_options(8);
@@ -222,9 +227,11 @@ TEST(MemoryPlan, CudaAllocatorRoundsEveryTensorTo512Bytes) {
   auto on_gpu = plan_memory(llama_units(), cfg, cuda);
   ASSERT_TRUE(on_gpu.ok());
   const MemoryPlan on_cpu = plan(cfg, 8);
-  const int64_t layer = (512 - 2 * 64) + 4 * (512 - 4 * 64);
-  const int64_t head = (512 - 2 * 32) + 4 * (512 - 4 * 32);
+  const int64_t layer = (512 - 2 * 64) + 3 * (512 - 4 * 64);
+  const int64_t head = (512 - 2 * 32) + 3 * (512 - 4 * 32);
   EXPECT_EQ(on_gpu->device.persistent - on_cpu.device.persistent, kLayers * layer + head);
+  EXPECT_EQ(on_gpu->device.released_gradients - on_cpu.device.released_gradients,
+            kLayers * (512 - 4 * 64) + (512 - 4 * 32));
 }
 
 TEST(MemoryPlan, CudaCountsOneCublasWorkspacePerMatmulThread) {
