@@ -85,24 +85,29 @@ __global__ void rope_kernel(const T* x, RopeStrides stride, const T* cos, const 
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + __expf(-v)); }
 
-// Row r of gate_up: the gate at r * 2w, up at r * 2w + w; one thread per V-element chunk.
+// Row r of gate_up: the gate at r * 2w, up at r * 2w + w. One thread per V-element chunk over
+// all rows' chunks in one flat index (a grid of rows along y with a few blocks per row ran the
+// backward at half the device's copy bandwidth; flat, both kernels run near it:
+// docs/performance.md).
 template <typename T, int V>
 __global__ void swiglu_forward_kernel(const T* gate_up, T* out, int64_t rows, int width) {
   const int chunks = width / V;
-  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+  const int64_t total = rows * chunks;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += step) {
+    const int64_t r = i / chunks;
+    const int c = static_cast<int>(i - r * chunks) * V;
     const T* gate = gate_up + r * 2 * width;
-    T* o = out + r * width;
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += gridDim.x * blockDim.x) {
-      const Pack<T, V> g = load_pack<T, V>(gate + c * V);
-      const Pack<T, V> u = load_pack<T, V>(gate + width + c * V);
-      Pack<T, V> y;
+    const Pack<T, V> g = load_pack<T, V>(gate + c);
+    const Pack<T, V> u = load_pack<T, V>(gate + width + c);
+    Pack<T, V> y;
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float gv = to_float(g.v[k]);
-        y.v[k] = from_float<T>(gv * sigmoid(gv) * to_float(u.v[k]));
-      }
-      store_pack<T, V>(o + c * V, y);
+    for (int k = 0; k < V; ++k) {
+      const float gv = to_float(g.v[k]);
+      y.v[k] = from_float<T>(gv * sigmoid(gv) * to_float(u.v[k]));
     }
+    store_pack<T, V>(out + r * width + c, y);
   }
 }
 
@@ -110,26 +115,35 @@ template <typename T, int V>
 __global__ void swiglu_backward_kernel(const T* grad, const T* gate_up, T* d_gate_up, int64_t rows,
                                        int width) {
   const int chunks = width / V;
-  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+  const int64_t total = rows * chunks;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += step) {
+    const int64_t r = i / chunks;
+    const int c = static_cast<int>(i - r * chunks) * V;
     const T* gate = gate_up + r * 2 * width;
-    const T* go_row = grad + r * width;
     T* d_gate = d_gate_up + r * 2 * width;
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += gridDim.x * blockDim.x) {
-      const Pack<T, V> g = load_pack<T, V>(gate + c * V);
-      const Pack<T, V> u = load_pack<T, V>(gate + width + c * V);
-      const Pack<T, V> go = load_pack<T, V>(go_row + c * V);
-      Pack<T, V> dg, du;
+    const Pack<T, V> g = load_pack<T, V>(gate + c);
+    const Pack<T, V> u = load_pack<T, V>(gate + width + c);
+    const Pack<T, V> go = load_pack<T, V>(grad + r * width + c);
+    Pack<T, V> dg, du;
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float gv = to_float(g.v[k]), uv = to_float(u.v[k]), gov = to_float(go.v[k]);
-        const float s = sigmoid(gv);
-        dg.v[k] = from_float<T>(gov * uv * s * (1.0f + gv * (1.0f - s)));
-        du.v[k] = from_float<T>(gov * gv * s);
-      }
-      store_pack<T, V>(d_gate + c * V, dg);
-      store_pack<T, V>(d_gate + width + c * V, du);
+    for (int k = 0; k < V; ++k) {
+      const float gv = to_float(g.v[k]), uv = to_float(u.v[k]), gov = to_float(go.v[k]);
+      const float s = sigmoid(gv);
+      dg.v[k] = from_float<T>(gov * uv * s * (1.0f + gv * (1.0f - s)));
+      du.v[k] = from_float<T>(gov * gv * s);
     }
+    store_pack<T, V>(d_gate + c, dg);
+    store_pack<T, V>(d_gate + width + c, du);
   }
+}
+
+// One thread per item, as many blocks as that takes (within the grid's x limit; the kernels
+// stride past it).
+dim3 flat_grid(int64_t items) {
+  const int64_t blocks = (items + kThreads - 1) / kThreads;
+  return dim3(static_cast<unsigned>(blocks < INT32_MAX ? (blocks > 0 ? blocks : 1) : INT32_MAX));
 }
 
 // Calls `launch` with the element type that `dtype` names.
@@ -186,10 +200,8 @@ cudaError_t launch_swiglu_forward(const void* gate_up, void* out, int64_t rows, 
     using T = decltype(zero);
     constexpr int V = kVec<T>;
     const bool vec = width % V == 0 && aligned16(gate_up) && aligned16(out);
-    const int64_t per_row = width / (vec ? V : 1);
-    const int threads = row_threads(per_row);
     auto* kernel = vec ? swiglu_forward_kernel<T, V> : swiglu_forward_kernel<T, 1>;
-    kernel<<<row_grid(rows, per_row, threads), threads, 0, stream>>>(
+    kernel<<<flat_grid(rows * (width / (vec ? V : 1))), kThreads, 0, stream>>>(
         static_cast<const T*>(gate_up), static_cast<T*>(out), rows, static_cast<int>(width));
   });
 }
@@ -202,10 +214,8 @@ cudaError_t launch_swiglu_backward(const void* grad, const void* gate_up, void* 
     constexpr int V = kVec<T>;
     const bool vec =
         width % V == 0 && aligned16(grad) && aligned16(gate_up) && aligned16(d_gate_up);
-    const int64_t per_row = width / (vec ? V : 1);
-    const int threads = row_threads(per_row);
     auto* kernel = vec ? swiglu_backward_kernel<T, V> : swiglu_backward_kernel<T, 1>;
-    kernel<<<row_grid(rows, per_row, threads), threads, 0, stream>>>(
+    kernel<<<flat_grid(rows * (width / (vec ? V : 1))), kThreads, 0, stream>>>(
         static_cast<const T*>(grad), static_cast<const T*>(gate_up), static_cast<T*>(d_gate_up),
         rows, static_cast<int>(width));
   });
