@@ -19,13 +19,17 @@ import os
 def read_jsonl(path):
     if not os.path.exists(path):
         return []
-    return [json.loads(line) for line in open(path) if line.startswith("{")]
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.startswith("{")]
 
 
 def hardware(outs):
     for out in outs:
         path = os.path.join(out, "gpus.csv")
-        rows = list(csv.reader(open(path)))[1:] if os.path.exists(path) else []
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            rows = list(csv.reader(f))[1:]
         if rows:
             return f"{len(rows)} x {rows[0][0].strip()}"
     return "?"
