@@ -320,9 +320,7 @@ void walk_micro_batch(const base::UnitList& units, const Layouts& l, const base:
     const int64_t after = kept_before[u] + ends;
     consider({after, comm_bytes, params, grad_in + flat + std::max(flat, micro_batch_grad) + sunk,
               grads});
-    if (stage >= 2) {
-      for (int b : l.units[u].own) grads += accumulator(b);  // Engine::start_reduction(u)
-    }
+    for (int b : l.units[u].own) grads += accumulator(b);  // Engine::start_reduction(u)
     // Its reductions join those in flight: at stages 2 and 3 reduce-scatters, which the engine
     // trims to its window once they are issued; at stages 0 and 1 with reduce_dtype = bf16 the
     // copies all-reduced in place, which the engine keeps until the step (it drains reductions

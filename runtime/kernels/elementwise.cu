@@ -85,19 +85,26 @@ __global__ void rope_kernel(const T* x, RopeStrides stride, const T* cos, const 
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + __expf(-v)); }
 
-// Row r of gate_up: the gate at r * 2w, up at r * 2w + w. One thread per V-element chunk over
-// all rows' chunks in one flat index (a grid of rows along y with a few blocks per row ran the
-// backward at half the device's copy bandwidth; flat, both kernels run near it:
-// docs/performance.md).
-template <typename T, int V>
-__global__ void swiglu_forward_kernel(const T* gate_up, T* out, int64_t rows, int width) {
+// Calls f(r, c) for every V-element chunk c (an element offset) of every row r of `width`
+// elements: one thread per chunk over all rows' chunks in one flat index, striding past the grid.
+// (A grid of rows along y with a few blocks per row ran the SwiGLU backward at half the device's
+// copy bandwidth; flat, both SwiGLU kernels run near it: docs/performance.md.)
+template <int V, typename F>
+__device__ __forceinline__ void for_each_chunk(int64_t rows, int width, F&& f) {
   const int chunks = width / V;
   const int64_t total = rows * chunks;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += step) {
     const int64_t r = i / chunks;
-    const int c = static_cast<int>(i - r * chunks) * V;
+    f(r, static_cast<int>(i - r * chunks) * V);
+  }
+}
+
+// Row r of gate_up: the gate at r * 2w, up at r * 2w + w.
+template <typename T, int V>
+__global__ void swiglu_forward_kernel(const T* gate_up, T* out, int64_t rows, int width) {
+  for_each_chunk<V>(rows, width, [&](int64_t r, int c) {
     const T* gate = gate_up + r * 2 * width;
     const Pack<T, V> g = load_pack<T, V>(gate + c);
     const Pack<T, V> u = load_pack<T, V>(gate + width + c);
@@ -108,19 +115,13 @@ __global__ void swiglu_forward_kernel(const T* gate_up, T* out, int64_t rows, in
       y.v[k] = from_float<T>(gv * sigmoid(gv) * to_float(u.v[k]));
     }
     store_pack<T, V>(out + r * width + c, y);
-  }
+  });
 }
 
 template <typename T, int V>
 __global__ void swiglu_backward_kernel(const T* grad, const T* gate_up, T* d_gate_up, int64_t rows,
                                        int width) {
-  const int chunks = width / V;
-  const int64_t total = rows * chunks;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += step) {
-    const int64_t r = i / chunks;
-    const int c = static_cast<int>(i - r * chunks) * V;
+  for_each_chunk<V>(rows, width, [&](int64_t r, int c) {
     const T* gate = gate_up + r * 2 * width;
     T* d_gate = d_gate_up + r * 2 * width;
     const Pack<T, V> g = load_pack<T, V>(gate + c);
@@ -136,7 +137,7 @@ __global__ void swiglu_backward_kernel(const T* grad, const T* gate_up, T* d_gat
     }
     store_pack<T, V>(d_gate + c, dg);
     store_pack<T, V>(d_gate + width + c, du);
-  }
+  });
 }
 
 // One thread per item, as many blocks as that takes (within the grid's x limit; the kernels

@@ -8,20 +8,20 @@
 #   bench.jsonl         bf16 ~1B Llama shape, seq 4096: dstrain stage 3 vs PyTorch FSDP2 (eager and
 #                       torch.compile), 1 and 2 GPUs, with the share of dstrain's step spent waiting
 #                       on communication
-#   bench8b.jsonl       the Llama-3-8B shape on 2 GPUs, activation checkpointing on both sides
+#   bench8b.jsonl       the Llama-3-8B shape on 2 GPUs, the same activation policy on both sides
 #   kbench.jsonl        `dstrain bench kernels`: each CUDA kernel against the ATen path it replaces
 #   perf_table.md       docs/performance.md's dstrain-vs-FSDP2 tables from the three above
 #                       (tests/bench/perf_table.py)
 #   fault.jsonl         tests/gpu/fault_check.sh on 2 GPUs, bench-1b at stage 3,
 #                       run.collective_timeout_s = 20: how the job ended after a rank stopped or died
-#   bench8b1.jsonl      the 8B shape cut to BENCH8B_LAYERS layers on one GPU, dstrain vs FSDP2 eager
+#   bench8b1.jsonl      the 8B shape cut to BENCH8B_LAYERS layers on one GPU, dstrain vs FSDP2
 #   fused_ab.jsonl      dstrain with train.fused_weight_grad on and off, 8B layer shape and ~1B, one
 #                       GPU (tokens/s and peak memory; the mfu field is per-FLOP, not MFU)
 # PARTS picks what runs (default: all): nccl kernels equality profile kbench bench bench8b comm
 # fault (bench8b1 and fused_ab only when named). Issue 10's comparison on 2 GPUs is
-# PARTS="kbench bench bench8b" (about 11 minutes with the build: two calls, the second
-# PARTS=bench, when one call's 10 minutes do not hold it; perf_table.py takes both OUTs).
-# FSDP2_COMPILE=0 leaves out the torch.compile runs of FSDP2 (they take minutes to compile).
+# PARTS="kbench bench bench8b"; where one call's 10 minutes do not hold it, split the parts over
+# calls (perf_table.py takes their OUTs together).
+# FSDP2_COMPILE=0 leaves out the torch.compile runs of FSDP2.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 PARTS=${PARTS:-nccl kernels equality profile kbench bench bench8b comm fault}
@@ -129,6 +129,18 @@ fsdp2() {  # fsdp2 NAME GPUS ARGS...
   echo "$name rc=$?" | tee -a "$OUT/summary.txt"
 }
 
+# fsdp2_both EAGER COMPILED GPUS ARGS...: FSDP2 eager, then with torch.compile unless
+# FSDP2_COMPILE=0; the names of the runs made go to $peers.
+fsdp2_both() {
+  local eager=$1 compiled=$2 g=$3; shift 3
+  fsdp2 "$eager" "$g" "$@"
+  peers=$eager
+  if [ "${FSDP2_COMPILE:-1}" = 1 ]; then
+    fsdp2 "$compiled" "$g" "$@" --compile
+    peers="$peers $compiled"
+  fi
+}
+
 # bf16 ~1B shape: dstrain, FSDP2 eager and FSDP2 + torch.compile, same global work per GPU
 # (micro-batch 1 per GPU), no activation checkpointing.
 if has bench; then
@@ -136,12 +148,8 @@ names=""
 for g in 1 2; do
   [ "$g" -le "$ngpu" ] || continue
   run bench_dstrain_g$g $g --config configs/bench-1b.toml --set train.global_batch=$g
-  fsdp2 bench_fsdp2_g$g $g --shape 1b
-  names="$names bench_dstrain_g$g bench_fsdp2_g$g"
-  if [ "${FSDP2_COMPILE:-1}" = 1 ]; then
-    fsdp2 bench_fsdp2c_g$g $g --shape 1b --compile
-    names="$names bench_fsdp2c_g$g"
-  fi
+  fsdp2_both bench_fsdp2_g$g bench_fsdp2c_g$g $g --shape 1b
+  names="$names bench_dstrain_g$g $peers"
 done
 n1b=$(( 2048 * 32000 * 2 + 22 * (2048 * 2048 * 2 + 2048 * 256 * 2 + 3 * 2048 * 5632 + 2 * 2048) + 2048 ))
 bench_summary $(( 6 * n1b + 12 * 22 * 2048 * 4096 )) $names > "$OUT/bench.jsonl"
@@ -156,12 +164,8 @@ if has bench8b && [ "$ngpu" -ge 2 ]; then
   for ac in ${BENCH8B_AC:-none}; do
     run bench8b_dstrain_${ac}_g2 2 --config configs/bench-8b.toml --set train.activation_checkpointing=$ac
     mv "$OUT/bench8b_dstrain_${ac}_g2.jsonl" "$OUT/bench_dstrain8b_${ac}_g2.jsonl" 2>/dev/null
-    fsdp2 bench8b_fsdp2_${ac}_g2 2 --shape 8b --ac $ac --steps 10
-    names8b="$names8b bench_dstrain8b_${ac}_g2 bench8b_fsdp2_${ac}_g2"
-    if [ "${FSDP2_COMPILE:-1}" = 1 ]; then
-      fsdp2 bench8b_fsdp2c_${ac}_g2 2 --shape 8b --ac $ac --steps 10 --compile
-      names8b="$names8b bench8b_fsdp2c_${ac}_g2"
-    fi
+    fsdp2_both bench8b_fsdp2_${ac}_g2 bench8b_fsdp2c_${ac}_g2 2 --shape 8b --ac $ac --steps 10
+    names8b="$names8b bench_dstrain8b_${ac}_g2 $peers"
   done
   n8b=$(( 4096 * 128256 * 2 + 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096) + 4096 ))
   bench_summary $(( 6 * n8b + 12 * 32 * 4096 * 4096 )) $names8b > "$OUT/bench8b.jsonl"
@@ -175,12 +179,9 @@ if has bench8b1; then
   L=${BENCH8B_LAYERS:-8}
   run bench_dstrain8bL${L}_none_g1 1 --config configs/bench-8b.toml --set model.num_layers=$L \
     --set train.global_batch=1 --set train.activation_checkpointing=none --set train.steps=12
-  fsdp2 bench8bL${L}_fsdp2_none_g1 1 --shape 8b --layers "$L" --ac none --steps 12
-  names8l="bench_dstrain8bL${L}_none_g1 bench8bL${L}_fsdp2_none_g1"
-  if [ "${FSDP2_COMPILE:-1}" = 1 ]; then
-    fsdp2 bench8bL${L}_fsdp2c_none_g1 1 --shape 8b --layers "$L" --ac none --steps 12 --compile
-    names8l="$names8l bench8bL${L}_fsdp2c_none_g1"
-  fi
+  fsdp2_both bench8bL${L}_fsdp2_none_g1 bench8bL${L}_fsdp2c_none_g1 1 --shape 8b --layers "$L" \
+    --ac none --steps 12
+  names8l="bench_dstrain8bL${L}_none_g1 $peers"
   n8l=$(( 4096 * 128256 * 2 + L * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096) + 4096 ))
   bench_summary $(( 6 * n8l + 12 * L * 4096 * 4096 )) $names8l > "$OUT/bench8b1.jsonl"
   cat "$OUT/bench8b1.jsonl"
